@@ -1,0 +1,302 @@
+//! The task that drives one [`Call`] machine: it owns the machine, its timers and its inbox,
+//! and performs the machine's actions on the two clients.
+//!
+//! Matrix events of one call go through a dedicated sender task, in order, each retried with
+//! its own transaction id, so an answer can never overtake or duplicate itself and a slow
+//! homeserver does not stall the call's reaction to FreeSWITCH.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::machine::{Action, Call, DialFailure, Input};
+use crate::matrix::MatrixClient;
+use crate::verto::{VertoError, VertoHandle};
+
+/// What the actor needs besides the machine.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Matrix client.
+    pub matrix: MatrixClient,
+    /// Verto handle.
+    pub verto: VertoHandle,
+    /// The call's room.
+    pub room_id: String,
+    /// Matrix `call_id`.
+    pub call_id: String,
+    /// The caller's user id.
+    pub caller: String,
+    /// The bot's user id.
+    pub bot_user: String,
+    /// Verto `callID` (a fresh UUID).
+    pub verto_call_id: String,
+    /// FreeSWITCH destination.
+    pub destination: String,
+}
+
+/// Runs the call to its end. `done` is told when the task is finished, so the registry can
+/// forget it.
+pub async fn run(
+    mut call: Call,
+    ctx: Ctx,
+    mut inbox: mpsc::Receiver<Input>,
+    self_tx: mpsc::Sender<Input>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = %ctx.room_id, verto_call_id = %ctx.verto_call_id);
+    async move {
+        let Some(display_name) = admit(&ctx).await else {
+            return;
+        };
+        info!(caller = %ctx.caller, "call accepted");
+        let (mtx, mrx) = mpsc::unbounded_channel::<(&'static str, Value)>();
+        let sender = tokio::spawn(
+            send_matrix_events(ctx.matrix.clone(), ctx.room_id.clone(), mrx)
+                .instrument(tracing::Span::current()),
+        );
+        let mut side_tasks = JoinSet::new();
+        let mut shutting_down = false;
+        let mut actions = call.start(Instant::now());
+        loop {
+            for a in actions.drain(..) {
+                execute(a, &ctx, &display_name, &mtx, &self_tx, &mut side_tasks);
+            }
+            if call.is_ended() {
+                break;
+            }
+            let deadline = call.poll_timeout();
+            tokio::select! {
+                input = inbox.recv() => match input {
+                    Some(i) => actions = call.handle(i, Instant::now()),
+                    None => actions = call.handle(super::machine::Input::Shutdown, Instant::now()),
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    actions = call.handle_timeout(Instant::now());
+                }
+                _ = cancel.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    actions = call.handle(Input::Shutdown, Instant::now());
+                }
+            }
+        }
+        info!(
+            reason = call.end_reason.as_deref().unwrap_or("-"),
+            "call ended"
+        );
+        drop(mtx);
+        // Let the last events out; during shutdown only briefly.
+        let grace = if cancel.is_cancelled() {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_secs(90)
+        };
+        let _ = tokio::time::timeout(grace, async {
+            while side_tasks.join_next().await.is_some() {}
+            let _ = sender.await;
+        })
+        .await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Checks that the room is a 1:1 with the caller, and returns the caller's display name.
+async fn admit(ctx: &Ctx) -> Option<String> {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=4 {
+        match ctx.matrix.joined_members(&ctx.room_id).await {
+            Ok(members) => {
+                let others: Vec<&String> = members.keys().filter(|u| **u != ctx.bot_user).collect();
+                if others.len() != 1 || others[0] != &ctx.caller {
+                    info!(
+                        joined = members.len(),
+                        "invite ignored: not a 1:1 room with the caller"
+                    );
+                    return None;
+                }
+                let name = members
+                    .get(&ctx.caller)
+                    .and_then(|m| m.display_name.clone())
+                    .unwrap_or_default();
+                return Some(name);
+            }
+            Err(e) if attempt < 4 && e.is_transient() => {
+                debug!(error = %e, "cannot read room members yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                warn!(error = %e, "invite ignored: cannot read the room's members");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+fn execute(
+    action: Action,
+    ctx: &Ctx,
+    display_name: &str,
+    mtx: &mpsc::UnboundedSender<(&'static str, Value)>,
+    self_tx: &mpsc::Sender<Input>,
+    side: &mut JoinSet<()>,
+) {
+    match action {
+        Action::Send {
+            event_type,
+            content,
+        } => {
+            let _ = mtx.send((event_type, content));
+        }
+        Action::Dial { sdp } => {
+            let verto = ctx.verto.clone();
+            let params = dialog_params(ctx, display_name);
+            let tx = self_tx.clone();
+            side.spawn(
+                async move {
+                    tracing::trace!(%sdp, "offer sent to FreeSWITCH");
+                    let res = verto.invite(&sdp, params).await.map(|_| ()).map_err(|e| {
+                        let cause_code = match &e {
+                            VertoError::Rpc(r) => r.data.get("causeCode").and_then(Value::as_i64),
+                            _ => None,
+                        };
+                        DialFailure {
+                            cause_code,
+                            message: e.to_string(),
+                        }
+                    });
+                    let _ = tx.send(Input::InviteResult(res)).await;
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+        Action::Bye { cause } => {
+            let verto = ctx.verto.clone();
+            let id = ctx.verto_call_id.clone();
+            side.spawn(
+                async move {
+                    match verto.bye(&id, cause).await {
+                        Ok(_) => debug!(%cause, "verto.bye sent"),
+                        Err(e) => debug!(%cause, error = %e, "verto.bye failed (the call may already be gone)"),
+                    }
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+    }
+}
+
+/// The `dialogParams` of `verto.invite`.
+fn dialog_params(ctx: &Ctx, display_name: &str) -> Value {
+    let localpart = ctx
+        .caller
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    let number = sip_number(localpart);
+    let name = sip_display_name(if display_name.is_empty() {
+        localpart
+    } else {
+        display_name
+    });
+    json!({
+        "callID": ctx.verto_call_id,
+        "destination_number": ctx.destination,
+        "caller_id_name": name,
+        "caller_id_number": number,
+        "remote_caller_id_name": "Outbound Call",
+        "remote_caller_id_number": ctx.destination,
+        "useVideo": false,
+        "useStereo": false,
+        "screenShare": false,
+        "useMic": true,
+        "useSpeak": true,
+        "userVariables": {
+            "matrix_room_id": ctx.room_id,
+            "matrix_call_id": ctx.call_id,
+            "matrix_sender": ctx.caller,
+        },
+    })
+}
+
+/// Keeps what a SIP user part and a phone display accept.
+pub fn sip_number(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(*c))
+        .take(32)
+        .collect();
+    if out.is_empty() {
+        "matrix".into()
+    } else {
+        out
+    }
+}
+
+/// A display name without quotes, backslashes or control characters, at most 48 characters.
+pub fn sip_display_name(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '\\' | '<' | '>'))
+        .take(48)
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    if out.is_empty() {
+        "Matrix".into()
+    } else {
+        out
+    }
+}
+
+async fn send_matrix_events(
+    matrix: MatrixClient,
+    room_id: String,
+    mut rx: mpsc::UnboundedReceiver<(&'static str, Value)>,
+) {
+    while let Some((event_type, content)) = rx.recv().await {
+        match matrix
+            .send_reliably(&room_id, event_type, &content, Duration::from_secs(60))
+            .await
+        {
+            Ok(event_id) => debug!(%event_type, %event_id, "sent"),
+            Err(e) => warn!(%event_type, error = %e, "could not send event to the caller"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_id_sanitising() {
+        let cases = [
+            ("alice", "alice"),
+            ("bob.smith_2", "bob.smith_2"),
+            ("évé", "v"),
+            ("éé", "matrix"),
+            ("a b;c", "abc"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sip_number(input), want);
+        }
+        assert_eq!(sip_display_name("Alice \"Al\" <x>\n"), "Alice Al x");
+        assert_eq!(sip_display_name("\u{7}"), "Matrix");
+        assert_eq!(sip_display_name(&"x".repeat(100)).len(), 48);
+    }
+}

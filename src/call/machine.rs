@@ -1,0 +1,962 @@
+//! The sans-IO state machine of one bridged call (Matrix caller → FreeSWITCH).
+//!
+//! Contract (as in quinn-proto): feed inputs with [`Call::handle`], fire timers with
+//! [`Call::handle_timeout`] once [`Call::poll_timeout`] has passed, and execute the returned
+//! [`Action`]s in order. The machine never does I/O and never reads the clock itself, so every
+//! ordering race in PROTOCOL.md C.3 can be replayed in a unit test with chosen `now` values.
+//! Inputs the current state does not allow are logged and ignored.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::cause;
+use crate::sdp::{self, TrickleCandidate};
+
+/// Matrix VoIP version of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The integer `0`: no party ids, no reject, no negotiate.
+    V0,
+    /// `"1"` (and anything else, as the spec says).
+    V1,
+}
+
+/// Everything fixed when the call starts.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Matrix `call_id`.
+    pub call_id: String,
+    /// The caller's `party_id` (v1).
+    pub caller_party: Option<String>,
+    /// Caller's VoIP version.
+    pub version: Version,
+    /// The offer SDP from `m.call.invite`.
+    pub offer: String,
+    /// Our `party_id`.
+    pub our_party: String,
+    /// When the invite stops being valid (from `lifetime` and `age`).
+    pub expires_at: Instant,
+    /// When to dial if no end-of-candidates marker has come.
+    pub candidate_deadline: Instant,
+    /// Flood guard: trickled candidates beyond this are ignored.
+    pub max_candidates: usize,
+    /// Offers larger than this are rejected.
+    pub max_sdp_bytes: usize,
+}
+
+/// Where the call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for trickled candidates before dialling.
+    Collecting,
+    /// `verto.invite` sent, no reply yet.
+    Dialling,
+    /// FreeSWITCH created the channel; waiting for its answer.
+    Ringing,
+    /// `verto.media` gave us FreeSWITCH's SDP; still waiting for `verto.answer`.
+    EarlyMedia,
+    /// `m.call.answer` sent.
+    Answered,
+    /// Nothing more to do.
+    Ended,
+}
+
+/// Inputs from both sides and from the actor.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// `m.call.candidates` from the caller.
+    Candidates {
+        /// The event's `party_id`.
+        party_id: Option<String>,
+        /// The candidates, the end marker included.
+        candidates: Vec<TrickleCandidate>,
+    },
+    /// `m.call.hangup` from the caller (or the caller left the room).
+    Hangup {
+        /// The Matrix reason.
+        reason: Option<String>,
+    },
+    /// `m.call.select_answer` from the caller.
+    SelectAnswer {
+        /// The chosen party.
+        party_id: String,
+    },
+    /// The reply to our `verto.invite`.
+    InviteResult(Result<(), DialFailure>),
+    /// `verto.media`.
+    Media {
+        /// FreeSWITCH's SDP.
+        sdp: String,
+    },
+    /// `verto.answer`.
+    Answer {
+        /// FreeSWITCH's SDP, unless `verto.media` carried it.
+        sdp: Option<String>,
+    },
+    /// `verto.bye` from FreeSWITCH.
+    Bye {
+        /// Numeric cause.
+        cause_code: Option<i64>,
+        /// Cause name.
+        cause: Option<String>,
+    },
+    /// A new offer from FreeSWITCH for this call; renegotiation is not supported yet.
+    Attach,
+    /// The verto socket dropped.
+    VertoDown,
+    /// The bridge is stopping.
+    Shutdown,
+}
+
+/// Why `verto.invite` failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialFailure {
+    /// `causeCode` from the error object, if any.
+    pub cause_code: Option<i64>,
+    /// What went wrong, for the log.
+    pub message: String,
+}
+
+/// What the actor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `verto.invite` with this SDP and report the reply as [`Input::InviteResult`].
+    Dial {
+        /// The complete offer.
+        sdp: String,
+    },
+    /// Send `verto.bye` with this cause name.
+    Bye {
+        /// FreeSWITCH cause name.
+        cause: &'static str,
+    },
+    /// Send a Matrix event in the call's room.
+    Send {
+        /// `m.call.answer`, `m.call.hangup` ...
+        event_type: &'static str,
+        /// Its content.
+        content: Value,
+    },
+}
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    setup: Setup,
+    state: State,
+    trickled: Vec<TrickleCandidate>,
+    media_sdp: Option<String>,
+    /// A Matrix hangup arrived while `verto.invite` was in flight: the cause to send once
+    /// FreeSWITCH has created the channel.
+    cancel_after_dial: Option<&'static str>,
+    ignored_candidates: usize,
+    /// Why it ended, for the final log line.
+    pub end_reason: Option<String>,
+}
+
+impl Call {
+    /// Creates the machine; call [`start`](Self::start) next.
+    pub fn new(setup: Setup) -> Self {
+        Self {
+            setup,
+            state: State::Collecting,
+            trickled: Vec::new(),
+            media_sdp: None,
+            cancel_after_dial: None,
+            ignored_candidates: 0,
+            end_reason: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True once nothing is left to do.
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Checks the offer, and dials at once if it cannot expect trickled candidates.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        if self.setup.offer.len() > self.setup.max_sdp_bytes {
+            return self.fail("unknown_error", "the offer SDP is too large");
+        }
+        // A complete offer (all candidates inside, marked, or no trickle at all) needs no wait.
+        let complete = self.setup.offer.contains("a=end-of-candidates")
+            || !self.setup.offer.contains("a=ice-options:trickle");
+        if complete {
+            debug!("offer is complete; dialling without waiting for candidates");
+            return self.flush(now);
+        }
+        Vec::new()
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+            State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
+            State::Answered | State::Ended => None,
+        }
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        match self.state {
+            State::Collecting if now >= self.setup.expires_at => self.fail(
+                "invite_timeout",
+                "the invite expired before it could be dialled",
+            ),
+            State::Collecting if now >= self.setup.candidate_deadline => {
+                debug!(
+                    candidates = self.trickled.len(),
+                    "candidate wait over without end-of-candidates; dialling"
+                );
+                self.flush(now)
+            }
+            State::Dialling | State::Ringing | State::EarlyMedia
+                if now >= self.setup.expires_at =>
+            {
+                let mut out = Vec::new();
+                if self.state == State::Dialling {
+                    self.cancel_after_dial = Some("NO_ANSWER");
+                } else {
+                    out.push(Action::Bye { cause: "NO_ANSWER" });
+                }
+                out.extend(self.end_matrix(
+                    "invite_timeout",
+                    "nobody answered before the invite expired",
+                ));
+                if self.state != State::Dialling {
+                    self.state = State::Ended;
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        use State::*;
+        match (self.state, input) {
+            (Ended, input) => {
+                debug!(?input, "input for an ended call ignored");
+                Vec::new()
+            }
+
+            (
+                _,
+                Input::Candidates {
+                    party_id,
+                    candidates,
+                },
+            ) => {
+                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
+                    if got != want {
+                        debug!(party_id = %got, "candidates from another party ignored");
+                        return Vec::new();
+                    }
+                }
+                if self.state != Collecting {
+                    debug!(
+                        n = candidates.len(),
+                        "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
+                    );
+                    return Vec::new();
+                }
+                let end = candidates
+                    .iter()
+                    .any(TrickleCandidate::is_end_of_candidates);
+                for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
+                    if self.trickled.len() >= self.setup.max_candidates {
+                        self.ignored_candidates += 1;
+                        if self.ignored_candidates == 1 {
+                            warn!(
+                                max = self.setup.max_candidates,
+                                "too many candidates; ignoring the rest"
+                            );
+                        }
+                        continue;
+                    }
+                    self.trickled.push(c);
+                }
+                if end {
+                    debug!(
+                        candidates = self.trickled.len(),
+                        "end-of-candidates: dialling"
+                    );
+                    return self.flush(now);
+                }
+                Vec::new()
+            }
+
+            (Collecting, Input::Hangup { reason }) => {
+                info!(
+                    ?reason,
+                    "caller hung up before dialling; nothing sent to FreeSWITCH"
+                );
+                self.finish("caller hung up while candidates were collected");
+                Vec::new()
+            }
+            (Dialling, Input::Hangup { reason }) => {
+                self.cancel_after_dial = Some(cause::matrix_to_verto(reason.as_deref(), false));
+                Vec::new()
+            }
+            (Ringing | EarlyMedia | Answered, Input::Hangup { reason }) => {
+                let answered = self.state == Answered;
+                self.finish("caller hung up");
+                vec![Action::Bye {
+                    cause: cause::matrix_to_verto(reason.as_deref(), answered),
+                }]
+            }
+
+            (state, Input::SelectAnswer { party_id }) => {
+                if party_id == self.setup.our_party {
+                    debug!("caller selected our answer");
+                    return Vec::new();
+                }
+                info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
+                match state {
+                    Collecting => {
+                        self.finish("answered elsewhere");
+                        Vec::new()
+                    }
+                    Dialling => {
+                        self.cancel_after_dial = Some("LOSE_RACE");
+                        Vec::new()
+                    }
+                    _ => {
+                        self.finish("answered elsewhere");
+                        vec![Action::Bye { cause: "LOSE_RACE" }]
+                    }
+                }
+            }
+
+            (Dialling, Input::InviteResult(res)) => match (res, self.cancel_after_dial) {
+                (Ok(()), Some(cause)) => {
+                    self.finish("ended while dialling");
+                    vec![Action::Bye { cause }]
+                }
+                (Err(_), Some(_)) => {
+                    self.finish("ended while dialling");
+                    Vec::new()
+                }
+                (Ok(()), None) => {
+                    self.state = Ringing;
+                    Vec::new()
+                }
+                (Err(f), None) => {
+                    warn!(error = %f.message, "verto.invite failed");
+                    let end = match f.cause_code {
+                        Some(c) => cause::verto_to_matrix(Some(c), None, false),
+                        None => cause::MatrixEnd {
+                            reason: "unknown_error",
+                            human: "FreeSWITCH is not reachable",
+                        },
+                    };
+                    self.fail(end.reason, end.human)
+                }
+            },
+            (_, Input::InviteResult(_)) => Vec::new(),
+
+            (Dialling | Ringing | EarlyMedia, Input::Media { sdp }) => {
+                self.media_sdp = Some(sdp);
+                if self.state != Dialling {
+                    self.state = EarlyMedia;
+                }
+                Vec::new()
+            }
+            (Dialling | Ringing | EarlyMedia, Input::Answer { sdp }) => {
+                let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
+                    warn!("FreeSWITCH answered without any SDP");
+                    let mut out = vec![Action::Bye {
+                        cause: "INCOMPATIBLE_DESTINATION",
+                    }];
+                    out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
+                    return out;
+                };
+                if let Some(cause) = self.cancel_after_dial {
+                    // A hangup raced the answer; the invite reply will see the call ended.
+                    self.finish("ended while dialling");
+                    return vec![Action::Bye { cause }];
+                }
+                self.state = Answered;
+                info!("FreeSWITCH answered");
+                self.answer(&answer)
+            }
+            (
+                Dialling | Ringing | EarlyMedia | Answered,
+                Input::Bye {
+                    cause_code,
+                    cause: name,
+                },
+            ) => {
+                let answered = self.state == Answered;
+                let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
+                info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
+                if self.cancel_after_dial.is_some() {
+                    self.finish("ended while dialling");
+                    return Vec::new();
+                }
+                self.fail(end.reason, end.human)
+            }
+            (Dialling | Ringing | EarlyMedia, Input::VertoDown) => {
+                // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
+                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
+            }
+            (Answered, Input::VertoDown) => {
+                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
+            }
+            (Answered, Input::Attach) => {
+                warn!(
+                    "FreeSWITCH re-offered the call; renegotiation is not supported yet, ending it"
+                );
+                let mut out = vec![Action::Bye {
+                    cause: "NORMAL_CLEARING",
+                }];
+                out.extend(self.fail("unknown_error", "media could not be renegotiated"));
+                out
+            }
+            (Collecting, Input::Shutdown) => {
+                self.fail("unknown_error", "the bridge is shutting down")
+            }
+            (Dialling, Input::Shutdown) => {
+                self.cancel_after_dial = Some("SYSTEM_SHUTDOWN");
+                self.end_matrix("unknown_error", "the bridge is shutting down")
+            }
+            (Ringing | EarlyMedia, Input::Shutdown) => {
+                let mut out = vec![Action::Bye {
+                    cause: "SYSTEM_SHUTDOWN",
+                }];
+                out.extend(self.fail("unknown_error", "the bridge is shutting down"));
+                out
+            }
+            (Answered, Input::Shutdown) => {
+                let mut out = vec![Action::Bye {
+                    cause: "NORMAL_CLEARING",
+                }];
+                out.extend(self.fail("user_hangup", "the bridge is shutting down"));
+                out
+            }
+            (state, input) => {
+                warn!(?state, ?input, "input not allowed in this state; ignored");
+                Vec::new()
+            }
+        }
+    }
+
+    fn finish(&mut self, why: &str) {
+        self.state = State::Ended;
+        self.end_reason.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Tells the caller the call is over and ends the machine. (Where a dial in flight must
+    /// still be cancelled, callers use `end_matrix` and `cancel_after_dial` instead.)
+    fn fail(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
+        let out = self.end_matrix(reason, human);
+        self.finish(human);
+        out
+    }
+
+    /// The Matrix event that ends the call: `m.call.reject` before our answer for a v1 caller
+    /// (matrix-js-sdk ignores a callee's hangup before the answer), else `m.call.hangup`.
+    fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
+        self.end_reason.get_or_insert_with(|| human.to_owned());
+        let s = &self.setup;
+        let (event_type, content) = match (s.version, self.state == State::Answered) {
+            (Version::V1, false) => (
+                "m.call.reject",
+                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
+            ),
+            (Version::V1, true) => (
+                "m.call.hangup",
+                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
+            ),
+            (Version::V0, _) => (
+                "m.call.hangup",
+                json!({"call_id": s.call_id, "version": 0, "reason": reason}),
+            ),
+        };
+        info!(%reason, why = %human, "ending the Matrix call");
+        vec![Action::Send {
+            event_type,
+            content,
+        }]
+    }
+
+    fn answer(&self, fs_sdp: &str) -> Vec<Action> {
+        let s = &self.setup;
+        let sdp = sdp::repair_answer(fs_sdp, &s.offer);
+        let mut out = Vec::new();
+        match s.version {
+            Version::V1 => {
+                out.push(Action::Send {
+                    event_type: "m.call.answer",
+                    content: json!({
+                        "call_id": s.call_id,
+                        "party_id": s.our_party,
+                        "version": "1",
+                        "answer": {"type": "answer", "sdp": sdp},
+                        "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                    }),
+                });
+                // FreeSWITCH's answer already holds all its candidates; the spec still wants
+                // the end-of-candidates marker.
+                out.push(Action::Send {
+                    event_type: "m.call.candidates",
+                    content: json!({
+                        "call_id": s.call_id,
+                        "party_id": s.our_party,
+                        "version": "1",
+                        "candidates": [{"candidate": ""}],
+                    }),
+                });
+            }
+            Version::V0 => out.push(Action::Send {
+                event_type: "m.call.answer",
+                content: json!({
+                    "call_id": s.call_id,
+                    "version": 0,
+                    "answer": {"type": "answer", "sdp": sdp},
+                }),
+            }),
+        }
+        out
+    }
+
+    fn flush(&mut self, _now: Instant) -> Vec<Action> {
+        match sdp::merge_candidates(&self.setup.offer, &self.trickled) {
+            Err(e) => self.fail(
+                "unknown_error",
+                &format!("the offer is not usable SDP: {e}"),
+            ),
+            Ok(m) => {
+                for (c, why) in &m.dropped {
+                    debug!(candidate = %c, reason = %why, "candidate left out");
+                }
+                if m.usable == 0 {
+                    return self.fail(
+                        "ice_failed",
+                        "no usable ICE candidates: FreeSWITCH needs UDP candidates with IP addresses (mDNS .local names and TCP cannot be used)",
+                    );
+                }
+                info!(
+                    usable = m.usable,
+                    dropped = m.dropped.len(),
+                    "dialling FreeSWITCH"
+                );
+                self.state = State::Dialling;
+                vec![Action::Dial { sdp: m.sdp }]
+            }
+        }
+    }
+}
+
+/// The default pause a caller gets to trickle candidates, exposed for tests.
+pub const DEFAULT_CANDIDATE_WAIT: Duration = Duration::from_millis(2500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = include_str!("../../tests/fixtures/chromium_offer.sdp");
+    const FS_ANSWER: &str = "v=0\r\no=FreeSWITCH 1 2 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nt=0 0\r\nm=audio 16458 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=candidate:1 1 udp 2130706431 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates\r\n";
+
+    fn setup(version: Version, now: Instant) -> Setup {
+        Setup {
+            call_id: "c1".into(),
+            caller_party: Some("CALLER".into()),
+            version,
+            offer: OFFER.into(),
+            our_party: "BOT".into(),
+            expires_at: now + Duration::from_secs(60),
+            candidate_deadline: now + DEFAULT_CANDIDATE_WAIT,
+            max_candidates: 16,
+            max_sdp_bytes: 65536,
+        }
+    }
+
+    fn udp(n: u8) -> TrickleCandidate {
+        TrickleCandidate {
+            candidate: format!("candidate:{n} 1 udp 2122194687 127.0.0.{n} 5000 typ host"),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+        }
+    }
+    fn end() -> TrickleCandidate {
+        TrickleCandidate {
+            candidate: String::new(),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+        }
+    }
+    fn cands(c: Vec<TrickleCandidate>) -> Input {
+        Input::Candidates {
+            party_id: Some("CALLER".into()),
+            candidates: c,
+        }
+    }
+    fn sent_types(actions: &[Action]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Dial { .. } => "dial",
+                Action::Bye { .. } => "bye",
+                Action::Send { event_type, .. } => event_type,
+            })
+            .collect()
+    }
+
+    fn dialled(version: Version) -> (Call, Instant) {
+        let now = Instant::now();
+        let mut c = Call::new(setup(version, now));
+        assert!(c.start(now).is_empty(), "trickle offer waits");
+        let a = c.handle(cands(vec![udp(1), end()]), now);
+        assert_eq!(sent_types(&a), ["dial"]);
+        (c, now)
+    }
+
+    #[test]
+    fn happy_path_v1_with_marker() {
+        let (mut c, now) = dialled(Version::V1);
+        assert!(c.handle(Input::InviteResult(Ok(())), now).is_empty());
+        assert_eq!(c.state(), State::Ringing);
+        let a = c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
+        let Action::Send { content, .. } = &a[0] else {
+            panic!()
+        };
+        assert_eq!(content["version"], "1");
+        assert_eq!(content["party_id"], "BOT");
+        assert_eq!(content["capabilities"]["m.call.dtmf"], true);
+        let sdp = content["answer"]["sdp"].as_str().unwrap();
+        assert!(sdp.contains("a=mid:0") && sdp.contains("a=group:BUNDLE 0"));
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(16),
+                cause: None,
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["m.call.hangup"]);
+        assert!(c.is_ended());
+    }
+
+    #[test]
+    fn dial_waits_for_deadline_without_marker() {
+        let now = Instant::now();
+        let mut c = Call::new(setup(Version::V1, now));
+        c.start(now);
+        assert!(c.handle(cands(vec![udp(1)]), now).is_empty());
+        assert!(c.handle(cands(vec![udp(2)]), now).is_empty());
+        let due = c.poll_timeout().unwrap();
+        assert_eq!(due, now + DEFAULT_CANDIDATE_WAIT);
+        let a = c.handle_timeout(due);
+        let [Action::Dial { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(sdp.matches("a=candidate").count(), 2);
+    }
+
+    #[test]
+    fn no_usable_candidates_rejects_without_dialling() {
+        let now = Instant::now();
+        let mut c = Call::new(setup(Version::V1, now));
+        c.start(now);
+        let mdns = TrickleCandidate {
+            candidate: "candidate:1 1 udp 1 x.local 5 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: None,
+        };
+        let a = c.handle(cands(vec![mdns, end()]), now);
+        assert_eq!(sent_types(&a), ["m.call.reject"]);
+        let Action::Send { content, .. } = &a[0] else {
+            panic!()
+        };
+        assert_eq!(content["reason"], "ice_failed");
+        assert!(c.is_ended());
+    }
+
+    #[test]
+    fn v0_caller_gets_v0_events() {
+        let (mut c, now) = dialled(Version::V0);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(17),
+                cause: Some("USER_BUSY".into()),
+            },
+            now,
+        );
+        let [Action::Send {
+            event_type,
+            content,
+        }] = a.as_slice()
+        else {
+            panic!()
+        };
+        assert_eq!(*event_type, "m.call.hangup");
+        assert_eq!(content["version"], 0);
+        assert_eq!(content["reason"], "user_busy");
+        assert!(content.get("party_id").is_none());
+    }
+
+    #[test]
+    fn early_media_then_answer_without_sdp() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        assert!(c
+            .handle(
+                Input::Media {
+                    sdp: FS_ANSWER.into()
+                },
+                now
+            )
+            .is_empty());
+        assert_eq!(c.state(), State::EarlyMedia);
+        let a = c.handle(Input::Answer { sdp: None }, now);
+        assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
+        // Exactly one answer: a repeated answer is ignored.
+        assert!(c.handle(Input::Answer { sdp: None }, now).is_empty());
+    }
+
+    #[test]
+    fn busy_before_answer_is_a_reject() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(17),
+                cause: None,
+            },
+            now,
+        );
+        let [Action::Send {
+            event_type,
+            content,
+        }] = a.as_slice()
+        else {
+            panic!()
+        };
+        assert_eq!(*event_type, "m.call.reject");
+        assert_eq!(content["reason"], "user_busy");
+    }
+
+    #[test]
+    fn hangup_while_collecting_sends_nothing() {
+        let now = Instant::now();
+        let mut c = Call::new(setup(Version::V1, now));
+        c.start(now);
+        c.handle(cands(vec![udp(1)]), now);
+        assert!(c.handle(Input::Hangup { reason: None }, now).is_empty());
+        assert!(c.is_ended());
+        assert!(c.handle_timeout(now + Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn hangup_while_dialling_byes_after_created() {
+        let (mut c, now) = dialled(Version::V1);
+        assert!(c.handle(Input::Hangup { reason: None }, now).is_empty());
+        let a = c.handle(Input::InviteResult(Ok(())), now);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: "ORIGINATOR_CANCEL"
+            }]
+        );
+        assert!(c.is_ended());
+        // And if the invite had failed, nothing at all.
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::Hangup { reason: None }, now);
+        let a = c.handle(
+            Input::InviteResult(Err(DialFailure {
+                cause_code: None,
+                message: "x".into(),
+            })),
+            now,
+        );
+        assert!(a.is_empty() && c.is_ended());
+    }
+
+    #[test]
+    fn hangup_while_ringing_and_after_answer() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let a = c.handle(
+            Input::Hangup {
+                reason: Some("user_hangup".into()),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: "ORIGINATOR_CANCEL"
+            }]
+        );
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        let a = c.handle(Input::Hangup { reason: None }, now);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: "NORMAL_CLEARING"
+            }]
+        );
+    }
+
+    #[test]
+    fn select_answer_of_another_party_ends_quietly() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        assert!(c
+            .handle(
+                Input::SelectAnswer {
+                    party_id: "BOT".into()
+                },
+                now
+            )
+            .is_empty());
+        let a = c.handle(
+            Input::SelectAnswer {
+                party_id: "OTHER".into(),
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Bye { cause: "LOSE_RACE" }]);
+        assert!(c.is_ended());
+    }
+
+    #[test]
+    fn invite_failure_and_disconnect() {
+        let (mut c, now) = dialled(Version::V1);
+        let a = c.handle(
+            Input::InviteResult(Err(DialFailure {
+                cause_code: None,
+                message: "down".into(),
+            })),
+            now,
+        );
+        assert_eq!(sent_types(&a), ["m.call.reject"]);
+        assert!(c.is_ended());
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let a = c.handle(Input::VertoDown, now);
+        assert_eq!(sent_types(&a), ["m.call.reject"]);
+    }
+
+    #[test]
+    fn invite_expiry_while_ringing() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let due = c.poll_timeout().unwrap();
+        let a = c.handle_timeout(due);
+        assert_eq!(sent_types(&a), ["bye", "m.call.reject"]);
+    }
+
+    #[test]
+    fn shutdown_in_each_state() {
+        let now = Instant::now();
+        let mut c = Call::new(setup(Version::V1, now));
+        c.start(now);
+        assert_eq!(
+            sent_types(&c.handle(Input::Shutdown, now)),
+            ["m.call.reject"]
+        );
+        let (mut c, now) = dialled(Version::V1);
+        assert_eq!(
+            sent_types(&c.handle(Input::Shutdown, now)),
+            ["m.call.reject"]
+        );
+        assert_eq!(
+            sent_types(&c.handle(Input::InviteResult(Ok(())), now)),
+            ["bye"]
+        );
+        assert!(c.is_ended());
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        assert_eq!(
+            sent_types(&c.handle(Input::Shutdown, now)),
+            ["bye", "m.call.hangup"]
+        );
+    }
+
+    #[test]
+    fn complete_offer_dials_at_once_and_candidate_flood_is_capped() {
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.offer = OFFER.replace("a=ice-options:trickle\r\n", "").replace(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host\r\n",
+        );
+        let mut c = Call::new(s);
+        assert_eq!(sent_types(&c.start(now)), ["dial"]);
+
+        let mut s = setup(Version::V1, now);
+        s.max_candidates = 2;
+        let mut c = Call::new(s);
+        c.start(now);
+        c.handle(cands((1..=10).map(udp).collect()), now);
+        let a = c.handle(cands(vec![end()]), now);
+        let [Action::Dial { sdp }] = a.as_slice() else {
+            panic!()
+        };
+        assert_eq!(sdp.matches("a=candidate").count(), 2);
+    }
+
+    #[test]
+    fn candidates_of_another_party_and_late_ones_are_ignored() {
+        let now = Instant::now();
+        let mut c = Call::new(setup(Version::V1, now));
+        c.start(now);
+        let a = c.handle(
+            Input::Candidates {
+                party_id: Some("X".into()),
+                candidates: vec![udp(1), end()],
+            },
+            now,
+        );
+        assert!(a.is_empty());
+        assert_eq!(c.state(), State::Collecting);
+        let (mut c, now) = dialled(Version::V1);
+        assert!(c.handle(cands(vec![udp(9)]), now).is_empty());
+    }
+
+    #[test]
+    fn oversized_offer_is_rejected() {
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.max_sdp_bytes = 100;
+        let mut c = Call::new(s);
+        assert_eq!(sent_types(&c.start(now)), ["m.call.reject"]);
+    }
+}

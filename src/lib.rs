@@ -1,0 +1,105 @@
+//! vertobot: bridges Matrix 1:1 calls (`m.call.*`) to FreeSWITCH through mod_verto.
+//!
+//! # Layout
+//! - [`config`]: the operator's YAML file, validated as a whole.
+//! - [`matrix`]: client-server API, `/sync` loop, typed call events. Knows nothing of verto.
+//! - [`verto`]: JSON-RPC over WebSocket to mod_verto. Knows nothing of Matrix.
+//! - [`sdp`]: pure SDP edits (candidate merge, answer repair).
+//! - [`call`]: the per-call state machine and its task; the only translator.
+//! - [`bridge`]: routes events from both sides to the calls.
+//! - [`state`]: what survives a restart.
+
+#![warn(missing_docs)]
+
+pub mod bridge;
+pub mod call;
+pub mod config;
+pub mod matrix;
+pub mod sdp;
+pub mod state;
+pub mod verto;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long calls get to hang up on both sides after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the bridge until `cancel` fires, then hangs up every call and returns.
+pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let store = state::StateStore::open(&cfg.state_dir).context("state_dir")?;
+
+    // Matrix login, retried while the homeserver is unreachable.
+    let mut wait = Duration::from_secs(1);
+    let (matrix, session) = loop {
+        match matrix::sync::login(&cfg.matrix, &store).await {
+            Ok(x) => break x,
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in = ?wait, "Matrix login failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e).context("Matrix login"),
+        }
+    };
+    let our_party = party_id_from_device(&session.device_id);
+
+    // The verto session id lives as long as the process, so a reconnect can reclaim calls.
+    let sessid = uuid::Uuid::new_v4().to_string();
+    let (verto_tx, verto_rx) = mpsc::channel(256);
+    let verto_cancel = CancellationToken::new();
+    let (verto, verto_task) =
+        verto::spawn(&cfg.verto, sessid, verto_tx, verto_cancel.clone()).context("verto")?;
+
+    let (batch_tx, batch_rx) = mpsc::channel(16);
+    let sync_cancel = cancel.child_token();
+    let sync_task = tokio::spawn(matrix::sync::run(
+        matrix.clone(),
+        cfg.matrix.clone(),
+        store.clone(),
+        batch_tx,
+        sync_cancel.clone(),
+    ));
+
+    info!(user_id = %session.user_id, destination = %cfg.calls.destination, "vertobot running");
+    let bridge = bridge::Bridge::new(
+        cfg.calls.clone(),
+        matrix,
+        verto,
+        session.user_id.clone(),
+        our_party,
+    );
+    bridge
+        .run(batch_rx, verto_rx, cancel.clone(), SHUTDOWN_GRACE)
+        .await;
+    sync_cancel.cancel();
+    verto_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = sync_task.await;
+        let _ = verto_task.await;
+    })
+    .await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Our VoIP `party_id`: the device id if it fits the opaque-id grammar, else a fixed one.
+fn party_id_from_device(device_id: &str) -> String {
+    let ok = !device_id.is_empty()
+        && device_id.len() <= 255
+        && device_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+    if ok {
+        device_id.to_owned()
+    } else {
+        "VERTOBOT".to_owned()
+    }
+}

@@ -1,0 +1,398 @@
+//! The handful of client-server API calls the bot makes, over reqwest.
+//!
+//! Errors are classified the way matrix-sdk does (network, transient with `retry_after`,
+//! lost token, permanent) so that callers can decide between retrying and giving up. The
+//! access token sits behind a lock so a re-login can replace it while other tasks keep their
+//! handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use crate::config::Secret;
+
+/// Errors of the Matrix layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MatrixError {
+    /// No HTTP response (connection refused, timeout ...).
+    #[error("network: {0}")]
+    Network(String),
+    /// The homeserver answered with an error.
+    #[error("{status} {errcode}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// `errcode`, or `M_UNKNOWN` if the body had none.
+        errcode: String,
+        /// `error`.
+        message: String,
+        /// From `retry_after_ms` or the `Retry-After` header.
+        retry_after: Option<Duration>,
+    },
+    /// The response body was not what the spec says.
+    #[error("cannot decode response: {0}")]
+    Decode(String),
+}
+
+impl MatrixError {
+    /// Worth retrying: network failures, 5xx and rate limits.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MatrixError::Network(_) => true,
+            MatrixError::Api {
+                status, errcode, ..
+            } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
+            MatrixError::Decode(_) => false,
+        }
+    }
+    /// The access token is no longer valid.
+    pub fn is_unknown_token(&self) -> bool {
+        matches!(self, MatrixError::Api { errcode, .. } if errcode == "M_UNKNOWN_TOKEN")
+            || matches!(self, MatrixError::Api { status: 401, .. })
+    }
+    /// The server's requested pause, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            MatrixError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A logged-in session: what is saved in `state_dir`.
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    /// The homeserver this token belongs to.
+    pub homeserver: String,
+    /// Our user id.
+    pub user_id: String,
+    /// Our device id (also our VoIP `party_id`).
+    pub device_id: String,
+    /// The access token.
+    pub access_token: String,
+}
+
+/// Client for one homeserver and one user.
+#[derive(Clone)]
+pub struct MatrixClient {
+    http: reqwest::Client,
+    base: String,
+    token: Arc<RwLock<Secret>>,
+}
+
+/// Response of `GET /joined_members`.
+#[derive(Debug, Deserialize)]
+struct JoinedMembers {
+    joined: HashMap<String, MemberInfo>,
+}
+
+/// One joined member.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberInfo {
+    /// `m.room.member` display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// Percent-encodes one path segment (room ids contain `!` and `:`).
+pub fn seg(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl MatrixClient {
+    /// A client without a token yet (for login).
+    pub fn new(homeserver: &str, token: Option<Secret>) -> Result<Self, MatrixError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("vertobot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| MatrixError::Network(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: homeserver.trim_end_matches('/').to_owned(),
+            token: Arc::new(RwLock::new(token.unwrap_or_default())),
+        })
+    }
+
+    /// Replaces the access token (after a re-login).
+    pub fn set_token(&self, token: Secret) {
+        if let Ok(mut t) = self.token.write() {
+            *t = token;
+        }
+    }
+
+    fn token(&self) -> String {
+        self.token
+            .read()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default()
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, MatrixError> {
+        let url = format!("{}/_matrix/client/v3{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .query(query)
+            .timeout(timeout);
+        let token = self.token();
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        // The URL has no secrets (the token goes in a header); the path is safe to log.
+        debug!(%method, %path, "matrix request");
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        let status = resp.status();
+        let header_retry = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| MatrixError::Decode(e.to_string()));
+        }
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(MatrixError::Api {
+            status: status.as_u16(),
+            errcode: v
+                .get("errcode")
+                .and_then(Value::as_str)
+                .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
+                    "M_LIMIT_EXCEEDED"
+                } else {
+                    "M_UNKNOWN"
+                })
+                .to_owned(),
+            message: v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect(),
+            retry_after: v
+                .get("retry_after_ms")
+                .and_then(Value::as_u64)
+                .map(Duration::from_millis)
+                .or(header_retry),
+        })
+    }
+
+    const SHORT: Duration = Duration::from_secs(30);
+
+    /// Password login, reusing `device_id` when we have one so the device list stays tidy.
+    pub async fn login_password(
+        &self,
+        user_id: &str,
+        password: &Secret,
+        device_id: Option<&str>,
+        device_name: &str,
+    ) -> Result<Session, MatrixError> {
+        let mut body = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": password.expose(),
+            "initial_device_display_name": device_name,
+        });
+        if let Some(d) = device_id {
+            body["device_id"] = json!(d);
+        }
+        let v = self
+            .call(Method::POST, "/login", &[], Some(&body), Self::SHORT)
+            .await?;
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| MatrixError::Decode(format!("login response without {k}")))
+        };
+        Ok(Session {
+            homeserver: self.base.clone(),
+            user_id: get("user_id")?,
+            device_id: get("device_id")?,
+            access_token: get("access_token")?,
+        })
+    }
+
+    /// `GET /account/whoami`: (user_id, device_id).
+    pub async fn whoami(&self) -> Result<(String, Option<String>), MatrixError> {
+        let v = self
+            .call(Method::GET, "/account/whoami", &[], None, Self::SHORT)
+            .await?;
+        let user = v
+            .get("user_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| MatrixError::Decode("whoami without user_id".into()))?;
+        Ok((
+            user.to_owned(),
+            v.get("device_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ))
+    }
+
+    /// One `/sync` long poll.
+    pub async fn sync(
+        &self,
+        since: Option<&str>,
+        timeout: Duration,
+        filter: &str,
+    ) -> Result<super::sync::SyncResponse, MatrixError> {
+        let mut q = vec![
+            ("timeout", timeout.as_millis().to_string()),
+            ("filter", filter.to_owned()),
+        ];
+        if let Some(s) = since {
+            q.push(("since", s.to_owned()));
+        }
+        let v = self
+            .call(
+                Method::GET,
+                "/sync",
+                &q,
+                None,
+                timeout + Duration::from_secs(30),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| MatrixError::Decode(e.to_string()))
+    }
+
+    /// Joins a room we were invited to.
+    pub async fn join(&self, room_id: &str) -> Result<(), MatrixError> {
+        self.call(
+            Method::POST,
+            &format!("/rooms/{}/join", seg(room_id)),
+            &[],
+            Some(&json!({})),
+            Self::SHORT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Joined members with their display names.
+    pub async fn joined_members(
+        &self,
+        room_id: &str,
+    ) -> Result<HashMap<String, MemberInfo>, MatrixError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/rooms/{}/joined_members", seg(room_id)),
+                &[],
+                None,
+                Self::SHORT,
+            )
+            .await?;
+        serde_json::from_value::<JoinedMembers>(v)
+            .map(|m| m.joined)
+            .map_err(|e| MatrixError::Decode(e.to_string()))
+    }
+
+    /// Sends one event with a caller-chosen transaction id, so a retry is idempotent.
+    pub async fn send(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &Value,
+    ) -> Result<String, MatrixError> {
+        let v = self
+            .call(
+                Method::PUT,
+                &format!(
+                    "/rooms/{}/send/{}/{}",
+                    seg(room_id),
+                    seg(event_type),
+                    seg(txn_id)
+                ),
+                &[],
+                Some(content),
+                Self::SHORT,
+            )
+            .await?;
+        Ok(v.get("event_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// [`send`](Self::send) retried with backoff on transient errors until `deadline`, always
+    /// with the same transaction id, so the event is delivered at most once.
+    pub async fn send_reliably(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        content: &Value,
+        give_up_after: Duration,
+    ) -> Result<String, MatrixError> {
+        let txn = format!("vb{}", uuid::Uuid::new_v4().simple());
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.send(room_id, event_type, &txn, content).await {
+                Ok(id) => return Ok(id),
+                Err(e) if e.is_transient() && start.elapsed() < give_up_after => {
+                    let wait = e.retry_after().unwrap_or(backoff);
+                    warn!(%event_type, error = %e, retry_in = ?wait, "sending event failed; retrying with the same transaction id");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let api = |status, errcode: &str| MatrixError::Api {
+            status,
+            errcode: errcode.into(),
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(MatrixError::Network("x".into()).is_transient());
+        assert!(api(502, "M_UNKNOWN").is_transient());
+        assert!(api(429, "M_LIMIT_EXCEEDED").is_transient());
+        assert!(!api(403, "M_FORBIDDEN").is_transient());
+        assert!(api(401, "M_UNKNOWN_TOKEN").is_unknown_token());
+        assert!(!api(403, "M_FORBIDDEN").is_unknown_token());
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(seg("!abc:example.org"), "%21abc%3Aexample.org");
+        assert_eq!(seg("m.call.invite"), "m.call.invite");
+        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+    }
+}

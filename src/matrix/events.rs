@@ -1,0 +1,271 @@
+//! Typed view of the timeline events the bot acts on.
+//!
+//! Event contents are ruma's `m.call.*` types (they accept `version` as the integer `0` or a
+//! string, and an end-of-candidates entry without `sdpMid`). The envelope stays a raw JSON
+//! value until we know the type, so one malformed event costs a warning, never the batch.
+
+use ruma::events::call::{
+    answer::CallAnswerEventContent, candidates::CallCandidatesEventContent,
+    hangup::CallHangupEventContent, invite::CallInviteEventContent,
+    negotiate::CallNegotiateEventContent, reject::CallRejectEventContent,
+    select_answer::CallSelectAnswerEventContent,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A timeline event we care about.
+#[derive(Debug, Clone)]
+pub struct TimelineEvent {
+    /// The event id, for logs.
+    pub event_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// `unsigned.age` in ms at the time of the sync response.
+    pub age_ms: Option<u64>,
+    /// What it says.
+    pub kind: EventKind,
+}
+
+/// The parsed content.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// An `m.call.*` event.
+    Call(CallEvent),
+    /// `m.room.member` with its state key and membership.
+    Member {
+        /// Whose membership.
+        user_id: String,
+        /// `join`, `leave`, `ban` ...
+        membership: String,
+    },
+    /// An `m.call.*` event whose content did not parse.
+    Malformed {
+        /// The event type.
+        event_type: String,
+        /// The `call_id`, when it could be read.
+        call_id: Option<String>,
+        /// serde's message.
+        error: String,
+    },
+}
+
+/// The `m.call.*` events of the legacy 1:1 VoIP spec.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// `m.call.invite`.
+    Invite(Box<CallInviteEventContent>),
+    /// `m.call.candidates`.
+    Candidates(CallCandidatesEventContent),
+    /// `m.call.answer` (from another device of the callee side).
+    Answer(Box<CallAnswerEventContent>),
+    /// `m.call.select_answer`.
+    SelectAnswer(CallSelectAnswerEventContent),
+    /// `m.call.hangup`.
+    Hangup(CallHangupEventContent),
+    /// `m.call.reject`.
+    Reject(CallRejectEventContent),
+    /// `m.call.negotiate`.
+    Negotiate(Box<CallNegotiateEventContent>),
+}
+
+impl CallEvent {
+    /// The `call_id` every call event carries.
+    pub fn call_id(&self) -> &str {
+        match self {
+            CallEvent::Invite(c) => c.call_id.as_str(),
+            CallEvent::Candidates(c) => c.call_id.as_str(),
+            CallEvent::Answer(c) => c.call_id.as_str(),
+            CallEvent::SelectAnswer(c) => c.call_id.as_str(),
+            CallEvent::Hangup(c) => c.call_id.as_str(),
+            CallEvent::Reject(c) => c.call_id.as_str(),
+            CallEvent::Negotiate(c) => c.call_id.as_str(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    event_id: String,
+    sender: String,
+    #[serde(borrow)]
+    content: &'a RawValue,
+    #[serde(default)]
+    state_key: Option<String>,
+    #[serde(default)]
+    unsigned: Unsigned,
+}
+
+#[derive(Deserialize, Default)]
+struct Unsigned {
+    #[serde(default)]
+    age: Option<u64>,
+}
+
+/// Why an event was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not even a valid event envelope.
+    #[error("bad event envelope: {0}")]
+    Envelope(String),
+    /// A type we do not act on.
+    #[error("not an event the bot acts on")]
+    Irrelevant,
+}
+
+/// Parses one raw timeline event.
+pub fn parse_event(raw: &RawValue) -> Result<TimelineEvent, EventError> {
+    let env: Envelope<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| EventError::Envelope(e.to_string()))?;
+    let c = env.content.get();
+    fn p<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+    let parsed: Result<CallEvent, serde_json::Error> = match env.event_type.as_str() {
+        "m.call.invite" => p(c).map(|x| CallEvent::Invite(Box::new(x))),
+        "m.call.candidates" => p(c).map(CallEvent::Candidates),
+        "m.call.answer" => p(c).map(|x| CallEvent::Answer(Box::new(x))),
+        "m.call.select_answer" => p(c).map(CallEvent::SelectAnswer),
+        "m.call.hangup" => p(c).map(CallEvent::Hangup),
+        "m.call.reject" => p(c).map(CallEvent::Reject),
+        "m.call.negotiate" => p(c).map(|x| CallEvent::Negotiate(Box::new(x))),
+        "m.room.member" => {
+            #[derive(Deserialize)]
+            struct M {
+                membership: String,
+            }
+            let m: M = p(c).map_err(|e| EventError::Envelope(e.to_string()))?;
+            return Ok(TimelineEvent {
+                event_id: env.event_id,
+                sender: env.sender,
+                age_ms: env.unsigned.age,
+                kind: EventKind::Member {
+                    user_id: env.state_key.unwrap_or_default(),
+                    membership: m.membership,
+                },
+            });
+        }
+        _ => return Err(EventError::Irrelevant),
+    };
+    let kind = match parsed {
+        Ok(ev) => EventKind::Call(ev),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Id {
+                call_id: Option<String>,
+            }
+            EventKind::Malformed {
+                call_id: p::<Id>(c).ok().and_then(|i| i.call_id),
+                event_type: env.event_type,
+                error: e.to_string(),
+            }
+        }
+    };
+    Ok(TimelineEvent {
+        event_id: env.event_id,
+        sender: env.sender,
+        age_ms: env.unsigned.age,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::VoipVersionId;
+    use serde_json::json;
+
+    fn raw(v: serde_json::Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
+    }
+
+    fn ev(t: &str, content: serde_json::Value) -> Box<RawValue> {
+        raw(
+            json!({"type": t, "event_id": "$e", "sender": "@a:b", "content": content, "unsigned": {"age": 1200}, "origin_server_ts": 1}),
+        )
+    }
+
+    #[test]
+    fn invite_versions() {
+        let cases = [
+            (json!(0), VoipVersionId::V0),
+            (json!("1"), VoipVersionId::V1),
+        ];
+        for (version, want) in cases {
+            let e = parse_event(&ev(
+                "m.call.invite",
+                json!({"call_id": "c1", "version": version, "lifetime": 60000, "party_id": "P",
+                       "offer": {"type": "offer", "sdp": "v=0"}, "unknown_field": {"x": 1},
+                       "capabilities": {"m.call.dtmf": false}}),
+            ))
+            .unwrap();
+            assert_eq!(e.age_ms, Some(1200));
+            match e.kind {
+                EventKind::Call(CallEvent::Invite(i)) => {
+                    assert_eq!(i.version, want);
+                    assert_eq!(i.lifetime, ruma::UInt::from(60000u32));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn candidates_from_real_chromium_capture() {
+        let json: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/chromium_candidates.json"
+        ))
+        .unwrap();
+        for content in json["events"].as_array().unwrap() {
+            let e = parse_event(&ev("m.call.candidates", content.clone())).unwrap();
+            let EventKind::Call(CallEvent::Candidates(c)) = e.kind else {
+                panic!()
+            };
+            assert!(!c.candidates.is_empty());
+        }
+        // The last event ends with the marker, which has no sdpMid/sdpMLineIndex.
+        let last = &json["events"][1];
+        let e = parse_event(&ev("m.call.candidates", last.clone())).unwrap();
+        let EventKind::Call(CallEvent::Candidates(c)) = e.kind else {
+            panic!()
+        };
+        let end = c.candidates.last().unwrap();
+        assert!(end.candidate.is_empty() && end.sdp_mid.is_none());
+    }
+
+    #[test]
+    fn malformed_and_irrelevant() {
+        // Missing lifetime and offer.
+        let e = parse_event(&ev(
+            "m.call.invite",
+            json!({"call_id": "c2", "version": "1"}),
+        ))
+        .unwrap();
+        assert!(matches!(e.kind, EventKind::Malformed { call_id: Some(ref c), .. } if c == "c2"));
+        assert!(matches!(
+            parse_event(&ev("m.room.message", json!({"body": "hi"}))),
+            Err(EventError::Irrelevant)
+        ));
+        assert!(matches!(
+            parse_event(&raw(json!([1, 2]))),
+            Err(EventError::Envelope(_))
+        ));
+        assert!(matches!(
+            parse_event(&raw(json!({"type": "m.call.hangup"}))),
+            Err(EventError::Envelope(_))
+        ));
+        // Hangup without reason (v0) parses; reason defaults to user_hangup.
+        let e = parse_event(&ev("m.call.hangup", json!({"call_id": "c3", "version": 0}))).unwrap();
+        assert!(matches!(e.kind, EventKind::Call(CallEvent::Hangup(_))));
+    }
+
+    #[test]
+    fn membership() {
+        let e = parse_event(&raw(json!({"type": "m.room.member", "state_key": "@u:x", "sender": "@u:x", "event_id": "$m", "content": {"membership": "leave"}}))).unwrap();
+        assert!(
+            matches!(e.kind, EventKind::Member { ref membership, .. } if membership == "leave")
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The `/sync` loop: login, long poll, invites, hand-over of batches.
+//!
+//! The position is saved only after a batch has been handed to the consumer, so a crash
+//! replays at most one batch and never skips one. On a first start (no saved position) the
+//! timeline is skipped, because it holds calls that ended long ago, but pending invites are
+//! still joined: the bot must not ignore rooms people invited it to while it was not running.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::client::{MatrixClient, MatrixError, Session};
+use super::events::{parse_event, EventError, TimelineEvent};
+use crate::config::{MatrixConfig, Secret};
+use crate::state::StateStore;
+
+/// The subset of the `/sync` response the bot reads.
+#[derive(Debug, Deserialize)]
+pub struct SyncResponse {
+    /// The next position.
+    pub next_batch: String,
+    /// Per-room sections.
+    #[serde(default)]
+    pub rooms: Rooms,
+}
+
+/// `rooms`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Rooms {
+    /// Joined rooms.
+    #[serde(default)]
+    pub join: HashMap<String, JoinedRoom>,
+    /// Rooms we are invited to (content ignored).
+    #[serde(default)]
+    pub invite: HashMap<String, serde::de::IgnoredAny>,
+}
+
+/// One joined room.
+#[derive(Debug, Default, Deserialize)]
+pub struct JoinedRoom {
+    /// Its new timeline events.
+    #[serde(default)]
+    pub timeline: Timeline,
+}
+
+/// A timeline slice.
+#[derive(Debug, Default, Deserialize)]
+pub struct Timeline {
+    /// Events, each left raw until its type is known.
+    #[serde(default)]
+    pub events: Vec<Box<RawValue>>,
+}
+
+/// What the consumer receives per sync response.
+#[derive(Debug)]
+pub struct Batch {
+    /// When the response arrived: with `age`, decides whether an invite is still valid.
+    pub received: Instant,
+    /// Rooms with relevant events, each in timeline order.
+    pub rooms: Vec<(String, Vec<TimelineEvent>)>,
+}
+
+/// The sync filter: only what the bot acts on, so the long poll stays cheap.
+pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
+
+/// Logs in (or reuses the saved session) and returns the client and the session.
+pub async fn login(
+    cfg: &MatrixConfig,
+    store: &StateStore,
+) -> Result<(MatrixClient, Session), MatrixError> {
+    if let Some(token) = &cfg.access_token {
+        let client = MatrixClient::new(&cfg.homeserver, Some(token.clone()))?;
+        let (user, device) = client.whoami().await?;
+        if user != cfg.user_id {
+            warn!(configured = %cfg.user_id, actual = %user, "access token belongs to another user");
+        }
+        let session = Session {
+            homeserver: cfg.homeserver.clone(),
+            user_id: user,
+            device_id: device.unwrap_or_else(|| "VERTOBOT".into()),
+            access_token: token.expose().to_owned(),
+        };
+        return Ok((client, session));
+    }
+    let saved = store.session().ok().flatten();
+    if let Some(s) = saved
+        .as_ref()
+        .filter(|s| s.user_id == cfg.user_id && s.homeserver == cfg.homeserver)
+    {
+        let client = MatrixClient::new(&cfg.homeserver, Some(Secret::new(&s.access_token)))?;
+        match client.whoami().await {
+            Ok(_) => {
+                info!(device_id = %s.device_id, "reusing saved Matrix session");
+                return Ok((client, s.clone()));
+            }
+            Err(e) if e.is_unknown_token() => {
+                info!("saved access token is no longer valid; logging in again")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let client = MatrixClient::new(&cfg.homeserver, None)?;
+    let password = cfg.password.clone().unwrap_or_default();
+    let device = saved
+        .as_ref()
+        .filter(|s| s.user_id == cfg.user_id)
+        .map(|s| s.device_id.as_str());
+    let session = client
+        .login_password(&cfg.user_id, &password, device, &cfg.device_name)
+        .await?;
+    client.set_token(Secret::new(&session.access_token));
+    if let Err(e) = store.save_session(&session) {
+        error!(error = %e, "cannot save the Matrix session; the next start will log in again");
+    }
+    info!(device_id = %session.device_id, "logged in to Matrix");
+    Ok((client, session))
+}
+
+/// Runs until cancelled, sending one [`Batch`] per sync response.
+pub async fn run(
+    client: MatrixClient,
+    cfg: MatrixConfig,
+    store: StateStore,
+    tx: mpsc::Sender<Batch>,
+    cancel: CancellationToken,
+) {
+    let mut since = match store.since() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot read the sync position; starting fresh");
+            None
+        }
+    };
+    if since.is_none() {
+        info!("no saved sync position: skipping old timeline events, joining pending invites");
+    }
+    let joining: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let timeout = Duration::from_secs(cfg.sync_timeout_secs);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let first = since.is_none();
+        let poll = if first { Duration::ZERO } else { timeout };
+        let res = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.sync(since.as_deref(), poll, FILTER) => r,
+        };
+        match res {
+            Ok(resp) => {
+                backoff = Duration::from_secs(1);
+                let received = Instant::now();
+                for room in resp.rooms.invite.keys() {
+                    spawn_join(&client, room, &joining, &cancel);
+                }
+                let mut rooms = Vec::new();
+                if !first {
+                    for (room_id, room) in resp.rooms.join {
+                        let mut events = Vec::new();
+                        for raw in room.timeline.events {
+                            match parse_event(&raw) {
+                                Ok(ev) => events.push(ev),
+                                Err(EventError::Irrelevant) => {}
+                                Err(e) => warn!(%room_id, error = %e, "skipping event"),
+                            }
+                        }
+                        if !events.is_empty() {
+                            rooms.push((room_id, events));
+                        }
+                    }
+                }
+                if !rooms.is_empty() && tx.send(Batch { received, rooms }).await.is_err() {
+                    return;
+                }
+                if let Err(e) = store.save_since(&resp.next_batch) {
+                    error!(error = %e, "cannot save the sync position");
+                }
+                since = Some(resp.next_batch);
+            }
+            Err(e) => {
+                let wait = if e.is_unknown_token() {
+                    match &cfg.password {
+                        Some(_) => {
+                            warn!("Matrix access token rejected; logging in again");
+                            match login(&cfg, &store).await {
+                                Ok((c, s)) => {
+                                    client.set_token(Secret::new(&s.access_token));
+                                    drop(c);
+                                    continue;
+                                }
+                                Err(e) => {
+                                    error!(error = %e, "Matrix login failed");
+                                    Duration::from_secs(30)
+                                }
+                            }
+                        }
+                        None => {
+                            error!("the configured Matrix access_token was rejected (M_UNKNOWN_TOKEN): configure a new token or a password");
+                            Duration::from_secs(60)
+                        }
+                    }
+                } else {
+                    let w = e.retry_after().unwrap_or(backoff);
+                    warn!(error = %e, retry_in = ?w, "sync failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    w
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Joins an invited room in the background, retrying with backoff.
+fn spawn_join(
+    client: &MatrixClient,
+    room: &str,
+    joining: &Arc<Mutex<HashSet<String>>>,
+    cancel: &CancellationToken,
+) {
+    let Ok(mut set) = joining.lock() else { return };
+    if !set.insert(room.to_owned()) {
+        return;
+    }
+    drop(set);
+    let client = client.clone();
+    let room = room.to_owned();
+    let joining = joining.clone();
+    let cancel = cancel.clone();
+    let span = tracing::info_span!("join", room_id = %room);
+    tokio::spawn(
+        async move {
+            let mut wait = Duration::from_secs(1);
+            for attempt in 1..=8 {
+                match client.join(&room).await {
+                    Ok(()) => {
+                        info!("joined room");
+                        break;
+                    }
+                    Err(e)
+                        if attempt < 8
+                            && (e.is_transient()
+                                || matches!(
+                                    e,
+                                    MatrixError::Api {
+                                        status: 404 | 403,
+                                        ..
+                                    }
+                                )) =>
+                    {
+                        debug!(error = %e, attempt, "join failed; retrying");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot join room; giving up");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            if let Ok(mut set) = joining.lock() {
+                set.remove(&room);
+            }
+        }
+        .instrument(span),
+    );
+}

@@ -1,0 +1,562 @@
+//! Pure SDP edits between a browser and FreeSWITCH.
+//!
+//! mod_verto has no trickle ICE: the offer in `verto.invite` must already hold every candidate,
+//! and FreeSWITCH only uses UDP candidates with literal IP addresses, the first one in SDP order
+//! that matches its ACL (PROTOCOL.md B.7). [`merge_candidates`] therefore moves trickled
+//! candidates into their own `m=` section and leaves out what FreeSWITCH would skip anyway.
+//!
+//! FreeSWITCH's answer has no `a=mid` and no `a=group:BUNDLE`, which browsers refuse for a
+//! bundled offer; [`repair_answer`] adds them back from the offer.
+//!
+//! Every function here is pure (text in, text out) so that it can be table-tested and fuzzed.
+//! Lines we do not understand are kept byte for byte, with the original line ending.
+
+use std::net::IpAddr;
+
+/// Why an SDP could not be edited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    /// It does not start with `v=`.
+    #[error("not an SDP body (no v= line)")]
+    NotSdp,
+    /// No `m=` line: nothing to put candidates in.
+    #[error("SDP has no media section")]
+    NoMediaSection,
+}
+
+/// Why a candidate is left out of the offer sent to FreeSWITCH.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// FreeSWITCH only reads UDP candidates.
+    #[error("transport {0} (FreeSWITCH uses UDP only)")]
+    NotUdp(String),
+    /// An mDNS name: FreeSWITCH does not resolve them.
+    #[error("mDNS host name {0}")]
+    Mdns(String),
+    /// Any other host name instead of a literal address.
+    #[error("host name {0} instead of an IP address")]
+    HostName(String),
+    /// Not `candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type>`.
+    #[error("malformed candidate line")]
+    Malformed,
+    /// Neither `sdpMid` nor `sdpMLineIndex` names a section of the offer.
+    #[error("no m= section for sdpMid {mid:?} / sdpMLineIndex {index:?}")]
+    NoSection {
+        /// The candidate's `sdpMid`.
+        mid: Option<String>,
+        /// The candidate's `sdpMLineIndex`.
+        index: Option<u64>,
+    },
+}
+
+/// A trickled candidate, as carried by `m.call.candidates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrickleCandidate {
+    /// The attribute value, `candidate:...` (an optional `a=` is tolerated).
+    pub candidate: String,
+    /// The `a=mid` of the target section.
+    pub sdp_mid: Option<String>,
+    /// The zero-based index of the target `m=` line.
+    pub sdp_m_line_index: Option<u64>,
+}
+
+impl TrickleCandidate {
+    /// The empty candidate string is the end-of-candidates marker.
+    pub fn is_end_of_candidates(&self) -> bool {
+        self.candidate.trim().is_empty()
+    }
+}
+
+/// The offer after merging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// The complete offer for `verto.invite`.
+    pub sdp: String,
+    /// Candidates FreeSWITCH can use. Zero means FreeSWITCH would hang up with cause 88.
+    pub usable: usize,
+    /// What was left out, and why (for debug logs).
+    pub dropped: Vec<(String, Unusable)>,
+}
+
+/// Checks that FreeSWITCH can use a candidate (UDP, literal IP).
+pub fn classify(candidate: &str) -> Result<(), Unusable> {
+    let value = strip_candidate_prefix(candidate).ok_or(Unusable::Malformed)?;
+    if candidate.contains(['\r', '\n']) {
+        return Err(Unusable::Malformed);
+    }
+    let fields: Vec<&str> = value.split_ascii_whitespace().collect();
+    if fields.len() < 8 || fields[6] != "typ" {
+        return Err(Unusable::Malformed);
+    }
+    if fields[1].parse::<u8>().is_err()
+        || fields[3].parse::<u32>().is_err()
+        || fields[5].parse::<u16>().is_err()
+    {
+        return Err(Unusable::Malformed);
+    }
+    if !fields[2].eq_ignore_ascii_case("udp") {
+        return Err(Unusable::NotUdp(fields[2].to_ascii_lowercase()));
+    }
+    let addr = fields[4];
+    if addr.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else if addr.to_ascii_lowercase().ends_with(".local") {
+        Err(Unusable::Mdns(addr.to_owned()))
+    } else {
+        Err(Unusable::HostName(addr.to_owned()))
+    }
+}
+
+/// Returns the part after `candidate:` (with or without a leading `a=`).
+fn strip_candidate_prefix(s: &str) -> Option<&str> {
+    let s = s.trim();
+    let s = s.strip_prefix("a=").unwrap_or(s);
+    s.strip_prefix("candidate:")
+}
+
+/// A parsed SDP kept as lines, split into the session part and one block per `m=` line.
+struct Lines<'a> {
+    eol: &'static str,
+    session: Vec<&'a str>,
+    media: Vec<Vec<&'a str>>,
+}
+
+fn split(sdp: &str) -> Result<Lines<'_>, SdpError> {
+    if !sdp.trim_start().starts_with("v=") {
+        return Err(SdpError::NotSdp);
+    }
+    let eol = if sdp.contains("\r\n") || !sdp.contains('\n') {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut session = Vec::new();
+    let mut media: Vec<Vec<&str>> = Vec::new();
+    for line in sdp.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("m=") {
+            media.push(vec![line]);
+        } else if let Some(m) = media.last_mut() {
+            m.push(line);
+        } else {
+            session.push(line);
+        }
+    }
+    Ok(Lines {
+        eol,
+        session,
+        media,
+    })
+}
+
+fn join(eol: &str, session: &[String], media: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for line in session.iter().chain(media.iter().flatten()) {
+        out.push_str(line);
+        out.push_str(eol);
+    }
+    out
+}
+
+fn mid_of(section: &[&str]) -> Option<String> {
+    section
+        .iter()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .map(|m| m.trim().to_owned())
+}
+
+/// Puts trickled candidates into the offer and drops the ones FreeSWITCH cannot use.
+///
+/// Each candidate goes into the section whose `a=mid` equals its `sdpMid`, else the section at
+/// `sdpMLineIndex`. Candidates already in the offer are checked the same way. Every section
+/// that ends up with candidates gets a single `a=end-of-candidates`, since the offer is now
+/// complete. Duplicates (the same candidate in the offer and in an event) are kept once.
+pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Merged, SdpError> {
+    let lines = split(offer)?;
+    if lines.media.is_empty() {
+        return Err(SdpError::NoMediaSection);
+    }
+    let mut dropped = Vec::new();
+    let mut usable = 0;
+    let mids: Vec<Option<String>> = lines.media.iter().map(|m| mid_of(m)).collect();
+
+    // Candidate lines per section, in order: the offer's first, then trickled ones.
+    let mut cands: Vec<Vec<String>> = vec![Vec::new(); lines.media.len()];
+    let mut rest: Vec<Vec<String>> = Vec::with_capacity(lines.media.len());
+    for (i, section) in lines.media.iter().enumerate() {
+        let mut kept = Vec::new();
+        for line in section {
+            if let Some(value) = line.strip_prefix("a=") {
+                if value.starts_with("candidate:") {
+                    match classify(value) {
+                        Ok(()) => {
+                            if !cands[i].iter().any(|c| c == value) {
+                                cands[i].push(value.to_owned());
+                                usable += 1;
+                            }
+                        }
+                        Err(why) => dropped.push((value.to_owned(), why)),
+                    }
+                    continue;
+                }
+                if value == "end-of-candidates" {
+                    continue;
+                }
+            }
+            kept.push((*line).to_owned());
+        }
+        rest.push(kept);
+    }
+
+    for t in trickled.iter().filter(|t| !t.is_end_of_candidates()) {
+        let target = t
+            .sdp_mid
+            .as_deref()
+            .and_then(|mid| mids.iter().position(|m| m.as_deref() == Some(mid)))
+            .or_else(|| {
+                t.sdp_m_line_index
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|i| *i < lines.media.len())
+            });
+        let Some(i) = target else {
+            dropped.push((
+                t.candidate.clone(),
+                Unusable::NoSection {
+                    mid: t.sdp_mid.clone(),
+                    index: t.sdp_m_line_index,
+                },
+            ));
+            continue;
+        };
+        match classify(&t.candidate) {
+            Ok(()) => {
+                let value = t
+                    .candidate
+                    .trim()
+                    .strip_prefix("a=")
+                    .unwrap_or(t.candidate.trim())
+                    .to_owned();
+                if !cands[i].contains(&value) {
+                    cands[i].push(value);
+                    usable += 1;
+                }
+            }
+            Err(why) => dropped.push((t.candidate.clone(), why)),
+        }
+    }
+
+    let media: Vec<Vec<String>> = rest
+        .into_iter()
+        .zip(cands)
+        .map(|(mut section, c)| {
+            if !c.is_empty() {
+                section.extend(c.into_iter().map(|v| format!("a={v}")));
+                section.push("a=end-of-candidates".to_owned());
+            }
+            section
+        })
+        .collect();
+    let session: Vec<String> = lines.session.iter().map(|s| (*s).to_owned()).collect();
+    Ok(Merged {
+        sdp: join(lines.eol, &session, &media),
+        usable,
+        dropped,
+    })
+}
+
+/// Makes FreeSWITCH's answer acceptable to the browser that sent `offer`.
+///
+/// Adds the offer's `a=mid` to each answer section that lacks one (by `m=` line order), and,
+/// when the offer bundles and the answer has a single section, the matching
+/// `a=group:BUNDLE` line. Anything else is left as it was. If either side is not SDP the answer
+/// is returned unchanged: FreeSWITCH's text is still the best we have.
+pub fn repair_answer(answer: &str, offer: &str) -> String {
+    let (Ok(a), Ok(o)) = (split(answer), split(offer)) else {
+        return answer.to_owned();
+    };
+    let offer_mids: Vec<Option<String>> = o.media.iter().map(|m| mid_of(m)).collect();
+    let offer_bundles = o.session.iter().any(|l| l.starts_with("a=group:BUNDLE"));
+    let mut media: Vec<Vec<String>> = Vec::with_capacity(a.media.len());
+    let mut answer_mids = Vec::new();
+    for (i, section) in a.media.iter().enumerate() {
+        let mut out: Vec<String> = section.iter().map(|s| (*s).to_owned()).collect();
+        match mid_of(section) {
+            Some(mid) => answer_mids.push(mid),
+            None => {
+                if let Some(Some(mid)) = offer_mids.get(i) {
+                    out.insert(1, format!("a=mid:{mid}"));
+                    answer_mids.push(mid.clone());
+                }
+            }
+        }
+        media.push(out);
+    }
+    let mut session: Vec<String> = a.session.iter().map(|s| (*s).to_owned()).collect();
+    let answer_bundles = session.iter().any(|l| l.starts_with("a=group:BUNDLE"));
+    if offer_bundles && !answer_bundles && a.media.len() == 1 && answer_mids.len() == 1 {
+        // After `t=` if there is one, so the session attributes stay together.
+        let at = session
+            .iter()
+            .position(|l| l.starts_with("t="))
+            .map_or(session.len(), |p| p + 1);
+        session.insert(at, format!("a=group:BUNDLE {}", answer_mids[0]));
+    }
+    join(a.eol, &session, &media)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = include_str!("../tests/fixtures/chromium_offer.sdp");
+    const FS_ANSWER: &str = "v=0\r\no=FreeSWITCH 1795744740 1795744741 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=msid-semantic: WMS 3wv95VPUteELH19quUdb3bWHBuMRviYE\r\nm=audio 16458 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=setup:active\r\na=rtcp-mux\r\na=ice-ufrag:61z7sCwrljygyoQn\r\na=candidate:9101603196 1 udp 2130706431 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates\r\n";
+
+    fn cand(c: &str, mid: Option<&str>, idx: Option<u64>) -> TrickleCandidate {
+        TrickleCandidate {
+            candidate: c.into(),
+            sdp_mid: mid.map(Into::into),
+            sdp_m_line_index: idx,
+        }
+    }
+
+    #[test]
+    fn classify_table() {
+        let cases: &[(&str, Result<(), Unusable>)] = &[
+            (
+                "candidate:1 1 udp 2122194687 127.0.0.1 55085 typ host generation 0",
+                Ok(()),
+            ),
+            ("a=candidate:1 1 UDP 2122194687 ::1 55085 typ host", Ok(())),
+            (
+                "candidate:3 1 udp 2122 fd00::2 42462 typ host generation 0 ufrag KV7c",
+                Ok(()),
+            ),
+            (
+                "candidate:1 1 udp 1 192.0.2.1 5000 typ srflx raddr 10.0.0.1 rport 5000",
+                Ok(()),
+            ),
+            (
+                "candidate:1 1 tcp 1518214911 127.0.0.1 9 typ host tcptype active",
+                Err(Unusable::NotUdp("tcp".into())),
+            ),
+            (
+                "candidate:1 1 udp 2122 4b1f1c2e-aaaa.local 5000 typ host",
+                Err(Unusable::Mdns("4b1f1c2e-aaaa.local".into())),
+            ),
+            (
+                "candidate:1 1 udp 2122 turn.example.org 5000 typ relay",
+                Err(Unusable::HostName("turn.example.org".into())),
+            ),
+            ("candidate:1 1 udp", Err(Unusable::Malformed)),
+            ("", Err(Unusable::Malformed)),
+            ("foo", Err(Unusable::Malformed)),
+            (
+                "candidate:1 x udp 1 1.2.3.4 5 typ host",
+                Err(Unusable::Malformed),
+            ),
+            (
+                "candidate:1 1 udp 1 1.2.3.4 99999 typ host",
+                Err(Unusable::Malformed),
+            ),
+            (
+                "candidate:1 1 udp 1 1.2.3.4 5 typ host\r\na=evil",
+                Err(Unusable::Malformed),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&classify(input), want, "{input}");
+        }
+    }
+
+    fn candidate_lines(sdp: &str) -> Vec<&str> {
+        sdp.lines()
+            .filter(|l| l.starts_with("a=candidate"))
+            .collect()
+    }
+
+    #[test]
+    fn merges_real_chromium_trickle() {
+        let json: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/chromium_candidates.json"))
+                .unwrap();
+        let mut trickled = Vec::new();
+        for ev in json["events"].as_array().unwrap() {
+            for c in ev["candidates"].as_array().unwrap() {
+                trickled.push(cand(
+                    c["candidate"].as_str().unwrap(),
+                    c["sdpMid"].as_str(),
+                    c["sdpMLineIndex"].as_u64(),
+                ));
+            }
+        }
+        assert_eq!(trickled.len(), 9);
+        let m = merge_candidates(OFFER, &trickled).unwrap();
+        assert_eq!(m.usable, 4, "four UDP host candidates");
+        assert_eq!(m.dropped.len(), 4, "four TCP candidates: {:?}", m.dropped);
+        let lines = candidate_lines(&m.sdp);
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].contains("127.0.0.1 55085"),
+            "order kept: {lines:?}"
+        );
+        assert!(m.sdp.contains("a=end-of-candidates\r\n"));
+        // Every other line survives unchanged, in order, with CRLF.
+        let orig: Vec<&str> = OFFER.split("\r\n").filter(|l| !l.is_empty()).collect();
+        let kept: Vec<&str> = m
+            .sdp
+            .split("\r\n")
+            .filter(|l| {
+                !l.is_empty() && !l.starts_with("a=candidate") && *l != "a=end-of-candidates"
+            })
+            .collect();
+        assert_eq!(orig, kept);
+        assert!(!m.sdp.contains("\n\n") && m.sdp.ends_with("\r\n"));
+    }
+
+    const TWO_SECTIONS: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE a v\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:a\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:v\r\na=rtpmap:96 VP8/90000\r\n";
+
+    #[test]
+    fn merge_table() {
+        struct Case {
+            name: &'static str,
+            offer: &'static str,
+            trickled: Vec<TrickleCandidate>,
+            usable: usize,
+            audio: usize,
+            video: usize,
+        }
+        let u1 = "candidate:1 1 udp 9 10.0.0.1 5000 typ host";
+        let u2 = "candidate:2 1 udp 9 10.0.0.2 5002 typ host";
+        let cases = vec![
+            Case {
+                name: "by mid",
+                offer: TWO_SECTIONS,
+                trickled: vec![cand(u1, Some("v"), Some(0))],
+                usable: 1,
+                audio: 0,
+                video: 1,
+            },
+            Case {
+                name: "by index when mid is unknown",
+                offer: TWO_SECTIONS,
+                trickled: vec![cand(u1, Some("zz"), Some(1)), cand(u2, None, Some(0))],
+                usable: 2,
+                audio: 1,
+                video: 1,
+            },
+            Case {
+                name: "no section",
+                offer: TWO_SECTIONS,
+                trickled: vec![cand(u1, Some("zz"), Some(7)), cand(u2, None, None)],
+                usable: 0,
+                audio: 0,
+                video: 0,
+            },
+            Case {
+                name: "duplicates once",
+                offer: TWO_SECTIONS,
+                trickled: vec![cand(u1, Some("a"), None), cand(u1, Some("a"), None)],
+                usable: 1,
+                audio: 1,
+                video: 0,
+            },
+            Case {
+                name: "end marker only",
+                offer: TWO_SECTIONS,
+                trickled: vec![cand("", None, None)],
+                usable: 0,
+                audio: 0,
+                video: 0,
+            },
+        ];
+        for c in cases {
+            let m = merge_candidates(c.offer, &c.trickled).unwrap();
+            assert_eq!(m.usable, c.usable, "{}", c.name);
+            let video_at = m.sdp.find("m=video").unwrap();
+            let (a, v) = m.sdp.split_at(video_at);
+            assert_eq!(candidate_lines(a).len(), c.audio, "{}: {}", c.name, m.sdp);
+            assert_eq!(candidate_lines(v).len(), c.video, "{}: {}", c.name, m.sdp);
+        }
+    }
+
+    #[test]
+    fn offer_candidates_are_filtered_and_kept() {
+        let offer = "v=0\ns=-\nm=audio 5000 RTP/SAVPF 0\na=mid:0\na=candidate:1 1 udp 9 10.0.0.1 5000 typ host\na=candidate:2 1 udp 9 x.local 5000 typ host\na=end-of-candidates\n";
+        let m = merge_candidates(offer, &[]).unwrap();
+        assert_eq!(m.usable, 1);
+        assert_eq!(m.dropped.len(), 1);
+        assert!(m.sdp.contains("\n") && !m.sdp.contains("\r\n"), "LF kept");
+        assert_eq!(m.sdp.matches("a=end-of-candidates").count(), 1);
+        assert!(!m.sdp.contains("x.local"));
+    }
+
+    #[test]
+    fn mdns_only_offer_has_no_usable_candidate() {
+        let t = [cand(
+            "candidate:1 1 udp 2122 abc.local 5000 typ host",
+            Some("0"),
+            Some(0),
+        )];
+        let m = merge_candidates(OFFER, &t).unwrap();
+        assert_eq!(m.usable, 0);
+    }
+
+    #[test]
+    fn merge_rejects_non_sdp() {
+        assert_eq!(merge_candidates("hello", &[]), Err(SdpError::NotSdp));
+        assert_eq!(
+            merge_candidates("v=0\r\ns=-\r\n", &[]),
+            Err(SdpError::NoMediaSection)
+        );
+    }
+
+    #[test]
+    fn repair_adds_mid_and_bundle() {
+        let fixed = repair_answer(FS_ANSWER, OFFER);
+        let lines: Vec<&str> = fixed.split("\r\n").collect();
+        let m = lines.iter().position(|l| l.starts_with("m=audio")).unwrap();
+        assert_eq!(lines[m + 1], "a=mid:0");
+        let t = lines.iter().position(|l| l.starts_with("t=")).unwrap();
+        assert_eq!(lines[t + 1], "a=group:BUNDLE 0");
+        assert!(t < m);
+        // Nothing else changed.
+        let orig: Vec<&str> = FS_ANSWER.split("\r\n").collect();
+        let rest: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| *l != "a=mid:0" && *l != "a=group:BUNDLE 0")
+            .collect();
+        assert_eq!(orig, rest);
+    }
+
+    #[test]
+    fn repair_table() {
+        let no_bundle_offer = OFFER.replace("a=group:BUNDLE 0\r\n", "");
+        let with_mid = FS_ANSWER.replace("a=rtpmap:96", "a=mid:0\r\na=rtpmap:96");
+        let cases: &[(&str, &str, &str, usize, usize)] = &[
+            ("FS answer to bundled offer", FS_ANSWER, OFFER, 1, 1),
+            ("offer without bundle", FS_ANSWER, &no_bundle_offer, 1, 0),
+            ("answer already has mid", &with_mid, OFFER, 1, 1),
+            (
+                "two sections: mids but no bundle",
+                &format!("{FS_ANSWER}m=video 0 RTP/SAVPF 96\r\n"),
+                TWO_SECTIONS,
+                2,
+                0,
+            ),
+            ("garbage answer left alone", "nonsense", OFFER, 0, 0),
+        ];
+        for (name, answer, offer, mids, bundles) in cases {
+            let fixed = repair_answer(answer, offer);
+            assert_eq!(fixed.matches("a=mid:").count(), *mids, "{name}: {fixed}");
+            assert_eq!(
+                fixed.matches("a=group:BUNDLE").count(),
+                *bundles,
+                "{name}: {fixed}"
+            );
+        }
+    }
+}

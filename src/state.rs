@@ -1,0 +1,169 @@
+//! What survives a restart, as small JSON files in `state_dir`.
+//!
+//! Files are replaced atomically (write to a temporary file, then rename), so a crash mid-write
+//! leaves the previous version. `session.json` holds the access token and is created with mode
+//! 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not the JSON we wrote.
+    #[error("{path}: corrupt state file ({message})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// serde's message.
+        message: String,
+    },
+}
+
+/// The directory and its files.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct SyncPos {
+    since: String,
+}
+
+impl StateStore {
+    /// Creates the directory if needed.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    fn write<T: Serialize>(&self, name: &str, value: &T, private: bool) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = opts.open(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// The saved Matrix session.
+    pub fn session(&self) -> Result<Option<crate::matrix::Session>, StateError> {
+        self.read("session.json")
+    }
+
+    /// Saves the Matrix session (private file).
+    pub fn save_session(&self, s: &crate::matrix::Session) -> Result<(), StateError> {
+        self.write("session.json", s, true)
+    }
+
+    /// The saved `/sync` position.
+    pub fn since(&self) -> Result<Option<String>, StateError> {
+        Ok(self.read::<SyncPos>("sync.json")?.map(|p| p.since))
+    }
+
+    /// Saves the `/sync` position.
+    pub fn save_since(&self, since: &str) -> Result<(), StateError> {
+        self.write(
+            "sync.json",
+            &SyncPos {
+                since: since.to_owned(),
+            },
+            false,
+        )
+    }
+
+    /// Per-call data of the call layer, keyed by file name; kept generic so the store knows
+    /// nothing of calls.
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        self.read(name)
+    }
+
+    /// Writes a JSON file atomically.
+    pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<(), StateError> {
+        self.write(name, v, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_permissions() {
+        let dir = std::env::temp_dir().join(format!("vertobot-state-{}", uuid::Uuid::new_v4()));
+        let st = StateStore::open(&dir).unwrap();
+        assert_eq!(st.since().unwrap(), None);
+        st.save_since("s1").unwrap();
+        st.save_since("s2").unwrap();
+        assert_eq!(st.since().unwrap().as_deref(), Some("s2"));
+        let s = crate::matrix::Session {
+            homeserver: "h".into(),
+            user_id: "@a:b".into(),
+            device_id: "D".into(),
+            access_token: "t".into(),
+        };
+        st.save_session(&s).unwrap();
+        assert_eq!(st.session().unwrap(), Some(s));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("session.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "session.json must be private");
+        }
+        std::fs::write(dir.join("sync.json"), "garbage").unwrap();
+        assert!(matches!(st.since(), Err(StateError::Corrupt { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

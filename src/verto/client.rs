@@ -1,0 +1,579 @@
+//! The verto connection actor.
+//!
+//! One task owns the WebSocket, the request-id counter and the map of pending requests, so a
+//! pending entry can be inserted right after a successful send and no reply can race it. Every
+//! pending request ends: on its reply, on its own deadline, or with [`VertoError::Disconnected`]
+//! when the socket goes away. The actor reconnects with backoff and logs in again with the same
+//! `sessid`, which is what lets FreeSWITCH re-offer answered calls (`verto.attach`).
+//!
+//! Keepalive is a `verto.ping` request: FreeSWITCH answers WebSocket ping frames with an error
+//! frame and never a pong (`ping_with_ws_keepalive.jsonl`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, trace, warn, Instrument};
+
+use super::rpc::{self, Incoming, RpcError};
+use crate::config::{Secret, VertoConfig};
+
+/// Errors of the verto layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VertoError {
+    /// Connecting or the TLS setup failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// FreeSWITCH answered with an error object.
+    #[error("FreeSWITCH error: {0}")]
+    Rpc(RpcError),
+    /// No reply within the request timeout.
+    #[error("no reply from FreeSWITCH within {0:?}")]
+    Timeout(Duration),
+    /// Not connected, or the connection dropped before the reply.
+    #[error("not connected to FreeSWITCH")]
+    Disconnected,
+}
+
+/// What FreeSWITCH tells us, routed to the call layer by `callID`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VertoEvent {
+    /// Logged in (again). `reattached` lists calls FreeSWITCH kept across the gap.
+    Connected {
+        /// From `verto.clientReady`, if it came before we published.
+        reattached: Vec<String>,
+    },
+    /// The socket is gone; requests fail until `Connected`.
+    Disconnected,
+    /// Early media: FreeSWITCH's answer SDP before the answer.
+    Media {
+        /// The verto `callID`.
+        call_id: String,
+        /// FreeSWITCH's SDP.
+        sdp: String,
+    },
+    /// FreeSWITCH answered; `sdp` is absent when `verto.media` carried it.
+    Answer {
+        /// The verto `callID`.
+        call_id: String,
+        /// FreeSWITCH's SDP, if any.
+        sdp: Option<String>,
+    },
+    /// FreeSWITCH hung up.
+    Bye {
+        /// The verto `callID`.
+        call_id: String,
+        /// Numeric cause (Q.850 or FreeSWITCH-specific).
+        cause_code: Option<i64>,
+        /// Cause name.
+        cause: Option<String>,
+    },
+    /// A new offer for a call (after a reconnect, or a media renegotiation).
+    Attach {
+        /// The verto `callID`.
+        call_id: String,
+        /// FreeSWITCH's offer.
+        sdp: String,
+    },
+    /// Another connection took over our session.
+    Punted,
+    /// Any other server request, acknowledged and passed on for logging.
+    Other {
+        /// The method.
+        method: String,
+        /// The `callID`, when there is one.
+        call_id: Option<String>,
+    },
+}
+
+enum Command {
+    Request {
+        method: String,
+        params: Value,
+        reply: oneshot::Sender<Result<Value, VertoError>>,
+    },
+}
+
+/// A cheap handle for making requests.
+#[derive(Clone)]
+pub struct VertoHandle {
+    tx: mpsc::Sender<Command>,
+    timeout: Duration,
+}
+
+impl VertoHandle {
+    /// Sends one request and waits for its reply.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, VertoError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request {
+                method: method.to_owned(),
+                params,
+                reply,
+            })
+            .await
+            .map_err(|_| VertoError::Disconnected)?;
+        // The actor enforces the deadline; this outer bound only guards against a stuck actor.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(2), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(VertoError::Disconnected),
+            Err(_) => Err(VertoError::Timeout(self.timeout)),
+        }
+    }
+
+    /// `verto.invite`; Ok means FreeSWITCH created the channel (`CALL CREATED`).
+    pub async fn invite(&self, sdp: &str, dialog_params: Value) -> Result<Value, VertoError> {
+        self.request(
+            "verto.invite",
+            json!({"sdp": sdp, "dialogParams": dialog_params}),
+        )
+        .await
+    }
+
+    /// `verto.bye` with a FreeSWITCH cause name.
+    pub async fn bye(&self, call_id: &str, cause: &str) -> Result<Value, VertoError> {
+        self.request(
+            "verto.bye",
+            json!({"dialogParams": {"callID": call_id}, "cause": cause}),
+        )
+        .await
+    }
+}
+
+struct Pending {
+    method: String,
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Result<Value, VertoError>>>,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Starts the actor. Events go to `events`; the task ends when `cancel` fires.
+pub fn spawn(
+    cfg: &VertoConfig,
+    sessid: String,
+    events: mpsc::Sender<VertoEvent>,
+    cancel: CancellationToken,
+) -> Result<(VertoHandle, tokio::task::JoinHandle<()>), VertoError> {
+    let tls = tls_config(cfg.ca_file.as_deref())?;
+    let (tx, rx) = mpsc::channel(256);
+    let timeout = Duration::from_secs(cfg.request_timeout_secs);
+    let actor = Actor {
+        url: cfg.url.clone(),
+        login: cfg.login.clone(),
+        password: cfg.password.clone().unwrap_or_default(),
+        sessid,
+        timeout,
+        keepalive: Duration::from_secs(cfg.keepalive_secs),
+        reconnect_max: Duration::from_secs(cfg.reconnect_max_secs),
+        tls,
+        events,
+        rx,
+        next_id: 1,
+        pending: HashMap::new(),
+    };
+    let span = tracing::info_span!("verto", url = %cfg.url);
+    let task = tokio::spawn(actor.run(cancel).instrument(span));
+    Ok((VertoHandle { tx, timeout }, task))
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, VertoError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert
+                .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(VertoError::Transport(format!(
+                "ca_file {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| VertoError::Transport(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+struct Actor {
+    url: String,
+    login: String,
+    password: Secret,
+    sessid: String,
+    timeout: Duration,
+    keepalive: Duration,
+    reconnect_max: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    events: mpsc::Sender<VertoEvent>,
+    rx: mpsc::Receiver<Command>,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+}
+
+/// Why a connection ended.
+enum End {
+    Cancelled,
+    Lost(String),
+}
+
+impl Actor {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.connect() => r,
+            };
+            let ws = match outcome {
+                Ok(ws) => ws,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH");
+                    if !self.wait(backoff, &cancel).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                    continue;
+                }
+            };
+            match self.session(ws, &cancel, &mut backoff).await {
+                End::Cancelled => {
+                    self.fail_pending();
+                    return;
+                }
+                End::Lost(why) => {
+                    self.fail_pending();
+                    let _ = self.events.send(VertoEvent::Disconnected).await;
+                    warn!(reason = %why, retry_in = ?backoff, "verto connection lost; reconnecting");
+                    if !self.wait(backoff, &cancel).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                }
+            }
+        }
+    }
+
+    /// Sleeps while failing requests that arrive meanwhile. False when cancelled.
+    async fn wait(&mut self, d: Duration, cancel: &CancellationToken) -> bool {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = &mut sleep => return true,
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Request { reply, method, .. }) => {
+                        debug!(%method, "request while disconnected");
+                        let _ = reply.send(Err(VertoError::Disconnected));
+                    }
+                    None => return false,
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Ws, VertoError> {
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let fut = tokio_tungstenite::connect_async_tls_with_config(
+            self.url.as_str(),
+            None,
+            false,
+            Some(connector),
+        );
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(VertoError::Transport(e.to_string())),
+            Err(_) => Err(VertoError::Timeout(self.timeout)),
+        }
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, p) in self.pending.drain() {
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(VertoError::Disconnected));
+            }
+        }
+    }
+
+    async fn send(&mut self, ws: &mut Ws, frame: &Value) -> Result<(), String> {
+        trace!(frame = %rpc::redacted(frame), "verto send");
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    async fn session(
+        &mut self,
+        mut ws: Ws,
+        cancel: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> End {
+        // Log in first. Nothing else is sent until FreeSWITCH accepts us.
+        let login_id = self.alloc_id();
+        let frame = rpc::request(
+            login_id,
+            "login",
+            json!({
+                "login": self.login,
+                "passwd": self.password.expose(),
+                "loginParams": {},
+                "userVariables": {},
+                "sessid": self.sessid,
+            }),
+        );
+        if let Err(e) = self.send(&mut ws, &frame).await {
+            return End::Lost(e);
+        }
+        self.pending.insert(
+            login_id,
+            Pending {
+                method: "login".into(),
+                deadline: Instant::now() + self.timeout,
+                reply: None,
+            },
+        );
+        let mut logged_in = false;
+        let mut ping: Option<(u64, Instant)> = None;
+        let mut last_ping = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return End::Cancelled;
+                }
+                msg = ws.next() => {
+                    let text = match msg {
+                        None => return End::Lost("socket closed".into()),
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Ok(Message::Text(t))) => t.to_string(),
+                        Some(Ok(Message::Close(f))) => {
+                            return End::Lost(format!("closed by FreeSWITCH ({f:?})"));
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            warn!("ignoring binary frame from FreeSWITCH");
+                            continue;
+                        }
+                        Some(Ok(_)) => continue,
+                    };
+                    trace!(frame = %text, "verto recv");
+                    for item in rpc::parse_frame(&text) {
+                        match item {
+                            Err(e) => warn!(error = %e, "ignoring verto frame"),
+                            Ok(Incoming::Response { id, outcome }) => {
+                                if id == Some(login_id) && !logged_in {
+                                    self.pending.remove(&login_id);
+                                    match outcome {
+                                        Ok(_) => {
+                                            logged_in = true;
+                                            *backoff = Duration::from_millis(500);
+                                            info!(login = %self.login, "logged in to FreeSWITCH");
+                                            let _ = self.events.send(VertoEvent::Connected { reattached: vec![] }).await;
+                                        }
+                                        Err(e) => {
+                                            error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
+                                            // Do not hammer FreeSWITCH with a bad password.
+                                            *backoff = self.reconnect_max;
+                                            let _ = ws.close(None).await;
+                                            return End::Lost("login refused".into());
+                                        }
+                                    }
+                                    continue;
+                                }
+                                if let (Some(id), Some((pid, _))) = (id, ping) {
+                                    if id == pid {
+                                        ping = None;
+                                        continue;
+                                    }
+                                }
+                                match id.and_then(|id| self.pending.remove(&id)) {
+                                    Some(p) => {
+                                        debug!(method = %p.method, ok = outcome.is_ok(), "verto reply");
+                                        if let Some(r) = p.reply {
+                                            let _ = r.send(outcome.map_err(VertoError::Rpc));
+                                        }
+                                    }
+                                    None => warn!(?id, outcome = ?outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()), "verto reply to no pending request"),
+                                }
+                            }
+                            Ok(Incoming::Request { id, method, params }) => {
+                                if let Err(e) = self.send(&mut ws, &rpc::ack(&id, &method)).await {
+                                    return End::Lost(e);
+                                }
+                                if method == "verto.punt" {
+                                    error!("FreeSWITCH punted this connection: another client logged in with our session id");
+                                    let _ = self.events.send(VertoEvent::Punted).await;
+                                    let _ = ws.close(None).await;
+                                    return End::Lost("punted".into());
+                                }
+                                if let Some(ev) = to_event(&method, &params) {
+                                    let _ = self.events.send(ev).await;
+                                }
+                            }
+                            Ok(Incoming::Notification { method, .. }) => {
+                                debug!(%method, "verto notification ignored");
+                            }
+                        }
+                    }
+                }
+                cmd = self.rx.recv(), if logged_in => {
+                    let Some(Command::Request { method, mut params, reply }) = cmd else {
+                        let _ = ws.close(None).await;
+                        return End::Cancelled;
+                    };
+                    if let Value::Object(m) = &mut params {
+                        m.insert("sessid".into(), Value::String(self.sessid.clone()));
+                    }
+                    let id = self.alloc_id();
+                    let frame = rpc::request(id, &method, params);
+                    if let Err(e) = self.send(&mut ws, &frame).await {
+                        let _ = reply.send(Err(VertoError::Disconnected));
+                        return End::Lost(e);
+                    }
+                    self.pending.insert(id, Pending { method, deadline: Instant::now() + self.timeout, reply: Some(reply) });
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+                    for id in expired {
+                        if let Some(p) = self.pending.remove(&id) {
+                            warn!(method = %p.method, "no reply from FreeSWITCH in time");
+                            match p.reply {
+                                Some(r) => { let _ = r.send(Err(VertoError::Timeout(self.timeout))); }
+                                None => return End::Lost(format!("no reply to {}", p.method)),
+                            }
+                        }
+                    }
+                    if let Some((_, sent)) = ping {
+                        if now.duration_since(sent) > self.timeout {
+                            let _ = ws.close(None).await;
+                            return End::Lost("verto.ping unanswered".into());
+                        }
+                    } else if logged_in && now.duration_since(last_ping) >= self.keepalive {
+                        let id = self.alloc_id();
+                        let frame = rpc::request(id, "verto.ping", json!({"sessid": self.sessid}));
+                        if let Err(e) = self.send(&mut ws, &frame).await {
+                            return End::Lost(e);
+                        }
+                        ping = Some((id, now));
+                        last_ping = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Maps a server request to an event for the call layer.
+fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
+    let call_id = p.get("callID").and_then(Value::as_str).map(str::to_owned);
+    let sdp = p.get("sdp").and_then(Value::as_str).map(str::to_owned);
+    match (method, call_id) {
+        ("verto.ping", _) => None,
+        ("verto.clientReady", _) => {
+            let reattached: Vec<String> = p
+                .get("reattached_sessions")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            debug!(?reattached, "verto.clientReady");
+            None
+        }
+        ("verto.media", Some(call_id)) => match sdp {
+            Some(sdp) => Some(VertoEvent::Media { call_id, sdp }),
+            None => {
+                warn!(%call_id, "verto.media without sdp ignored");
+                None
+            }
+        },
+        ("verto.answer", Some(call_id)) => Some(VertoEvent::Answer { call_id, sdp }),
+        ("verto.bye", Some(call_id)) => Some(VertoEvent::Bye {
+            call_id,
+            cause_code: p.get("causeCode").and_then(|c| {
+                c.as_i64()
+                    .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+            }),
+            cause: p.get("cause").and_then(Value::as_str).map(str::to_owned),
+        }),
+        ("verto.attach", Some(call_id)) => sdp.map(|sdp| VertoEvent::Attach { call_id, sdp }),
+        (m, call_id) => Some(VertoEvent::Other {
+            method: m.to_owned(),
+            call_id,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_from_requests() {
+        let e = to_event(
+            "verto.bye",
+            &json!({"callID":"c","causeCode":17,"cause":"USER_BUSY"}),
+        );
+        assert_eq!(
+            e,
+            Some(VertoEvent::Bye {
+                call_id: "c".into(),
+                cause_code: Some(17),
+                cause: Some("USER_BUSY".into())
+            })
+        );
+        let e = to_event("verto.answer", &json!({"callID":"c"}));
+        assert_eq!(
+            e,
+            Some(VertoEvent::Answer {
+                call_id: "c".into(),
+                sdp: None
+            })
+        );
+        assert_eq!(to_event("verto.media", &json!({"callID":"c"})), None);
+        assert_eq!(to_event("verto.ping", &json!({"serno":1})), None);
+        assert!(matches!(
+            to_event("verto.display", &json!({"callID":"c"})),
+            Some(VertoEvent::Other { .. })
+        ));
+        // A bye without a callID cannot be routed; it is reported as "other".
+        assert!(matches!(
+            to_event("verto.bye", &json!({})),
+            Some(VertoEvent::Other { call_id: None, .. })
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! FreeSWITCH mod_verto client. Knows nothing of Matrix.
+//!
+//! - [`rpc`]: pure JSON-RPC framing and classification.
+//! - [`client`]: the connection actor, its handle and the events it publishes.
+
+pub mod client;
+pub mod rpc;
+
+pub use client::{spawn, VertoError, VertoEvent, VertoHandle};
