@@ -1,0 +1,432 @@
+//! End-to-end call flows: a test caller on a real Synapse calls the bot, which dials the fake
+//! FreeSWITCH. Each test checks what both sides see.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+/// Happy path: trickled candidates in two events, the marker in the second; FreeSWITCH
+/// answers; the caller hangs up after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_call_with_trickled_candidates_and_marker() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (verto_id, invite) = wait_dialled(&fake, &cid).await;
+
+    // The offer FreeSWITCH gets: the four UDP candidates in the audio section, no TCP.
+    let sdp = invite["params"]["sdp"].as_str().unwrap();
+    let cands: Vec<&str> = sdp
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert_eq!(cands.len(), 4, "{sdp}");
+    assert!(cands.iter().all(|c| c.contains(" udp ")), "{cands:?}");
+    assert!(sdp.contains("a=end-of-candidates"));
+    let dp = &invite["params"]["dialogParams"];
+    assert_eq!(dp["destination_number"], "9196");
+    assert!(uuid::Uuid::parse_str(&verto_id).is_ok(), "callID is a UUID");
+    let localpart = caller
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap();
+    assert_eq!(dp["caller_id_number"], localpart);
+    assert_eq!(
+        dp["caller_id_name"], localpart,
+        "no display name set: the localpart"
+    );
+    assert_eq!(dp["userVariables"]["matrix_room_id"], room.as_str());
+    assert_eq!(
+        dp["userVariables"]["matrix_sender"],
+        caller.user_id.as_str()
+    );
+
+    // The caller's answer: FreeSWITCH's SDP with the offer's mid and BUNDLE added.
+    let answer = caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    let c = &answer["content"];
+    assert_eq!(answer["sender"], bot.user_id.as_str());
+    assert_eq!(c["version"], "1");
+    assert!(c["party_id"].as_str().is_some_and(|p| !p.is_empty()));
+    assert_eq!(c["capabilities"]["m.call.dtmf"], true);
+    let asdp = c["answer"]["sdp"].as_str().unwrap();
+    assert_eq!(c["answer"]["type"], "answer");
+    assert!(
+        asdp.contains("a=mid:0\r\n") && asdp.contains("a=group:BUNDLE 0\r\n"),
+        "{asdp}"
+    );
+    assert!(
+        asdp.contains("a=candidate:9101603196"),
+        "FreeSWITCH's candidate is kept"
+    );
+    // The end-of-candidates marker follows.
+    let cands = caller
+        .wait_call_event(&room, "m.call.candidates", &cid, T)
+        .await;
+    assert_eq!(cands["content"]["candidates"], json!([{"candidate": ""}]));
+
+    caller
+        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    caller.catch_up().await;
+    assert_eq!(
+        caller.seen_call_events("m.call.answer", &cid).len(),
+        1,
+        "exactly one answer"
+    );
+    bot.stop().await;
+}
+
+/// No end-of-candidates marker: the bot dials after `candidate_wait_ms` with what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_without_marker_dial_after_the_wait() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates_no_marker(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (_, invite) = wait_dialled(&fake, &cid).await;
+    let sdp = invite["params"]["sdp"].as_str().unwrap();
+    assert_eq!(sdp.matches("a=candidate:").count(), 4, "{sdp}");
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    bot.stop().await;
+}
+
+/// A version 0 caller (integer version, no party_id) gets version 0 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_0_call() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    let offer = OFFER.replace(
+        "a=mid:0\r\n",
+        "a=mid:0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host\r\n",
+    );
+    caller
+        .send(&room, "m.call.invite", json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}}))
+        .await;
+    caller
+        .send(&room, "m.call.candidates", json!({"call_id": cid, "version": 0, "candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
+        .await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    let answer = caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    assert_eq!(answer["content"]["version"], 0);
+    assert!(answer["content"].get("party_id").is_none());
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    let hangup = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(hangup["content"]["version"], 0);
+    bot.stop().await;
+}
+
+/// Busy: FreeSWITCH hangs up with 17 before answering; a v1 caller gets a reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_is_rejected() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "4860".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    wait_dialled(&fake, &cid).await;
+    let reject = caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    assert_eq!(reject["content"]["reason"], "user_busy");
+    assert_eq!(reject["content"]["version"], "1");
+    caller.catch_up().await;
+    assert!(caller.seen_call_events("m.call.answer", &cid).is_empty());
+    assert!(
+        caller.seen_call_events("m.call.hangup", &cid).is_empty(),
+        "a reject, not a hangup"
+    );
+    bot.stop().await;
+}
+
+/// Early media then an answer without SDP: one answer, with the early SDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_then_answer_without_sdp() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "7000".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    let answer = caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    assert!(answer["content"]["answer"]["sdp"]
+        .as_str()
+        .unwrap()
+        .contains("a=candidate:9101603196"));
+    // FreeSWITCH hangs up after the answer: a hangup, not a reject.
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    let hangup = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(hangup["content"]["reason"], "user_hangup");
+    caller.catch_up().await;
+    assert_eq!(caller.seen_call_events("m.call.answer", &cid).len(), 1);
+    bot.stop().await;
+}
+
+/// No route: 3 NO_ROUTE_DESTINATION before answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_rejected() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "4040".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    wait_dialled(&fake, &cid).await;
+    let reject = caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    assert_eq!(reject["content"]["reason"], "unknown_error");
+    bot.stop().await;
+}
+
+/// mDNS-only candidates: never dialled (FreeSWITCH would answer 88), rejected with ice_failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mdns_only_candidates_are_rejected_without_dialling() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    caller
+        .send(&room, "m.call.candidates", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "candidates": [
+            {"candidate": "candidate:1 1 udp 2122194687 4b1f1c2e-9d7e-4c43-a0d1-3c3c5e0e7f11.local 55085 typ host generation 0", "sdpMid": "0", "sdpMLineIndex": 0},
+            {"candidate": ""}]}))
+        .await;
+    let reject = caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    assert_eq!(reject["content"]["reason"], "ice_failed");
+    assert!(
+        fake.frames().iter().all(|f| invite_for(f, &cid).is_none()),
+        "never dialled"
+    );
+    bot.stop().await;
+}
+
+/// The caller hangs up while candidates are still being collected: nothing reaches FreeSWITCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hangup_during_coalescing_sends_nothing() {
+    let opts = BotOpts {
+        candidate_wait_ms: 1500,
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup(opts.clone()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    caller
+        .send(
+            &room,
+            "m.call.candidates",
+            chromium_candidates_no_marker(&cid)[0].clone(),
+        )
+        .await;
+    caller
+        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+    // A second call in the same room, placed after the hangup, is dialled: the bot has seen
+    // the hangup by then (events are handled in order).
+    let cid2 = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid2, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid2) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    wait_dialled(&fake, &cid2).await;
+    // The first call would have been dialled when its candidate wait ran out.
+    let c = cid.clone();
+    fake.assert_none_within(
+        "verto.invite for the hung-up call",
+        Duration::from_millis(opts.candidate_wait_ms + 1500),
+        move |f| invite_for(f, &c).is_some(),
+    )
+    .await;
+    caller.catch_up().await;
+    assert!(caller.seen_call_events("m.call.reject", &cid).is_empty());
+    assert!(caller.seen_call_events("m.call.answer", &cid).is_empty());
+    bot.stop().await;
+}
+
+/// The caller hangs up while FreeSWITCH is ringing: verto.bye ORIGINATOR_CANCEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hangup_while_ringing_cancels() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "ring".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    // Wait for CALL CREATED to have been processed is not needed: a hangup during the dial is
+    // held until the reply.
+    caller
+        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "ORIGINATOR_CANCEL");
+    caller.catch_up().await;
+    assert!(
+        caller.seen_call_events("m.call.reject", &cid).is_empty(),
+        "no reject for a call the caller ended"
+    );
+    bot.stop().await;
+}
+
+/// Two calls in two rooms at the same time, each with its own verto leg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_in_two_rooms_at_once() {
+    let (fake, bot, mut alice, room_a) = setup(BotOpts {
+        destination: "ring".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut bob = TestUser::new("bob").await;
+    let room_b = bob.create_dm(&bot.user_id).await;
+    bob.wait_joined(&room_b, &bot.user_id, T).await;
+
+    let (ca, cb) = (call_id(), call_id());
+    alice
+        .send(&room_a, "m.call.invite", invite_v1(&ca, OFFER, 60000))
+        .await;
+    bob.send(&room_b, "m.call.invite", invite_v1(&cb, OFFER, 60000))
+        .await;
+    for (u, r, c) in [(&alice, &room_a, &ca), (&bob, &room_b, &cb)] {
+        for ev in chromium_candidates(c) {
+            u.send(r, "m.call.candidates", ev).await;
+        }
+    }
+    let (va, _) = wait_dialled(&fake, &ca).await;
+    let (vb, _) = wait_dialled(&fake, &cb).await;
+    assert_ne!(va, vb);
+    // Both are live at once: FreeSWITCH ends them in the opposite order.
+    fake.hangup(&vb, 17, "USER_BUSY");
+    fake.hangup(&va, 19, "NO_ANSWER");
+    let rb = bob.wait_call_event(&room_b, "m.call.reject", &cb, T).await;
+    let ra = alice
+        .wait_call_event(&room_a, "m.call.reject", &ca, T)
+        .await;
+    assert_eq!(rb["content"]["reason"], "user_busy");
+    assert_eq!(ra["content"]["reason"], "invite_timeout");
+    bot.stop().await;
+}
+
+/// Invites that are not for the bot are ignored: a room with a third member, an invitee
+/// that is someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_not_for_the_bot_are_ignored() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let other = TestUser::new("other").await;
+    // Invitee is someone else.
+    let c1 = call_id();
+    let mut inv = invite_v1(&c1, OFFER, 60000);
+    inv["invitee"] = json!(other.user_id);
+    caller.send(&room, "m.call.invite", inv).await;
+    for ev in chromium_candidates(&c1) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    // A group room: three members.
+    let group = caller.create_dm(&bot.user_id).await;
+    caller.invite(&group, &other.user_id).await;
+    other.join(&group).await;
+    caller.wait_joined(&group, &bot.user_id, T).await;
+    let c2 = call_id();
+    caller
+        .send(&group, "m.call.invite", invite_v1(&c2, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&c2) {
+        caller.send(&group, "m.call.candidates", ev).await;
+    }
+    // A valid call placed afterwards is dialled; the two before it never are.
+    let c3 = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&c3, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&c3) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    wait_dialled(&fake, &c3).await;
+    let (a, b) = (c1.clone(), c2.clone());
+    fake.assert_none_within(
+        "a dial of an invite that is not for the bot",
+        Duration::from_millis(2500),
+        move |f| invite_for(f, &a).is_some() || invite_for(f, &b).is_some(),
+    )
+    .await;
+    bot.stop().await;
+}
+
+/// SIGTERM-like stop during an answered call hangs it up on both sides, quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hangs_up_active_calls() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    // `stop` fails the test if the bridge takes longer than its bound.
+    bot.stop().await;
+    wait_bye(&fake, &verto_id).await;
+    caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+}

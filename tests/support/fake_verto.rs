@@ -1,0 +1,397 @@
+//! A fake FreeSWITCH mod_verto peer that behaves like the captures in `tests/fixtures/verto/`.
+//!
+//! It listens on `127.0.0.1:0`, requires a `login` (wrong password → `-32001`), numbers its own
+//! requests from a counter that starts at 1 (so its ids collide with the client's, as real
+//! FreeSWITCH's do), acknowledges `verto.invite` with `CALL CREATED` and then plays a script
+//! chosen by the destination number:
+//!
+//! | destination | behaviour (capture) |
+//! |---|---|
+//! | `9196` | `verto.answer` with SDP (`invite_echo_9196.jsonl`) |
+//! | `7000` | `verto.media` with SDP, then `verto.answer` without (`early_media_7000.jsonl`) |
+//! | `4860` | `verto.bye` 17 USER_BUSY (`busy_4860.jsonl`) |
+//! | `4040` | `verto.bye` 3 NO_ROUTE_DESTINATION (`no_route_4040.jsonl`) |
+//! | `ring` | nothing: rings until someone hangs up |
+//! | `silent` | never replies to `verto.invite` |
+//!
+//! An offer without a usable candidate (UDP, literal IP) is hung up with 88
+//! INCOMPATIBLE_DESTINATION right after `CALL CREATED` (`no_candidates.jsonl`), whatever the
+//! destination. Every frame received is recorded, so tests can wait for one.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// FreeSWITCH's answer SDP from `invite_echo_9196.jsonl`: no `a=mid`, no BUNDLE.
+pub const FS_ANSWER: &str = "v=0\r\no=FreeSWITCH 1795744740 1795744741 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=msid-semantic: WMS 3wv95VPUteELH19quUdb3bWHBuMRviYE\r\nm=audio 16458 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1; minptime=10; maxptime=40\r\na=silenceSupp:off - - - -\r\na=ptime:20\r\na=sendrecv\r\na=fingerprint:sha-256 58:2D:38:AA:98:FF:51:39:F8:26:6F:E4:29:BF:BF:0C:8B:59:DB:B1:9B:B6:81:AC:42:73:5B:E5:55:AD:1B:1D\r\na=setup:active\r\na=rtcp-mux\r\na=rtcp:16458 IN IP4 127.0.0.1\r\na=ice-ufrag:61z7sCwrljygyoQn\r\na=ice-pwd:jwR1E7YWybpNvpkKTTx5Di0U\r\na=candidate:9101603196 1 udp 2130706431 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates\r\na=ssrc:655218886 cname:hN3TYntAnIRI7PDA\r\na=ssrc:655218886 msid:3wv95VPUteELH19quUdb3bWHBuMRviYE a0\r\n";
+
+/// One recorded inbound frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Which connection (1, 2, ...).
+    pub conn: usize,
+    /// The parsed frame (`Value::String` for non-JSON text).
+    pub msg: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    frames: Vec<Frame>,
+    conns: HashMap<usize, mpsc::UnboundedSender<Message>>,
+    next_conn: usize,
+    /// The server-wide request counter (starts at 1, like a fresh FreeSWITCH).
+    next_id: u64,
+    /// callID → connection.
+    calls: HashMap<String, usize>,
+    logins: usize,
+}
+
+/// The running fake.
+#[derive(Clone)]
+pub struct FakeVerto {
+    /// `ws://127.0.0.1:<port>`.
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+    count: watch::Sender<usize>,
+    password: String,
+}
+
+impl FakeVerto {
+    /// Starts a fake that accepts `1000@localhost` with `password`.
+    pub async fn start(password: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let (count, _) = watch::channel(0);
+        let fake = FakeVerto {
+            url,
+            inner: Arc::new(Mutex::new(Inner {
+                next_id: 1,
+                ..Default::default()
+            })),
+            count,
+            password: password.to_owned(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                        f.serve(ws).await;
+                    }
+                });
+            }
+        });
+        fake
+    }
+
+    fn server_id(&self) -> u64 {
+        let mut i = self.inner.lock().unwrap();
+        let id = i.next_id;
+        i.next_id += 1;
+        id
+    }
+
+    fn push(&self, conn: usize, v: Value) {
+        let i = self.inner.lock().unwrap();
+        if let Some(tx) = i.conns.get(&conn) {
+            let _ = tx.send(Message::text(v.to_string()));
+        }
+    }
+
+    /// Sends a server request on a connection.
+    pub fn request(&self, conn: usize, method: &str, params: Value) {
+        let id = self.server_id();
+        self.push(
+            conn,
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        );
+    }
+
+    /// The newest connection's number.
+    pub fn last_conn(&self) -> usize {
+        self.inner.lock().unwrap().next_conn
+    }
+
+    /// Sends `verto.bye` for a call, as FreeSWITCH does when the far end hangs up.
+    pub fn hangup(&self, call_id: &str, code: i64, cause: &str) {
+        let conn = self.inner.lock().unwrap().calls.get(call_id).copied();
+        if let Some(conn) = conn {
+            self.request(
+                conn,
+                "verto.bye",
+                json!({"callID": call_id, "causeCode": code, "cause": cause}),
+            );
+        }
+    }
+
+    /// Sends a server `verto.ping` on the newest connection (with a counter id).
+    pub fn ping(&self) {
+        let conn = self.last_conn();
+        self.request(conn, "verto.ping", json!({"serno": 1795761220}));
+    }
+
+    /// Closes every connection, as a FreeSWITCH restart would.
+    pub fn drop_connections(&self) {
+        let mut i = self.inner.lock().unwrap();
+        for (_, tx) in i.conns.drain() {
+            let _ = tx.send(Message::Close(None));
+        }
+    }
+
+    /// How many successful logins so far.
+    pub fn logins(&self) -> usize {
+        self.inner.lock().unwrap().logins
+    }
+
+    /// All frames so far.
+    pub fn frames(&self) -> Vec<Frame> {
+        self.inner.lock().unwrap().frames.clone()
+    }
+
+    /// Waits until a frame matching `pred` has been received, and returns it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Frame) -> bool,
+    ) -> Frame {
+        let mut rx = self.count.subscribe();
+        let fut = async {
+            loop {
+                if let Some(f) = self.frames().into_iter().find(|f| pred(f)) {
+                    return f;
+                }
+                if rx.changed().await.is_err() {
+                    panic!("fake verto stopped");
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(f) => f,
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for {what}; frames received: {:#?}",
+                self.frames()
+                    .iter()
+                    .map(|f| summary(&f.msg))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Asserts that no frame matching `pred` arrives within `window` (for things that must
+    /// not happen; bounded by the policy's own timer, not a guess).
+    pub async fn assert_none_within(
+        &self,
+        what: &str,
+        window: Duration,
+        pred: impl Fn(&Frame) -> bool,
+    ) {
+        let mut rx = self.count.subscribe();
+        let _ = tokio::time::timeout(window, async {
+            loop {
+                assert!(!self.frames().iter().any(&pred), "unexpected {what}");
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(!self.frames().iter().any(&pred), "unexpected {what}");
+    }
+
+    /// All `verto.invite` requests received.
+    pub fn invites(&self) -> Vec<Value> {
+        self.frames()
+            .into_iter()
+            .filter(|f| f.msg["method"] == "verto.invite")
+            .map(|f| f.msg)
+            .collect()
+    }
+
+    async fn serve(&self, ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let conn = {
+            let mut i = self.inner.lock().unwrap();
+            i.next_conn += 1;
+            let c = i.next_conn;
+            i.conns.insert(c, tx.clone());
+            c
+        };
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let close = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || close {
+                    break;
+                }
+            }
+        });
+        let mut authed = false;
+        while let Some(Ok(msg)) = stream.next().await {
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                // libks hands ping frames to the JSON parser: an error frame, never a pong.
+                Message::Ping(_) => {
+                    let _ = tx.send(Message::text(
+                        json!({"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}).to_string(),
+                    ));
+                    continue;
+                }
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let msg: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            {
+                let mut i = self.inner.lock().unwrap();
+                i.frames.push(Frame {
+                    conn,
+                    msg: msg.clone(),
+                });
+            }
+            self.count.send_modify(|c| *c += 1);
+            self.handle(conn, &tx, &msg, &mut authed);
+        }
+        writer.abort();
+        let mut i = self.inner.lock().unwrap();
+        i.conns.remove(&conn);
+    }
+
+    fn handle(
+        &self,
+        conn: usize,
+        tx: &mpsc::UnboundedSender<Message>,
+        msg: &Value,
+        authed: &mut bool,
+    ) {
+        let reply = |v: Value| {
+            let _ = tx.send(Message::text(v.to_string()));
+        };
+        let Some(method) = msg["method"].as_str() else {
+            return; // a response to one of our requests: FreeSWITCH ignores them
+        };
+        let id = msg["id"].clone();
+        let p = &msg["params"];
+        let err = |code: i64, message: &str| json!({"jsonrpc":"2.0","id":id,"error":{"code":code,"message":message}});
+        let sessid = p["sessid"].as_str().unwrap_or("").to_owned();
+        if method == "login" {
+            if p["login"] != "1000@localhost" {
+                reply(err(-32001, "Login Incorrect"));
+            } else if p["passwd"] != self.password.as_str() {
+                reply(err(-32001, "Authentication Failure"));
+            } else {
+                *authed = true;
+                self.inner.lock().unwrap().logins += 1;
+                reply(
+                    json!({"jsonrpc":"2.0","id":id,"result":{"message":"logged in","sessid":sessid}}),
+                );
+                self.request(
+                    conn,
+                    "verto.clientReady",
+                    json!({"reattached_sessions": []}),
+                );
+            }
+            return;
+        }
+        if !*authed {
+            reply(err(-32000, "Authentication Required"));
+            return;
+        }
+        match method {
+            "verto.ping" => {
+                reply(json!({"jsonrpc":"2.0","id":id,"result":{"message":"PONG","sessid":sessid}}))
+            }
+            "verto.invite" => {
+                let call_id = p["dialogParams"]["callID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let dest = p["dialogParams"]["destination_number"]
+                    .as_str()
+                    .unwrap_or("service")
+                    .to_owned();
+                let sdp = p["sdp"].as_str().unwrap_or("").to_owned();
+                if sdp.is_empty() {
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"SDP missing","code":-32002}}),
+                    );
+                    return;
+                }
+                if dest == "silent" {
+                    return;
+                }
+                self.inner
+                    .lock()
+                    .unwrap()
+                    .calls
+                    .insert(call_id.clone(), conn);
+                reply(
+                    json!({"jsonrpc":"2.0","id":id,"result":{"message":"CALL CREATED","callID":call_id,"sessid":sessid}}),
+                );
+                if !has_usable_candidate(&sdp) {
+                    self.hangup(&call_id, 88, "INCOMPATIBLE_DESTINATION");
+                    return;
+                }
+                match dest.as_str() {
+                    "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": FS_ANSWER, "variables": {"Event-Name": "CHANNEL_DATA"}})),
+                    "7000" => {
+                        self.request(conn, "verto.media", json!({"callID": call_id, "sdp": FS_ANSWER, "variables": {}}));
+                        self.request(conn, "verto.answer", json!({"callID": call_id, "variables": {}}));
+                    }
+                    "4860" => self.hangup(&call_id, 17, "USER_BUSY"),
+                    "4040" => self.hangup(&call_id, 3, "NO_ROUTE_DESTINATION"),
+                    _ => {}
+                }
+            }
+            "verto.bye" => {
+                let call_id = p["dialogParams"]["callID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let known = self.inner.lock().unwrap().calls.remove(&call_id).is_some();
+                if known {
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"message":"CALL ENDED","causeCode":16,"cause":"NORMAL_CLEARING","sessid":sessid}}),
+                    );
+                } else {
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"CALL DOES NOT EXIST","code":-32002}}),
+                    );
+                }
+            }
+            _ => reply(err(
+                -32601,
+                "Invalid Method, Missing Method or Permission Denied",
+            )),
+        }
+    }
+}
+
+/// What FreeSWITCH's check_ice accepts: a UDP candidate with a literal IP address.
+fn has_usable_candidate(sdp: &str) -> bool {
+    sdp.lines().any(|l| {
+        let f: Vec<&str> = l.trim().split_whitespace().collect();
+        l.starts_with("a=candidate:")
+            && f.len() >= 8
+            && f[2].eq_ignore_ascii_case("udp")
+            && f[4].parse::<std::net::IpAddr>().is_ok()
+    })
+}
+
+fn summary(v: &Value) -> String {
+    let mut s = v.clone();
+    if let Some(p) = s.get_mut("params").and_then(Value::as_object_mut) {
+        if p.contains_key("sdp") {
+            p.insert("sdp".into(), json!("..."));
+        }
+    }
+    s.to_string()
+}

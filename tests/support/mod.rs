@@ -1,0 +1,239 @@
+//! Shared test support: the fake FreeSWITCH, Synapse helpers, and an in-process bot.
+
+#![allow(dead_code)]
+
+pub mod fake_verto;
+pub mod synapse;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+pub use fake_verto::FakeVerto;
+pub use synapse::TestUser;
+
+/// A generous bound for anything that crosses Synapse.
+pub const T: Duration = Duration::from_secs(30);
+
+/// The verto password the fake accepts.
+pub const VERTO_PASSWORD: &str = "1234";
+
+/// The real Chromium offer captured from matrix-js-sdk (no candidates inside, trickle).
+pub const OFFER: &str = include_str!("../fixtures/chromium_offer.sdp");
+
+/// Logs to the test's captured output; `RUST_LOG` overrides the level.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("vertobot=debug")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A bot running in this process.
+pub struct Bot {
+    /// Its Matrix user id.
+    pub user_id: String,
+    /// Its password.
+    pub password: String,
+    /// Its state directory (kept across restarts).
+    pub state_dir: PathBuf,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// How a test bot is configured.
+#[derive(Clone)]
+pub struct BotOpts {
+    /// `calls.destination`.
+    pub destination: String,
+    /// `calls.candidate_wait_ms`.
+    pub candidate_wait_ms: u64,
+    /// `verto.password`.
+    pub verto_password: String,
+}
+
+impl Default for BotOpts {
+    fn default() -> Self {
+        Self {
+            destination: "9196".into(),
+            candidate_wait_ms: 1000,
+            verto_password: VERTO_PASSWORD.into(),
+        }
+    }
+}
+
+impl Bot {
+    /// Registers a bot user and starts the bridge.
+    pub async fn start(fake: &FakeVerto, opts: BotOpts) -> Bot {
+        let (user_id, password) = synapse::register(&synapse::unique("bot")).await;
+        let state_dir =
+            std::env::temp_dir().join(format!("vertobot-test-{}", uuid::Uuid::new_v4()));
+        Self::start_with(user_id, password, state_dir, fake, opts).await
+    }
+
+    /// Starts the bridge for an existing bot user and state directory (a restart).
+    pub async fn start_with(
+        user_id: String,
+        password: String,
+        state_dir: PathBuf,
+        fake: &FakeVerto,
+        opts: BotOpts,
+    ) -> Bot {
+        init_logs();
+        let (hs, _) = synapse::homeserver();
+        let yaml = format!(
+            r#"
+matrix:
+  homeserver: "{hs}"
+  user_id: "{user_id}"
+  password: "{password}"
+  sync_timeout_secs: 5
+verto:
+  url: "{url}"
+  login: "1000@localhost"
+  password: "{vp}"
+  request_timeout_secs: 5
+  keepalive_secs: 20
+  reconnect_max_secs: 2
+calls:
+  destination: "{dest}"
+  candidate_wait_ms: {wait}
+state_dir: "{state}"
+"#,
+            url = fake.url,
+            vp = opts.verto_password,
+            dest = opts.destination,
+            wait = opts.candidate_wait_ms,
+            state = state_dir.display(),
+        );
+        let cfg = vertobot::config::Config::parse(&yaml).expect("test config parses");
+        cfg.validate().expect("test config is valid");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(vertobot::run(cfg, cancel.clone()));
+        Bot {
+            user_id,
+            password,
+            state_dir,
+            cancel,
+            task,
+        }
+    }
+
+    /// Stops the bridge (as SIGTERM does) and returns how long it took.
+    pub async fn stop(self) -> (Duration, String, String, PathBuf) {
+        let start = tokio::time::Instant::now();
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("bridge stops within 15 s")
+            .expect("bridge task did not panic")
+            .expect("bridge returned Ok");
+        (start.elapsed(), self.user_id, self.password, self.state_dir)
+    }
+}
+
+/// A fake FreeSWITCH, a bot, and a caller in a 1:1 room with the bot.
+pub async fn setup(opts: BotOpts) -> (FakeVerto, Bot, TestUser, String) {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let bot = Bot::start(&fake, opts).await;
+    let mut caller = TestUser::new("caller").await;
+    let room = caller.create_dm(&bot.user_id).await;
+    caller.wait_joined(&room, &bot.user_id, T).await;
+    (fake, bot, caller, room)
+}
+
+/// A fresh Matrix call id.
+pub fn call_id() -> String {
+    format!(
+        "{}{}",
+        1795762030935u64,
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    )
+}
+
+/// `m.call.invite` content as matrix-js-sdk sends it (version "1").
+pub fn invite_v1(call_id: &str, offer: &str, lifetime: u64) -> Value {
+    json!({
+        "call_id": call_id, "party_id": "CXRJGXZIQO", "version": "1", "lifetime": lifetime,
+        "offer": {"type": "offer", "sdp": offer},
+        "capabilities": {"m.call.transferee": false, "m.call.dtmf": false},
+        "sdp_stream_metadata": {"c82307e8-72dd-46a1-acc4-4f440e10e8af": {"purpose": "m.usermedia", "audio_muted": false, "video_muted": true}},
+    })
+}
+
+/// The two `m.call.candidates` contents of the real Chromium capture, for `call_id`.
+/// The second one ends with the end-of-candidates marker.
+pub fn chromium_candidates(call_id: &str) -> Vec<Value> {
+    let json: Value =
+        serde_json::from_str(include_str!("../fixtures/chromium_candidates.json")).unwrap();
+    json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e["call_id"] = json!(call_id);
+            e
+        })
+        .collect()
+}
+
+/// The same candidates without the end-of-candidates marker.
+pub fn chromium_candidates_no_marker(call_id: &str) -> Vec<Value> {
+    chromium_candidates(call_id)
+        .into_iter()
+        .map(|mut e| {
+            let c: Vec<Value> = e["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["candidate"] != "")
+                .cloned()
+                .collect();
+            e["candidates"] = json!(c);
+            e
+        })
+        .collect()
+}
+
+/// Finds the `verto.invite` the bot sent for a Matrix call id.
+pub fn invite_for<'a>(f: &'a fake_verto::Frame, matrix_call_id: &str) -> Option<&'a Value> {
+    (f.msg["method"] == "verto.invite"
+        && f.msg["params"]["dialogParams"]["userVariables"]["matrix_call_id"] == matrix_call_id)
+        .then_some(&f.msg)
+}
+
+/// The verto `callID` of the bot's invite for a Matrix call.
+pub async fn wait_dialled(fake: &FakeVerto, matrix_call_id: &str) -> (String, Value) {
+    let id = matrix_call_id.to_owned();
+    let f = fake
+        .wait_for(&format!("verto.invite for {id}"), T, move |f| {
+            invite_for(f, &id).is_some()
+        })
+        .await;
+    let verto_id = f.msg["params"]["dialogParams"]["callID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (verto_id, f.msg)
+}
+
+/// Waits for the bot's `verto.bye` for a verto call and returns its cause.
+pub async fn wait_bye(fake: &FakeVerto, verto_id: &str) -> String {
+    let id = verto_id.to_owned();
+    let f = fake
+        .wait_for(&format!("verto.bye for {id}"), T, move |f| {
+            f.msg["method"] == "verto.bye"
+                && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+        })
+        .await;
+    f.msg["params"]["cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,307 @@
+//! Plain-HTTP helpers for the real Synapse started by `scripts/test.sh`: registration through
+//! the shared-secret admin API, and a test user that can create rooms, send call events and
+//! wait (with a timeout, by long-polling `/sync`) for what the bot sends.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha1::Sha1;
+
+/// The homeserver URL and registration secret, or a clear failure.
+pub fn homeserver() -> (String, String) {
+    match (
+        std::env::var("VERTOBOT_TEST_HOMESERVER"),
+        std::env::var("VERTOBOT_TEST_SHARED_SECRET"),
+    ) {
+        (Ok(u), Ok(s)) => (u, s),
+        _ => panic!(
+            "these tests need a real Synapse: run them with scripts/test.sh, which installs and starts one"
+        ),
+    }
+}
+
+/// A unique user name for this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Registers a user through `/_synapse/admin/v1/register`; returns (user_id, password).
+pub async fn register(username: &str) -> (String, String) {
+    let (hs, secret) = homeserver();
+    let http = reqwest::Client::new();
+    let nonce: Value = http
+        .get(format!("{hs}/_synapse/admin/v1/register"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let nonce = nonce["nonce"].as_str().unwrap().to_owned();
+    let password = format!("pw-{username}");
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(nonce.as_bytes());
+    mac.update(b"\x00");
+    mac.update(username.as_bytes());
+    mac.update(b"\x00");
+    mac.update(password.as_bytes());
+    mac.update(b"\x00");
+    mac.update(b"notadmin");
+    let mac = hex::encode(mac.finalize().into_bytes());
+    let r: Value = http
+        .post(format!("{hs}/_synapse/admin/v1/register"))
+        .json(&json!({"nonce": nonce, "username": username, "password": password, "admin": false, "mac": mac}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user_id = r["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("register failed: {r}"))
+        .to_owned();
+    (user_id, password)
+}
+
+/// An event seen by a test user.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Room.
+    pub room_id: String,
+    /// The whole event.
+    pub event: Value,
+}
+
+/// A Matrix user driven by a test.
+pub struct TestUser {
+    /// Full user id.
+    pub user_id: String,
+    hs: String,
+    token: String,
+    http: reqwest::Client,
+    since: Option<String>,
+    buffer: VecDeque<Seen>,
+    /// Every event seen so far (for negative checks).
+    pub history: Vec<Seen>,
+}
+
+impl TestUser {
+    /// Registers and logs in a fresh user.
+    pub async fn new(prefix: &str) -> Self {
+        let (hs, _) = homeserver();
+        let (user_id, password) = register(&unique(prefix)).await;
+        let http = reqwest::Client::new();
+        let r: Value = http
+            .post(format!("{hs}/_matrix/client/v3/login"))
+            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id}, "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = r["access_token"].as_str().unwrap().to_owned();
+        let mut u = TestUser {
+            user_id,
+            hs,
+            token,
+            http,
+            since: None,
+            buffer: VecDeque::new(),
+            history: Vec::new(),
+        };
+        // Start the timeline from now.
+        u.sync_once(0).await;
+        u.buffer.clear();
+        u
+    }
+
+    async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}/_matrix/client/v3{path}", self.hs))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    /// Creates a private room and invites `other`; returns the room id.
+    pub async fn create_dm(&self, other: &str) -> String {
+        let v = self
+            .req(
+                reqwest::Method::POST,
+                "/createRoom",
+                Some(json!({"preset": "private_chat", "is_direct": true, "invite": [other]})),
+            )
+            .await;
+        v["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Invites a user to a room.
+    pub async fn invite(&self, room: &str, user: &str) {
+        self.req(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/invite", enc(room)),
+            Some(json!({"user_id": user})),
+        )
+        .await;
+    }
+
+    /// Joins a room.
+    pub async fn join(&self, room: &str) {
+        self.req(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/join", enc(room)),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Sends an event; returns its id.
+    pub async fn send(&self, room: &str, event_type: &str, content: Value) -> String {
+        let txn = uuid::Uuid::new_v4().simple().to_string();
+        let v = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/rooms/{}/send/{}/{}", enc(room), event_type, txn),
+                Some(content),
+            )
+            .await;
+        v["event_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn sync_once(&mut self, timeout_ms: u64) {
+        let mut q = vec![("timeout", timeout_ms.to_string())];
+        if let Some(s) = &self.since {
+            q.push(("since", s.clone()));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/_matrix/client/v3/sync", self.hs))
+            .bearer_auth(&self.token)
+            .query(&q)
+            .timeout(Duration::from_millis(timeout_ms + 10_000))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        if let Some(rooms) = v["rooms"]["join"].as_object() {
+            for (room_id, r) in rooms {
+                for ev in r["timeline"]["events"].as_array().into_iter().flatten() {
+                    let seen = Seen {
+                        room_id: room_id.clone(),
+                        event: ev.clone(),
+                    };
+                    self.history.push(seen.clone());
+                    self.buffer.push_back(seen);
+                }
+            }
+        }
+        self.since = v["next_batch"].as_str().map(str::to_owned);
+    }
+
+    /// Waits (long-polling `/sync`) for an event matching `pred`; earlier non-matching
+    /// events stay in the buffer for later waits.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Seen) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.buffer.iter().position(&pred) {
+                return self.buffer.remove(pos).unwrap().event;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "{}: timed out after {timeout:?} waiting for {what}; seen: {:#?}",
+                    self.user_id,
+                    self.history
+                        .iter()
+                        .map(|s| s.event["type"].to_string()
+                            + " "
+                            + &s.event["content"]
+                                .to_string()
+                                .chars()
+                                .take(200)
+                                .collect::<String>())
+                        .collect::<Vec<_>>()
+                );
+            }
+            self.sync_once(left.as_millis().min(5000) as u64).await;
+        }
+    }
+
+    /// Waits for an event of `event_type` about `call_id` in `room` sent by someone else.
+    pub async fn wait_call_event(
+        &mut self,
+        room: &str,
+        event_type: &str,
+        call_id: &str,
+        timeout: Duration,
+    ) -> Value {
+        let (room, et, cid, me) = (
+            room.to_owned(),
+            event_type.to_owned(),
+            call_id.to_owned(),
+            self.user_id.clone(),
+        );
+        self.wait_for(&format!("{event_type} for {call_id}"), timeout, move |s| {
+            s.room_id == room
+                && s.event["sender"] != me.as_str()
+                && s.event["type"] == et.as_str()
+                && s.event["content"]["call_id"] == cid.as_str()
+        })
+        .await
+    }
+
+    /// Waits until `user` has joined `room`.
+    pub async fn wait_joined(&mut self, room: &str, user: &str, timeout: Duration) {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.wait_for(&format!("{user} to join"), timeout, move |s| {
+            s.room_id == room
+                && s.event["type"] == "m.room.member"
+                && s.event["state_key"] == user.as_str()
+                && s.event["content"]["membership"] == "join"
+        })
+        .await;
+    }
+
+    /// Every event of `event_type` for `call_id` that others sent, seen so far.
+    pub fn seen_call_events(&self, event_type: &str, call_id: &str) -> Vec<Value> {
+        self.history
+            .iter()
+            .filter(|s| {
+                s.event["sender"] != self.user_id.as_str()
+                    && s.event["type"] == event_type
+                    && s.event["content"]["call_id"] == call_id
+            })
+            .map(|s| s.event.clone())
+            .collect()
+    }
+
+    /// Drains events already on the server into the history (a non-blocking sync).
+    pub async fn catch_up(&mut self) {
+        self.sync_once(0).await;
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
