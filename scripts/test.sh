@@ -16,6 +16,10 @@ VENV=${VERTOBOT_VENV:-$ROOT/.venv}
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
+log "cargo fmt --check and cargo clippy --all-targets -- -D warnings"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
 if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version__ == '$SYNAPSE_VERSION' else 1)" 2>/dev/null; then
   log "installing matrix-synapse==$SYNAPSE_VERSION into $VENV"
   python3 -m venv "$VENV"

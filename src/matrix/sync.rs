@@ -138,7 +138,12 @@ pub async fn run(
             None
         }
     };
-    if since.is_none() {
+    // Without a saved position, anything created before this start is history. The initial
+    // sync alone does not guarantee that: Synapse may answer it from a response cache made
+    // minutes ago, and the next incremental sync then replays what came after it. So events
+    // older than this start are skipped for the whole run.
+    let fresh_start = since.is_none().then(Instant::now);
+    if fresh_start.is_some() {
         info!("no saved sync position: skipping old timeline events, joining pending invites");
     }
     let joining: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -164,6 +169,9 @@ pub async fn run(
                         let mut events = Vec::new();
                         for raw in room.timeline.events {
                             match parse_event(&raw) {
+                                Ok(ev) if is_before(fresh_start, received, ev.age_ms) => {
+                                    debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
+                                }
                                 Ok(ev) => events.push(ev),
                                 Err(EventError::Irrelevant) => {}
                                 Err(e) => warn!(%room_id, error = %e, "skipping event"),
@@ -216,6 +224,16 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// True when an event `age_ms` old at `received` was created before `started`.
+fn is_before(started: Option<Instant>, received: Instant, age_ms: Option<u64>) -> bool {
+    match (started, age_ms) {
+        (Some(started), Some(age)) => received
+            .checked_sub(Duration::from_millis(age))
+            .is_some_and(|created| created < started),
+        _ => false,
     }
 }
 
@@ -275,4 +293,24 @@ fn spawn_join(
         }
         .instrument(span),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_from_before_a_first_start() {
+        let started = Instant::now();
+        let received = started + Duration::from_secs(10);
+        let cases = [
+            (Some(started), Some(15_000), true), // created 5 s before the start
+            (Some(started), Some(5_000), false), // created 5 s after the start
+            (Some(started), None, false),        // no age: cannot tell, keep
+            (None, Some(3_600_000), false),      // saved position: nothing is skipped
+        ];
+        for (s, age, want) in cases {
+            assert_eq!(is_before(s, received, age), want, "{age:?}");
+        }
+    }
 }

@@ -241,6 +241,11 @@ impl FakeVerto {
                 Message::Text(t) => t.to_string(),
                 // libks hands ping frames to the JSON parser: an error frame, never a pong.
                 Message::Ping(_) => {
+                    self.inner.lock().unwrap().frames.push(Frame {
+                        conn,
+                        msg: Value::String("<websocket ping>".into()),
+                    });
+                    self.count.send_modify(|c| *c += 1);
                     let _ = tx.send(Message::text(
                         json!({"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}).to_string(),
                     ));
@@ -378,7 +383,7 @@ impl FakeVerto {
 /// What FreeSWITCH's check_ice accepts: a UDP candidate with a literal IP address.
 fn has_usable_candidate(sdp: &str) -> bool {
     sdp.lines().any(|l| {
-        let f: Vec<&str> = l.trim().split_whitespace().collect();
+        let f: Vec<&str> = l.split_whitespace().collect();
         l.starts_with("a=candidate:")
             && f.len() >= 8
             && f[2].eq_ignore_ascii_case("udp")

@@ -1,0 +1,108 @@
+//! Restarts: the saved sync position, session reuse, and what happens to invites sent while
+//! the bot was down.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+fn place(
+    caller: &TestUser,
+    room: &str,
+    cid: &str,
+    lifetime: u64,
+) -> Vec<(String, serde_json::Value)> {
+    let _ = caller;
+    let mut evs = vec![("m.call.invite".to_owned(), invite_v1(cid, OFFER, lifetime))];
+    evs.extend(
+        chromium_candidates(cid)
+            .into_iter()
+            .map(|c| ("m.call.candidates".to_owned(), c)),
+    );
+    let _ = room;
+    evs
+}
+
+async fn send_all(caller: &TestUser, room: &str, evs: Vec<(String, serde_json::Value)>) {
+    for (t, c) in evs {
+        caller.send(room, &t, c).await;
+    }
+}
+
+/// With a saved sync position, a still-valid invite sent while the bot was down is answered;
+/// one that expired, and one that was hung up, are not. The Matrix session is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_sent_while_down() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (_, user, password, dir) = bot.stop().await;
+    let session_before = std::fs::read_to_string(dir.join("session.json")).unwrap();
+    assert!(dir.join("sync.json").exists(), "sync position saved");
+
+    let (expired, hung_up, valid) = (call_id(), call_id(), call_id());
+    send_all(&caller, &room, place(&expired, 1)).await;
+    send_all(&caller, &room, place(&hung_up, 60000)).await;
+    caller
+        .send(&room, "m.call.hangup", json!({"call_id": hung_up, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+    send_all(&caller, &room, place(&valid, 60000)).await;
+
+    let bot = Bot::start_with(user, password, dir.clone(), &fake, BotOpts::default()).await;
+    wait_dialled(&fake, &valid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &valid, T)
+        .await;
+    // Both others carried an end-of-candidates marker, so a wrong dial would have been
+    // immediate; the window still covers the candidate wait.
+    let (a, b) = (expired.clone(), hung_up.clone());
+    fake.assert_none_within(
+        "a dial of an expired or hung-up invite",
+        Duration::from_millis(2500),
+        move |f| invite_for(f, &a).is_some() || invite_for(f, &b).is_some(),
+    )
+    .await;
+    caller.catch_up().await;
+    assert!(caller
+        .seen_call_events("m.call.answer", &expired)
+        .is_empty());
+    assert!(caller
+        .seen_call_events("m.call.answer", &hung_up)
+        .is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("session.json")).unwrap(),
+        session_before,
+        "no new login: the saved session was reused"
+    );
+    bot.stop().await;
+}
+
+/// Without a saved sync position (a first start), old call invites are not acted on, but
+/// invites to rooms that arrived while the bot was down are still joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_skips_old_calls_but_joins_pending_invites() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (_, user, password, dir) = bot.stop().await;
+    std::fs::remove_file(dir.join("sync.json")).unwrap();
+
+    let old = call_id();
+    send_all(&caller, &room, place(&old, 60000)).await;
+    let new_room = caller.create_dm(&user).await;
+
+    let bot = Bot::start_with(user.clone(), password, dir, &fake, BotOpts::default()).await;
+    caller.wait_joined(&new_room, &user, T).await;
+    let fresh = call_id();
+    send_all(&caller, &new_room, place(&fresh, 60000)).await;
+    wait_dialled(&fake, &fresh).await;
+    caller
+        .wait_call_event(&new_room, "m.call.answer", &fresh, T)
+        .await;
+    let o = old.clone();
+    fake.assert_none_within(
+        "a dial of an invite from before the first start",
+        Duration::from_millis(2500),
+        move |f| invite_for(f, &o).is_some(),
+    )
+    .await;
+    bot.stop().await;
+}

@@ -1,0 +1,195 @@
+//! The verto client against the fake FreeSWITCH alone (no Matrix): login, server requests
+//! with colliding ids, keepalive, timeouts, disconnect and reconnect with the same sessid.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{FakeVerto, VERTO_PASSWORD};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vertobot::verto::{self, VertoError, VertoEvent, VertoHandle};
+
+const T: Duration = Duration::from_secs(10);
+
+fn cfg(url: &str, password: &str, keepalive: u64) -> vertobot::config::VertoConfig {
+    serde_yaml::from_str(&format!(
+        "url: \"{url}\"\nlogin: \"1000@localhost\"\npassword: \"{password}\"\nrequest_timeout_secs: 1\nkeepalive_secs: {keepalive}\nreconnect_max_secs: 1\n"
+    ))
+    .unwrap()
+}
+
+async fn start(
+    fake: &FakeVerto,
+    password: &str,
+    keepalive: u64,
+) -> (
+    VertoHandle,
+    mpsc::Receiver<VertoEvent>,
+    CancellationToken,
+    String,
+) {
+    support::init_logs();
+    let (tx, rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sessid = uuid::Uuid::new_v4().to_string();
+    let (h, _task) = verto::spawn(
+        &cfg(&fake.url, password, keepalive),
+        sessid.clone(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
+    (h, rx, cancel, sessid)
+}
+
+async fn next_event(
+    rx: &mut mpsc::Receiver<VertoEvent>,
+    want: impl Fn(&VertoEvent) -> bool,
+) -> VertoEvent {
+    tokio::time::timeout(T, async {
+        loop {
+            let ev = rx.recv().await.expect("verto events channel open");
+            if want(&ev) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a verto event")
+}
+
+#[tokio::test]
+async fn login_and_replies_to_server_requests_with_colliding_ids() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 600).await;
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    let login = fake
+        .wait_for("login", T, |f| f.msg["method"] == "login")
+        .await;
+    assert_eq!(login.msg["params"]["sessid"], sessid.as_str());
+    assert_eq!(login.msg["id"], 1);
+    // The fake's clientReady carried id 1 too, the same as our login: it must be acknowledged
+    // as a request, not taken for the reply to our login.
+    fake.wait_for("clientReady ack", T, |f| {
+        f.msg["result"]["method"] == "verto.clientReady" && f.msg["id"] == 1
+    })
+    .await;
+    // A server ping whose id equals our next request id.
+    fake.ping();
+    fake.wait_for("verto.ping ack", T, |f| {
+        f.msg["result"]["method"] == "verto.ping"
+    })
+    .await;
+    let r = h.request("verto.ping", json!({})).await.unwrap();
+    assert_eq!(r["message"], "PONG");
+    // Unknown method: a typed RPC error, the connection stays up.
+    match h.request("verto.nosuchmethod", json!({})).await {
+        Err(VertoError::Rpc(e)) => assert_eq!(e.code, Some(-32601)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.request("verto.ping", json!({})).await.unwrap()["message"],
+        "PONG"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn wrong_password_never_connects_and_requests_fail_fast() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (h, mut rx, cancel, _) = start(&fake, "wrong", 600).await;
+    fake.wait_for("a login attempt", T, |f| f.msg["method"] == "login")
+        .await;
+    match h.request("verto.ping", json!({})).await {
+        Err(VertoError::Disconnected) => {}
+        other => panic!("{other:?}"),
+    }
+    // It retries (with backoff), and never claims to be connected.
+    fake.wait_for("a second login attempt", T, |f| {
+        f.msg["method"] == "login" && f.conn == 2
+    })
+    .await;
+    assert!(fake.logins() == 0);
+    while let Ok(ev) = rx.try_recv() {
+        assert!(!matches!(ev, VertoEvent::Connected { .. }), "{ev:?}");
+    }
+    // The password never appears in a frame other than the login itself.
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn request_without_reply_times_out() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (h, mut rx, cancel, _) = start(&fake, VERTO_PASSWORD, 600).await;
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    let r = h
+        .invite(
+            "v=0\r\nm=audio 9 RTP/SAVPF 0\r\n",
+            json!({"callID": "x", "destination_number": "silent"}),
+        )
+        .await;
+    assert!(matches!(r, Err(VertoError::Timeout(_))), "{r:?}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn disconnect_fails_pending_and_reconnects_with_the_same_sessid() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 600).await;
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    let h2 = h.clone();
+    let pending = tokio::spawn(async move {
+        h2.invite(
+            "v=0\r\nm=audio 9 RTP/SAVPF 0\r\n",
+            json!({"callID": "y", "destination_number": "silent"}),
+        )
+        .await
+    });
+    fake.wait_for("the invite", T, |f| f.msg["method"] == "verto.invite")
+        .await;
+    fake.drop_connections();
+    let r = tokio::time::timeout(T, pending).await.unwrap().unwrap();
+    assert!(matches!(r, Err(VertoError::Disconnected)), "{r:?}");
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Disconnected)).await;
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    let logins: Vec<Value> = fake
+        .frames()
+        .into_iter()
+        .filter(|f| f.msg["method"] == "login")
+        .map(|f| f.msg)
+        .collect();
+    assert_eq!(logins.len(), 2);
+    assert!(logins
+        .iter()
+        .all(|l| l["params"]["sessid"] == sessid.as_str()));
+    assert_eq!(
+        h.request("verto.ping", json!({})).await.unwrap()["message"],
+        "PONG"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn keepalive_uses_verto_ping_not_websocket_pings() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (_h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 1).await;
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    let ping = fake
+        .wait_for("a keepalive verto.ping", T, |f| {
+            f.msg["method"] == "verto.ping"
+        })
+        .await;
+    assert_eq!(ping.msg["params"]["sessid"], sessid.as_str());
+    fake.wait_for("a second keepalive", T, |f| {
+        f.msg["method"] == "verto.ping" && f.msg["id"] != ping.msg["id"]
+    })
+    .await;
+    assert!(
+        fake.frames().iter().all(|f| f.msg != "<websocket ping>"),
+        "no WebSocket ping frames"
+    );
+    assert_eq!(fake.logins(), 1, "keepalive did not drop the connection");
+    cancel.cancel();
+}
