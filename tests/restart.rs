@@ -8,20 +8,14 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
-fn place(
-    caller: &TestUser,
-    room: &str,
-    cid: &str,
-    lifetime: u64,
-) -> Vec<(String, serde_json::Value)> {
-    let _ = caller;
+/// An invite and the real Chromium candidate events (ending with the marker).
+fn place(cid: &str, lifetime: u64) -> Vec<(String, serde_json::Value)> {
     let mut evs = vec![("m.call.invite".to_owned(), invite_v1(cid, OFFER, lifetime))];
     evs.extend(
         chromium_candidates(cid)
             .into_iter()
             .map(|c| ("m.call.candidates".to_owned(), c)),
     );
-    let _ = room;
     evs
 }
 
