@@ -90,4 +90,5 @@ log "Synapse is up"
 
 export VERTOBOT_TEST_HOMESERVER="http://127.0.0.1:$PORT"
 export VERTOBOT_TEST_SHARED_SECRET="$SECRET"
-cargo test --all-targets "$@"
+if [ $# -eq 0 ]; then set -- --all-targets; fi
+cargo test "$@"

@@ -26,6 +26,33 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Libraries whose `trace`/`debug` output carries raw payloads (tungstenite logs every frame,
+/// the verto login with its password included). They are capped whatever `RUST_LOG` says, so no
+/// log level can leak a secret.
+const CAPPED: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "reqwest=info",
+    "rustls=info",
+];
+
+/// The log filter: `spec` (as in `RUST_LOG`, default `info`) with payload-logging libraries
+/// capped.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let mut filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for d in CAPPED {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
 /// How long calls get to hang up on both sides after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

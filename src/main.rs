@@ -33,10 +33,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(vertobot::log_filter(
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

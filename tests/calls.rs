@@ -430,3 +430,64 @@ async fn shutdown_hangs_up_active_calls() {
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
 }
+
+/// The caller selects another party's answer: the verto leg ends quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_answer_of_another_party_hangs_up_quietly() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    let answer = caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    let ours = answer["content"]["party_id"].as_str().unwrap().to_owned();
+    caller
+        .send(&room, "m.call.select_answer", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "selected_party_id": "SOMEONEELSE"}))
+        .await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "LOSE_RACE");
+    // Selecting our own answer in another call changes nothing (checked by the unit tests);
+    // here: no Matrix event follows the quiet hangup.
+    let cid2 = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid2, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid2) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid2, T)
+        .await;
+    assert!(caller.seen_call_events("m.call.hangup", &cid).is_empty());
+    assert!(caller.seen_call_events("m.call.reject", &cid).is_empty());
+    assert_ne!(ours, "SOMEONEELSE");
+    bot.stop().await;
+}
+
+/// FreeSWITCH unreachable (wrong verto password): the caller gets a reject, the bot lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeswitch_unreachable_rejects_the_call() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        verto_password: "wrong".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = call_id();
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(&room, "m.call.candidates", ev).await;
+    }
+    let reject = caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    assert_eq!(reject["content"]["reason"], "unknown_error");
+    assert!(fake.invites().is_empty());
+    bot.stop().await;
+}

@@ -123,14 +123,13 @@ impl FakeVerto {
 
     /// Sends `verto.bye` for a call, as FreeSWITCH does when the far end hangs up.
     pub fn hangup(&self, call_id: &str, code: i64, cause: &str) {
-        let conn = self.inner.lock().unwrap().calls.get(call_id).copied();
-        if let Some(conn) = conn {
-            self.request(
-                conn,
-                "verto.bye",
-                json!({"callID": call_id, "causeCode": code, "cause": cause}),
-            );
-        }
+        let conn = self.inner.lock().unwrap().calls.remove(call_id);
+        let conn = conn.unwrap_or_else(|| panic!("fake verto: hangup of unknown call {call_id}"));
+        self.request(
+            conn,
+            "verto.bye",
+            json!({"callID": call_id, "causeCode": code, "cause": cause}),
+        );
     }
 
     /// Sends a server `verto.ping` on the newest connection (with a counter id).
@@ -255,15 +254,11 @@ impl FakeVerto {
                 _ => continue,
             };
             let msg: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            {
-                let mut i = self.inner.lock().unwrap();
-                i.frames.push(Frame {
-                    conn,
-                    msg: msg.clone(),
-                });
-            }
-            self.count.send_modify(|c| *c += 1);
+            // Handle first, record second: a test that saw the frame can rely on its effects
+            // (e.g. the call being known to `hangup`).
             self.handle(conn, &tx, &msg, &mut authed);
+            self.inner.lock().unwrap().frames.push(Frame { conn, msg });
+            self.count.send_modify(|c| *c += 1);
         }
         writer.abort();
         let mut i = self.inner.lock().unwrap();

@@ -26,10 +26,9 @@ pub const OFFER: &str = include_str!("../fixtures/chromium_offer.sdp");
 /// Logs to the test's captured output; `RUST_LOG` overrides the level.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("vertobot=debug")),
-        )
+        .with_env_filter(vertobot::log_filter(Some(
+            &std::env::var("RUST_LOG").unwrap_or_else(|_| "vertobot=debug".into()),
+        )))
         .with_test_writer()
         .try_init();
 }
