@@ -193,3 +193,49 @@ async fn keepalive_uses_verto_ping_not_websocket_pings() {
     assert_eq!(fake.logins(), 1, "keepalive did not drop the connection");
     cancel.cancel();
 }
+
+fn tls_cfg(url: &str, ca: Option<&std::path::Path>) -> vertobot::config::VertoConfig {
+    let mut c = cfg(url, VERTO_PASSWORD, 600);
+    c.ca_file = ca.map(|p| p.to_owned());
+    c
+}
+
+/// `wss://` with a private CA: verified against `ca_file`; refused without it.
+#[tokio::test]
+async fn wss_with_custom_ca_file_and_verification() {
+    support::init_logs();
+    let (fake, pem) = FakeVerto::start_tls(VERTO_PASSWORD).await;
+    let ca = std::env::temp_dir().join(format!("vertobot-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&ca, pem).unwrap();
+
+    // Without the CA the certificate is not trusted: no login ever happens.
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (_h, _t) =
+        verto::spawn(&tls_cfg(&fake.url, None), "s1".into(), tx, cancel.clone()).unwrap();
+    fake.wait_until("the untrusted certificate to be refused", T, |f| {
+        f.tls_failures() > 0
+    })
+    .await;
+    assert_eq!(fake.logins(), 0);
+    assert!(rx.try_recv().is_err(), "no Connected event");
+    cancel.cancel();
+
+    // With the CA file it connects and logs in.
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (h, _t) = verto::spawn(
+        &tls_cfg(&fake.url, Some(&ca)),
+        "s2".into(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    assert_eq!(
+        h.request("verto.ping", json!({})).await.unwrap()["message"],
+        "PONG"
+    );
+    cancel.cancel();
+    let _ = std::fs::remove_file(ca);
+}

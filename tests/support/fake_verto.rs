@@ -52,6 +52,7 @@ struct Inner {
     /// callID → connection.
     calls: HashMap<String, usize>,
     logins: usize,
+    tls_failures: usize,
 }
 
 /// The running fake.
@@ -67,8 +68,35 @@ pub struct FakeVerto {
 impl FakeVerto {
     /// Starts a fake that accepts `1000@localhost` with `password`.
     pub async fn start(password: &str) -> Self {
+        Self::start_inner(password, None).await
+    }
+
+    /// The same over `wss://` with a fresh self-signed certificate for 127.0.0.1; returns the
+    /// certificate's PEM, to be used as the client's CA file.
+    pub async fn start_tls(password: &str) -> (Self, String) {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .expect("self-signed certificate");
+        let pem = ck.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        (Self::start_inner(password, Some(acceptor)).await, pem)
+    }
+
+    async fn start_inner(password: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (count, _) = watch::channel(0);
         let fake = FakeVerto {
             url,
@@ -83,9 +111,24 @@ impl FakeVerto {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let f = f.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                        f.serve(ws).await;
+                    match tls {
+                        None => {
+                            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                                f.serve(ws).await;
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                f.inner.lock().unwrap().tls_failures += 1;
+                                f.count.send_modify(|c| *c += 1);
+                                return;
+                            };
+                            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                                f.serve(ws).await;
+                            }
+                        }
                     }
                 });
             }
@@ -151,6 +194,11 @@ impl FakeVerto {
         self.inner.lock().unwrap().logins
     }
 
+    /// TLS handshakes that failed (e.g. the client refused the certificate).
+    pub fn tls_failures(&self) -> usize {
+        self.inner.lock().unwrap().tls_failures
+    }
+
     /// All frames so far.
     pub fn frames(&self) -> Vec<Frame> {
         self.inner.lock().unwrap().frames.clone()
@@ -186,6 +234,26 @@ impl FakeVerto {
         }
     }
 
+    /// Waits until `cond` holds for the fake (re-checked after every frame or TLS failure).
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&FakeVerto) -> bool,
+    ) {
+        let mut rx = self.count.subscribe();
+        let fut = async {
+            while !cond(self) {
+                if rx.changed().await.is_err() {
+                    panic!("fake verto stopped");
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, fut).await.is_err() {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+    }
+
     /// Asserts that no frame matching `pred` arrives within `window` (for things that must
     /// not happen; bounded by the policy's own timer, not a guess).
     pub async fn assert_none_within(
@@ -216,7 +284,10 @@ impl FakeVerto {
             .collect()
     }
 
-    async fn serve(&self, ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    async fn serve<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         let conn = {
