@@ -7,7 +7,8 @@
 # `cargo test`, and stops Synapse again by its process id.
 #
 # Environment: SYNAPSE_VERSION (pinned default below), VERTOBOT_VENV (venv path),
-# extra arguments are passed to `cargo test` (e.g. `scripts/test.sh calls::busy`).
+# VERTOBOT_SKIP_LINT=1 skips fmt/clippy (for quick local runs). Extra arguments are passed
+# to `cargo test` (e.g. `scripts/test.sh --test calls busy`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -16,9 +17,11 @@ VENV=${VERTOBOT_VENV:-$ROOT/.venv}
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
-log "cargo fmt --check and cargo clippy --all-targets -- -D warnings"
-cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
+if [ "${VERTOBOT_SKIP_LINT:-}" != 1 ]; then
+  log "cargo fmt --check and cargo clippy --all-targets -- -D warnings"
+  cargo fmt --all -- --check
+  cargo clippy --all-targets --quiet -- -D warnings
+fi
 
 if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version__ == '$SYNAPSE_VERSION' else 1)" 2>/dev/null; then
   log "installing matrix-synapse==$SYNAPSE_VERSION into $VENV"
@@ -27,12 +30,24 @@ if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version
 fi
 
 mkdir -p "$ROOT/.test-run"
+# Keep the last few runs' Synapse logs for debugging, drop older ones.
+ls -1dt "$ROOT"/.test-run/synapse.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
 RUN=$(mktemp -d "$ROOT/.test-run/synapse.XXXXXX")
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
 
 "$VENV/bin/python" -m synapse.app.homeserver --generate-config --server-name localhost \
   --config-path "$RUN/homeserver.yaml" --data-directory "$RUN" --report-stats=no >/dev/null
+
+cat > "$RUN/log.yaml" <<YAML
+version: 1
+formatters: {precise: {format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'}}
+handlers:
+  file: {class: logging.FileHandler, formatter: precise, filename: "$RUN/homeserver.log", encoding: utf8}
+loggers: {synapse.storage.SQL: {level: INFO}}
+root: {level: INFO, handlers: [file]}
+disable_existing_loggers: false
+YAML
 
 lim='{per_second: 10000, burst_count: 10000}'
 cat > "$RUN/test.yaml" <<YAML
@@ -45,6 +60,7 @@ listeners:
     resources: [{names: [client], compress: false}]
 database: {name: sqlite3, args: {database: "$RUN/homeserver.db"}}
 registration_shared_secret: "$SECRET"
+log_config: "$RUN/log.yaml"
 enable_registration: false
 report_stats: false
 trusted_key_servers: []

@@ -5,6 +5,8 @@
 //! it only forwards inputs.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ruma::VoipVersionId;
@@ -16,13 +18,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::call::actor::{self, Ctx};
+use crate::call::command::{self, Command};
 use crate::call::machine::{Call, Input, Setup, Version};
-use crate::config::CallsConfig;
+use crate::call::route::{self, Caller, Router};
+use crate::config::{CallsConfig, Config, DtmfConfig};
+use crate::matrix::client::notice_content;
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
 use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
-use crate::verto::{VertoEvent, VertoHandle};
+use crate::state::StateStore;
+use crate::verto::{VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
 
@@ -42,9 +48,54 @@ struct Early {
 const MAX_EARLY_CALLS: usize = 64;
 const MAX_EARLY_EVENTS: usize = 16;
 
+/// Per-room `!dial` choices, kept in `state_dir/dial.json`.
+pub struct DialStore {
+    store: StateStore,
+    map: HashMap<String, String>,
+}
+
+impl DialStore {
+    const FILE: &'static str = "dial.json";
+
+    /// Loads the saved choices (a corrupt file is logged and ignored).
+    pub fn load(store: StateStore) -> Self {
+        let map = match store.read_json(Self::FILE) {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "ignoring saved !dial choices");
+                HashMap::new()
+            }
+        };
+        Self { store, map }
+    }
+
+    /// The room's choice.
+    pub fn get(&self, room: &str) -> Option<String> {
+        self.map.get(room).cloned()
+    }
+
+    /// Sets or clears the room's choice and saves all of them.
+    pub fn set(&mut self, room: &str, dest: Option<String>) {
+        match dest {
+            Some(d) => self.map.insert(room.to_owned(), d),
+            None => self.map.remove(room),
+        };
+        if let Err(e) = self.store.write_json(Self::FILE, &self.map) {
+            warn!(error = %e, "cannot save !dial choices");
+        }
+    }
+}
+
 /// The router.
 pub struct Bridge {
     calls_cfg: CallsConfig,
+    dtmf_cfg: DtmfConfig,
+    dial_pattern: Option<regex::Regex>,
+    access: Vec<String>,
+    own_server: String,
+    router: Arc<Router>,
+    dial: Arc<Mutex<DialStore>>,
+    subscribe_warned: Arc<AtomicBool>,
     matrix: MatrixClient,
     verto: VertoHandle,
     bot_user: String,
@@ -60,15 +111,33 @@ pub struct Bridge {
 impl Bridge {
     /// A bridge for one Matrix account and one verto connection.
     pub fn new(
-        calls_cfg: CallsConfig,
+        cfg: &Config,
+        store: StateStore,
         matrix: MatrixClient,
         verto: VertoHandle,
         bot_user: String,
         our_party: String,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let own_server = bot_user.split_once(':').map_or("", |(_, s)| s).to_owned();
         Self {
-            calls_cfg,
+            calls_cfg: cfg.calls.clone(),
+            dtmf_cfg: cfg.dtmf.clone(),
+            // Validated by Config::validate; an invalid one just turns !dial off.
+            dial_pattern: cfg
+                .dial
+                .pattern
+                .as_deref()
+                .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
+            access: cfg.access.allow.clone(),
+            own_server,
+            router: Arc::new(Router::new(
+                cfg.calls.clone(),
+                cfg.routes.clone(),
+                matrix.clone(),
+            )),
+            dial: Arc::new(Mutex::new(DialStore::load(store))),
+            subscribe_warned: Arc::new(AtomicBool::new(false)),
             matrix,
             verto,
             bot_user,
@@ -179,6 +248,12 @@ impl Bridge {
                 }
                 return;
             }
+            EventKind::Message { body, .. } => {
+                if let Some(cmd) = command::parse(&body) {
+                    self.on_command(room_id, &ev.sender, &ev.event_id, cmd);
+                }
+                return;
+            }
             EventKind::Malformed {
                 event_type,
                 call_id,
@@ -187,7 +262,13 @@ impl Bridge {
                 warn!(room_id, event_id = %ev.event_id, %event_type, %error, "malformed call event");
                 if event_type == "m.call.invite" {
                     if let Some(call_id) = call_id {
-                        self.reject_malformed(room_id, &call_id);
+                        self.reject(
+                            room_id,
+                            &call_id,
+                            Version::V1,
+                            "unknown_error",
+                            "the call invite could not be read",
+                        );
                     }
                 }
                 return;
@@ -285,6 +366,7 @@ impl Bridge {
             self.early.remove(&key);
             return;
         }
+        let mut early_inputs = Vec::new();
         let lifetime = Duration::from_millis(u64::from(inv.lifetime));
         let age = Duration::from_millis(age_ms.unwrap_or(0)) + received.elapsed();
         if age >= lifetime {
@@ -300,6 +382,53 @@ impl Bridge {
             VoipVersionId::V0 => Version::V0,
             _ => Version::V1,
         };
+        self.early
+            .remove(&key)
+            .filter(|e| e.sender == sender)
+            .into_iter()
+            .for_each(|e| early_inputs.extend(e.inputs));
+        if !route::allowed(&self.access, &self.own_server, sender) {
+            info!(room_id, call_id, %sender, "call refused: not on access.allow");
+            self.reject(
+                room_id,
+                call_id,
+                version,
+                "user_busy",
+                "you are not allowed to call through this bridge",
+            );
+            return;
+        }
+        if self.calls.len() >= self.calls_cfg.max_calls {
+            warn!(
+                room_id,
+                call_id,
+                max = self.calls_cfg.max_calls,
+                "call refused: too many calls"
+            );
+            self.reject(
+                room_id,
+                call_id,
+                version,
+                "user_busy",
+                &format!(
+                    "the bridge is at its limit of {} calls; try again later",
+                    self.calls_cfg.max_calls
+                ),
+            );
+            return;
+        }
+        let mine = self.calls.values().filter(|e| e.caller == sender).count();
+        if mine >= self.calls_cfg.max_calls_per_user {
+            info!(room_id, call_id, %sender, "call refused: per-user limit");
+            self.reject(
+                room_id,
+                call_id,
+                version,
+                "user_busy",
+                &format!("you already have {mine} calls; hang one up first"),
+            );
+            return;
+        }
         let now = Instant::now();
         let setup = Setup {
             call_id: call_id.clone(),
@@ -311,15 +440,16 @@ impl Bridge {
             candidate_deadline: now + Duration::from_millis(self.calls_cfg.candidate_wait_ms),
             max_candidates: self.calls_cfg.max_candidates,
             max_sdp_bytes: self.calls_cfg.max_sdp_bytes,
+            notices: self.calls_cfg.notices,
+            digits_on_answer: None,
+            max_duration: (self.calls_cfg.max_call_secs > 0)
+                .then(|| Duration::from_secs(self.calls_cfg.max_call_secs)),
+            dtmf_burst: Duration::from_millis(self.dtmf_cfg.burst_ms),
         };
         let verto_call_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(64);
-        if let Some(early) = self.early.remove(&key) {
-            if early.sender == sender {
-                for i in early.inputs {
-                    let _ = tx.try_send(i);
-                }
-            }
+        for i in early_inputs {
+            let _ = tx.try_send(i);
         }
         let ctx = Ctx {
             matrix: self.matrix.clone(),
@@ -329,7 +459,8 @@ impl Bridge {
             caller: sender.to_owned(),
             bot_user: self.bot_user.clone(),
             verto_call_id: verto_call_id.clone(),
-            destination: self.calls_cfg.destination.clone(),
+            router: self.router.clone(),
+            dial_override: self.dial.lock().ok().and_then(|d| d.get(room_id)),
         };
         self.calls.insert(
             key.clone(),
@@ -370,7 +501,41 @@ impl Bridge {
 
     fn on_verto(&mut self, ev: VertoEvent) {
         let (call_id, input) = match ev {
-            VertoEvent::Connected { .. } => return,
+            VertoEvent::Connected { .. } => {
+                if self.dtmf_cfg.report_far_end {
+                    self.subscribe_dtmf();
+                }
+                return;
+            }
+            VertoEvent::Event { channel, data } => {
+                if channel != "FSevent.dtmf" {
+                    debug!(%channel, "verto event ignored");
+                    return;
+                }
+                let field = |k: &str| {
+                    data.get(k)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                };
+                let (uid, other, digit) = (
+                    field("Unique-ID"),
+                    field("Other-Leg-Unique-ID"),
+                    field("DTMF-Digit"),
+                );
+                if self.by_verto.contains_key(uid) {
+                    debug!(verto_call_id = %uid, %digit, "our own digit echoed by FreeSWITCH; not reported");
+                    return;
+                }
+                if digit.is_empty() || !self.by_verto.contains_key(other) {
+                    return;
+                }
+                (
+                    other.to_owned(),
+                    Input::FarDtmf {
+                        digit: digit.chars().take(4).collect(),
+                    },
+                )
+            }
             VertoEvent::Disconnected => {
                 for key in self.calls.keys() {
                     self.deliver(key, Input::VertoDown);
@@ -410,14 +575,217 @@ impl Bridge {
         }
     }
 
-    fn reject_malformed(&self, room_id: &str, call_id: &str) {
+    /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
+    /// a notice saying why when notices are on.
+    fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
+        let (event_type, content) = match version {
+            Version::V1 => (
+                "m.call.reject",
+                json!({"call_id": call_id, "party_id": self.our_party, "version": "1", "reason": reason}),
+            ),
+            Version::V0 => (
+                "m.call.hangup",
+                json!({"call_id": call_id, "version": 0, "reason": reason}),
+            ),
+        };
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
-        let content = json!({"call_id": call_id, "party_id": self.our_party, "version": "1", "reason": "unknown_error"});
+        let notice = self
+            .calls_cfg
+            .notices
+            .then(|| notice_content(&format!("📞 Call refused: {why}.")));
         tokio::spawn(async move {
             let _ = matrix
-                .send_reliably(&room, "m.call.reject", &content, Duration::from_secs(30))
+                .send_reliably(&room, event_type, &content, Duration::from_secs(30))
+                .await;
+            if let Some(n) = notice {
+                let _ = matrix
+                    .send_reliably(&room, "m.room.message", &n, Duration::from_secs(30))
+                    .await;
+            }
+        });
+    }
+
+    fn notice(&self, room_id: &str, text: String) {
+        let matrix = self.matrix.clone();
+        let room = room_id.to_owned();
+        tokio::spawn(async move {
+            let _ = matrix
+                .send_reliably(
+                    &room,
+                    "m.room.message",
+                    &notice_content(&text),
+                    Duration::from_secs(30),
+                )
                 .await;
         });
+    }
+
+    fn on_command(&mut self, room_id: &str, sender: &str, event_id: &str, cmd: Command) {
+        if !route::allowed(&self.access, &self.own_server, sender) {
+            debug!(room_id, %sender, "command from a user not on access.allow ignored");
+            return;
+        }
+        match cmd {
+            Command::Help => self.notice(room_id, command::help(self.dial_pattern.is_some())),
+            Command::Dtmf(digits) => {
+                let digits = match command::check_digits(&digits, self.dtmf_cfg.max_digits) {
+                    Ok(d) => d,
+                    Err(why) => return self.notice(room_id, why),
+                };
+                let key = self
+                    .calls
+                    .iter()
+                    .find(|((r, _), e)| r == room_id && e.caller == sender)
+                    .map(|(k, _)| k.clone());
+                match key {
+                    Some(k) => self.deliver(
+                        &k,
+                        Input::Dtmf {
+                            digits,
+                            event_id: Some(event_id.to_owned()),
+                        },
+                    ),
+                    None => self.notice(
+                        room_id,
+                        "You have no call in this room to send digits to.".into(),
+                    ),
+                }
+            }
+            Command::DialShow | Command::DialSet(_) | Command::DialReset => {
+                let (matrix, router, dial) =
+                    (self.matrix.clone(), self.router.clone(), self.dial.clone());
+                let (room, sender, bot) =
+                    (room_id.to_owned(), sender.to_owned(), self.bot_user.clone());
+                let pattern = self.dial_pattern.clone();
+                tokio::spawn(async move {
+                    let text = dial_command(
+                        &matrix,
+                        &router,
+                        &dial,
+                        &room,
+                        &sender,
+                        &bot,
+                        pattern.as_ref(),
+                        cmd,
+                    )
+                    .await;
+                    let _ = matrix
+                        .send_reliably(
+                            &room,
+                            "m.room.message",
+                            &notice_content(&text),
+                            Duration::from_secs(30),
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// Subscribes to FreeSWITCH's DTMF events (after every login); a refusal is logged once,
+    /// with the settings that fix it.
+    fn subscribe_dtmf(&self) {
+        let verto = self.verto.clone();
+        let warned = self.subscribe_warned.clone();
+        tokio::spawn(async move {
+            let granted = match verto
+                .request("verto.subscribe", json!({"eventChannel": "FSevent.dtmf"}))
+                .await
+            {
+                Ok(v) => ["subscribedChannels", "alreadySubscribedChannels"]
+                    .iter()
+                    .any(|k| {
+                        v[*k]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|c| c == "FSevent.dtmf"))
+                    }),
+                Err(VertoError::Rpc(_)) => false,
+                Err(e) => {
+                    debug!(error = %e, "verto.subscribe not sent");
+                    return;
+                }
+            };
+            if granted {
+                info!("subscribed to FreeSWITCH DTMF events (FSevent.dtmf)");
+            } else if !warned.swap(true, Ordering::Relaxed) {
+                warn!("FreeSWITCH refused the FSevent.dtmf subscription, so far-end digits cannot be reported. \
+                       Set <param name=\"enable-fs-events\" value=\"true\"/> in verto.conf.xml <settings> (then reload mod_verto) \
+                       and add FSevent.dtmf to the verto user's <param name=\"jsonrpc-allowed-event-channels\" .../> in the directory");
+            }
+        });
+    }
+}
+
+/// Carries out `!dial`; returns the notice text.
+#[allow(clippy::too_many_arguments)]
+async fn dial_command(
+    matrix: &MatrixClient,
+    router: &Router,
+    dial: &Mutex<DialStore>,
+    room: &str,
+    sender: &str,
+    bot: &str,
+    pattern: Option<&regex::Regex>,
+    cmd: Command,
+) -> String {
+    let one_to_one = match matrix.joined_members(room).await {
+        Ok(m) => m.len() == 2 && m.contains_key(sender) && m.contains_key(bot),
+        Err(e) => return format!("Cannot check this room's members right now ({e})."),
+    };
+    if !one_to_one {
+        return "!dial works only in a 1:1 room with me.".into();
+    }
+    match cmd {
+        Command::DialSet(number) => {
+            let Some(re) = pattern else {
+                return "Dialling numbers is not enabled on this bridge.".into();
+            };
+            if !re.is_match(&number) {
+                return format!("{number} is not a number this bridge may dial.");
+            }
+            if let Ok(mut d) = dial.lock() {
+                d.set(room, Some(number.clone()));
+            }
+            format!("Calls from this room now go to {number}. Start a voice call to dial it; !dial reset goes back to the default.")
+        }
+        Command::DialReset => {
+            if let Ok(mut d) = dial.lock() {
+                d.set(room, None);
+            }
+            let r = router
+                .route(
+                    room,
+                    &Caller {
+                        user_id: sender,
+                        display_name: "",
+                    },
+                    None,
+                )
+                .await;
+            format!(
+                "Calls from this room go to the default destination again ({}).",
+                r.destination
+            )
+        }
+        _ => {
+            let chosen = dial.lock().ok().and_then(|d| d.get(room));
+            match chosen {
+                Some(n) => format!("Calls from this room go to {n} (chosen with !dial)."),
+                None => {
+                    let r = router
+                        .route(
+                            room,
+                            &Caller {
+                                user_id: sender,
+                                display_name: "",
+                            },
+                            None,
+                        )
+                        .await;
+                    format!("Calls from this room go to {}.", r.destination)
+                }
+            }
+        }
     }
 }

@@ -78,6 +78,18 @@ pub struct Config {
     /// Call policy.
     #[serde(default)]
     pub calls: CallsConfig,
+    /// Routes, first match wins; `calls.destination` when none matches.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// DTMF in both directions.
+    #[serde(default)]
+    pub dtmf: DtmfConfig,
+    /// The `!dial` command.
+    #[serde(default)]
+    pub dial: DialConfig,
+    /// Who may use the bridge.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Where the device id, access token, sync position and verto session live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -148,6 +160,30 @@ pub struct CallsConfig {
     /// Upper bound on the offer SDP size in bytes.
     #[serde(default = "default_max_sdp")]
     pub max_sdp_bytes: usize,
+    /// Template for the caller id name FreeSWITCH shows (see [`TEMPLATE_FIELDS`]).
+    #[serde(default = "default_cid_name")]
+    pub caller_id_name: String,
+    /// Template for the caller id number.
+    #[serde(default = "default_cid_number")]
+    pub caller_id_number: String,
+    /// DTMF digits sent once the call is answered (empty: none).
+    #[serde(default)]
+    pub digits_on_answer: String,
+    /// Pause between the answer and `digits_on_answer`.
+    #[serde(default = "default_digits_delay")]
+    pub digits_delay_ms: u64,
+    /// Tell callers in the room, as a notice, why a call failed.
+    #[serde(default = "default_true")]
+    pub notices: bool,
+    /// Concurrent calls over all users.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+    /// Concurrent calls of one Matrix user.
+    #[serde(default = "default_max_calls_per_user")]
+    pub max_calls_per_user: usize,
+    /// Longest answered call, in seconds (0: no limit).
+    #[serde(default = "default_max_call_secs")]
+    pub max_call_secs: u64,
 }
 
 impl Default for CallsConfig {
@@ -157,8 +193,93 @@ impl Default for CallsConfig {
             candidate_wait_ms: default_candidate_wait(),
             max_candidates: default_max_candidates(),
             max_sdp_bytes: default_max_sdp(),
+            caller_id_name: default_cid_name(),
+            caller_id_number: default_cid_number(),
+            digits_on_answer: String::new(),
+            digits_delay_ms: default_digits_delay(),
+            notices: true,
+            max_calls: default_max_calls(),
+            max_calls_per_user: default_max_calls_per_user(),
+            max_call_secs: default_max_call_secs(),
         }
     }
+}
+
+/// Placeholders the caller id templates accept.
+pub const TEMPLATE_FIELDS: &[&str] = &["display_name", "localpart", "user_id", "server"];
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A label for logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Matches the room: `!id:server` or `#alias:server`.
+    #[serde(default)]
+    pub room: Option<String>,
+    /// Matches the caller: `@user:server` (a `*` glob over user ids) or a server glob such as
+    /// `example.org` or `*.example.org`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Where the call goes.
+    pub destination: String,
+    /// Overrides `calls.caller_id_name`.
+    #[serde(default)]
+    pub caller_id_name: Option<String>,
+    /// Overrides `calls.caller_id_number`.
+    #[serde(default)]
+    pub caller_id_number: Option<String>,
+    /// Overrides `calls.digits_on_answer`.
+    #[serde(default)]
+    pub digits_on_answer: Option<String>,
+    /// Overrides `calls.digits_delay_ms`.
+    #[serde(default)]
+    pub digits_delay_ms: Option<u64>,
+}
+
+/// `dtmf:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfConfig {
+    /// Most digits in one `!dtmf` command.
+    #[serde(default = "default_max_digits")]
+    pub max_digits: usize,
+    /// Post digits pressed by the far end as notices (needs FreeSWITCH event permissions).
+    #[serde(default)]
+    pub report_far_end: bool,
+    /// Far-end digits closer together than this go into one notice.
+    #[serde(default = "default_burst")]
+    pub burst_ms: u64,
+}
+
+impl Default for DtmfConfig {
+    fn default() -> Self {
+        Self {
+            max_digits: default_max_digits(),
+            report_far_end: false,
+            burst_ms: default_burst(),
+        }
+    }
+}
+
+/// `dial:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialConfig {
+    /// A regular expression a `!dial` number must match in full; unset: `!dial` is off.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// `access:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Who may invite the bot and call: user ids or server names, `*` globs allowed. Empty:
+    /// users of the bot's own homeserver.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -190,6 +311,60 @@ fn default_max_candidates() -> usize {
 }
 fn default_max_sdp() -> usize {
     64 * 1024
+}
+fn default_cid_name() -> String {
+    "{display_name}".into()
+}
+fn default_cid_number() -> String {
+    "{localpart}".into()
+}
+fn default_digits_delay() -> u64 {
+    1500
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_calls() -> usize {
+    20
+}
+fn default_max_calls_per_user() -> usize {
+    2
+}
+fn default_max_call_secs() -> u64 {
+    4 * 3600
+}
+fn default_max_digits() -> usize {
+    32
+}
+fn default_burst() -> u64 {
+    1500
+}
+
+/// Checks a DTMF digit string as FreeSWITCH takes it: `0-9 * # A-D`, and `w`/`W` pauses.
+pub fn valid_digits(d: &str) -> bool {
+    !d.is_empty()
+        && d.chars()
+            .all(|c| c.is_ascii_digit() || "*#ABCDabcdwW".contains(c))
+}
+
+/// Checks a caller id template: only known `{placeholders}`.
+pub fn template_problem(t: &str) -> Option<String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Some("unclosed {".into());
+        };
+        let name = &after[..close];
+        if !TEMPLATE_FIELDS.contains(&name) {
+            return Some(format!(
+                "unknown placeholder {{{name}}} (known: {})",
+                TEMPLATE_FIELDS.join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    None
 }
 
 impl Config {
@@ -299,6 +474,89 @@ impl Config {
         if !(1024..=1024 * 1024).contains(&self.calls.max_sdp_bytes) {
             p.push("calls.max_sdp_bytes: must be between 1024 and 1048576".into());
         }
+        for (key, t) in [
+            ("calls.caller_id_name", &self.calls.caller_id_name),
+            ("calls.caller_id_number", &self.calls.caller_id_number),
+        ] {
+            if let Some(why) = template_problem(t) {
+                p.push(format!("{key}: {why}"));
+            }
+        }
+        if !self.calls.digits_on_answer.is_empty() && !valid_digits(&self.calls.digits_on_answer) {
+            p.push("calls.digits_on_answer: only 0-9 * # A-D and w/W pauses".into());
+        }
+        if self.calls.digits_delay_ms > 60_000 {
+            p.push("calls.digits_delay_ms: at most 60000".into());
+        }
+        if !(1..=10_000).contains(&self.calls.max_calls) {
+            p.push("calls.max_calls: must be between 1 and 10000".into());
+        }
+        if !(1..=1000).contains(&self.calls.max_calls_per_user) {
+            p.push("calls.max_calls_per_user: must be between 1 and 1000".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if let Some(room) = &r.room {
+                let ok = (room.starts_with('!') || room.starts_with('#')) && room.contains(':');
+                if !ok {
+                    p.push(format!(
+                        "{key}.room: a room id (!id:server) or alias (#name:server)"
+                    ));
+                }
+            }
+            if let Some(u) = &r.user {
+                if u.is_empty() || u.chars().any(char::is_whitespace) {
+                    p.push(format!(
+                        "{key}.user: a user id glob (@*:example.org) or a server glob"
+                    ));
+                }
+            }
+            let d = &r.destination;
+            if d.is_empty()
+                || d.len() > 128
+                || d.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                p.push(format!(
+                    "{key}.destination: must be 1-128 characters without spaces"
+                ));
+            }
+            for (k, t) in [
+                ("caller_id_name", &r.caller_id_name),
+                ("caller_id_number", &r.caller_id_number),
+            ] {
+                if let Some(why) = t.as_deref().and_then(template_problem) {
+                    p.push(format!("{key}.{k}: {why}"));
+                }
+            }
+            if let Some(d) = &r.digits_on_answer {
+                if !d.is_empty() && !valid_digits(d) {
+                    p.push(format!(
+                        "{key}.digits_on_answer: only 0-9 * # A-D and w/W pauses"
+                    ));
+                }
+            }
+            if r.digits_delay_ms.is_some_and(|d| d > 60_000) {
+                p.push(format!("{key}.digits_delay_ms: at most 60000"));
+            }
+        }
+        if !(1..=256).contains(&self.dtmf.max_digits) {
+            p.push("dtmf.max_digits: must be between 1 and 256".into());
+        }
+        if !(100..=60_000).contains(&self.dtmf.burst_ms) {
+            p.push("dtmf.burst_ms: must be between 100 and 60000".into());
+        }
+        if let Some(pat) = &self.dial.pattern {
+            if let Err(e) = regex::Regex::new(pat) {
+                p.push(format!("dial.pattern: not a regular expression ({e})"));
+            }
+        }
+        for (i, a) in self.access.allow.iter().enumerate() {
+            if a.is_empty() || a.chars().any(char::is_whitespace) {
+                p.push(format!(
+                    "access.allow[{i}]: a user id or server glob without spaces"
+                ));
+            }
+        }
         if self.state_dir.as_os_str().is_empty() {
             p.push("state_dir: must not be empty".into());
         }
@@ -401,6 +659,43 @@ state_dir: "./st"
         assert!(problems(&yaml)[0].contains("only one"));
         let yaml = GOOD.replace("  password: \"pw\"\n", "");
         assert!(problems(&yaml)[0].contains("password or access_token"));
+    }
+
+    #[test]
+    fn routes_dtmf_dial_access_validation() {
+        let yaml = format!(
+            "{GOOD}routes:\n  - room: \"nope\"\n    destination: \"30 00\"\n    caller_id_name: \"{{nickname}}\"\n    digits_on_answer: \"12x\"\n  - user: \"*.example.org\"\n    destination: \"5000\"\ndial:\n  pattern: \"([\"\ndtmf:\n  max_digits: 0\n"
+        );
+        let p = problems(&yaml);
+        for key in [
+            "routes[0].room",
+            "routes[0].destination",
+            "routes[0].caller_id_name",
+            "routes[0].digits_on_answer",
+            "dial.pattern",
+            "dtmf.max_digits",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(key)), "{key}: {p:?}");
+        }
+        assert!(!p.iter().any(|m| m.starts_with("routes[1]")), "{p:?}");
+    }
+
+    #[test]
+    fn digits_and_templates() {
+        for (d, ok) in [
+            ("1234#", true),
+            ("*5", true),
+            ("12w34W#", true),
+            ("ABCD", true),
+            ("", false),
+            ("12x", false),
+            ("1 2", false),
+        ] {
+            assert_eq!(valid_digits(d), ok, "{d}");
+        }
+        assert_eq!(template_problem("{display_name} ({localpart})"), None);
+        assert!(template_problem("{nick}").is_some());
+        assert!(template_problem("{localpart").is_some());
     }
 
     #[test]

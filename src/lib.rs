@@ -87,17 +87,28 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();
+    let own_server = session
+        .user_id
+        .split_once(':')
+        .map_or("", |(_, s)| s)
+        .to_owned();
+    let allow = cfg.access.allow.clone();
+    let accept: matrix::sync::InvitePolicy = std::sync::Arc::new(move |inviter: &str| {
+        call::route::allowed(&allow, &own_server, inviter)
+    });
     let sync_task = tokio::spawn(matrix::sync::run(
         matrix.clone(),
         cfg.matrix.clone(),
         store.clone(),
         batch_tx,
+        accept,
         sync_cancel.clone(),
     ));
 
     info!(user_id = %session.user_id, destination = %cfg.calls.destination, "vertobot running");
     let bridge = bridge::Bridge::new(
-        cfg.calls.clone(),
+        &cfg,
+        store.clone(),
         matrix,
         verto,
         session.user_id.clone(),

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::machine::{Action, Call, DialFailure, Input};
+use super::route::{Caller, Routed, Router};
+use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
 use crate::verto::{VertoError, VertoHandle};
 
@@ -35,9 +37,13 @@ pub struct Ctx {
     pub bot_user: String,
     /// Verto `callID` (a fresh UUID).
     pub verto_call_id: String,
-    /// FreeSWITCH destination.
-    pub destination: String,
+    /// Routes and caller ids.
+    pub router: std::sync::Arc<Router>,
+    /// The room's `!dial` choice, if any.
+    pub dial_override: Option<String>,
 }
+
+type MatrixQueue = mpsc::UnboundedSender<(&'static str, Value)>;
 
 /// Runs the call to its end. `done` is told when the task is finished, so the registry can
 /// forget it.
@@ -53,8 +59,11 @@ pub async fn run(
         let Some(display_name) = admit(&ctx).await else {
             return;
         };
-        info!(caller = %ctx.caller, "call accepted");
-        let (mtx, mrx) = mpsc::unbounded_channel::<(&'static str, Value)>();
+        let caller = Caller { user_id: &ctx.caller, display_name: &display_name };
+        let routed = ctx.router.route(&ctx.room_id, &caller, ctx.dial_override.as_deref()).await;
+        info!(caller = %ctx.caller, route = %routed.name, destination = %routed.destination, "call accepted");
+        call.set_digits_on_answer(routed.digits_on_answer.clone());
+        let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
         let sender = tokio::spawn(
             send_matrix_events(ctx.matrix.clone(), ctx.room_id.clone(), mrx)
                 .instrument(tracing::Span::current()),
@@ -64,7 +73,7 @@ pub async fn run(
         let mut actions = call.start(Instant::now());
         loop {
             for a in actions.drain(..) {
-                execute(a, &ctx, &display_name, &mtx, &self_tx, &mut side_tasks);
+                execute(a, &ctx, &routed, &mtx, &self_tx, &mut side_tasks);
             }
             if call.is_ended() {
                 break;
@@ -149,12 +158,41 @@ async fn admit(ctx: &Ctx) -> Option<String> {
 fn execute(
     action: Action,
     ctx: &Ctx,
-    display_name: &str,
-    mtx: &mpsc::UnboundedSender<(&'static str, Value)>,
+    routed: &Routed,
+    mtx: &MatrixQueue,
     self_tx: &mpsc::Sender<Input>,
     side: &mut JoinSet<()>,
 ) {
     match action {
+        Action::Notice { text } => {
+            let _ = mtx.send(("m.room.message", notice_content(&text)));
+        }
+        Action::SendDtmf { digits, react_to } => {
+            let verto = ctx.verto.clone();
+            let id = ctx.verto_call_id.clone();
+            let mtx = mtx.clone();
+            side.spawn(
+                async move {
+                    let params = json!({"dialogParams": {"callID": id}, "dtmf": digits});
+                    match verto.request("verto.info", params).await {
+                        Ok(_) => {
+                            debug!(%digits, "digits sent");
+                            if let Some(ev) = react_to {
+                                let _ = mtx.send(("m.reaction", reaction_content(&ev, "✅")));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(%digits, error = %e, "verto.info dtmf failed");
+                            let _ = mtx.send((
+                                "m.room.message",
+                                notice_content(&format!("Could not send the digits {digits}: {e}")),
+                            ));
+                        }
+                    }
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
         Action::Send {
             event_type,
             content,
@@ -163,7 +201,7 @@ fn execute(
         }
         Action::Dial { sdp } => {
             let verto = ctx.verto.clone();
-            let params = dialog_params(ctx, display_name);
+            let params = dialog_params(ctx, routed);
             let tx = self_tx.clone();
             side.spawn(
                 async move {
@@ -200,26 +238,14 @@ fn execute(
 }
 
 /// The `dialogParams` of `verto.invite`.
-fn dialog_params(ctx: &Ctx, display_name: &str) -> Value {
-    let localpart = ctx
-        .caller
-        .trim_start_matches('@')
-        .split(':')
-        .next()
-        .unwrap_or_default();
-    let number = sip_number(localpart);
-    let name = sip_display_name(if display_name.is_empty() {
-        localpart
-    } else {
-        display_name
-    });
+fn dialog_params(ctx: &Ctx, routed: &Routed) -> Value {
     json!({
         "callID": ctx.verto_call_id,
-        "destination_number": ctx.destination,
-        "caller_id_name": name,
-        "caller_id_number": number,
+        "destination_number": routed.destination,
+        "caller_id_name": routed.caller_id_name,
+        "caller_id_number": routed.caller_id_number,
         "remote_caller_id_name": "Outbound Call",
-        "remote_caller_id_number": ctx.destination,
+        "remote_caller_id_number": routed.destination,
         "useVideo": false,
         "useStereo": false,
         "screenShare": false,
@@ -231,36 +257,6 @@ fn dialog_params(ctx: &Ctx, display_name: &str) -> Value {
             "matrix_sender": ctx.caller,
         },
     })
-}
-
-/// Keeps what a SIP user part and a phone display accept.
-pub fn sip_number(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(*c))
-        .take(32)
-        .collect();
-    if out.is_empty() {
-        "matrix".into()
-    } else {
-        out
-    }
-}
-
-/// A display name without quotes, backslashes or control characters, at most 48 characters.
-pub fn sip_display_name(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '"' | '\\' | '<' | '>'))
-        .take(48)
-        .collect::<String>()
-        .trim()
-        .to_owned();
-    if out.is_empty() {
-        "Matrix".into()
-    } else {
-        out
-    }
 }
 
 async fn send_matrix_events(
@@ -276,27 +272,5 @@ async fn send_matrix_events(
             Ok(event_id) => debug!(%event_type, %event_id, "sent"),
             Err(e) => warn!(%event_type, error = %e, "could not send event to the caller"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caller_id_sanitising() {
-        let cases = [
-            ("alice", "alice"),
-            ("bob.smith_2", "bob.smith_2"),
-            ("évé", "v"),
-            ("éé", "matrix"),
-            ("a b;c", "abc"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(sip_number(input), want);
-        }
-        assert_eq!(sip_display_name("Alice \"Al\" <x>\n"), "Alice Al x");
-        assert_eq!(sip_display_name("\u{7}"), "Matrix");
-        assert_eq!(sip_display_name(&"x".repeat(100)).len(), 48);
     }
 }

@@ -45,6 +45,14 @@ pub struct Setup {
     pub max_candidates: usize,
     /// Offers larger than this are rejected.
     pub max_sdp_bytes: usize,
+    /// Post a notice in the room when a call fails, because Matrix clients show little.
+    pub notices: bool,
+    /// Digits sent after the answer, and the pause before them (set by routing).
+    pub digits_on_answer: Option<(String, Duration)>,
+    /// Longest answered call.
+    pub max_duration: Option<Duration>,
+    /// Far-end digits closer together than this are reported in one notice.
+    pub dtmf_burst: Duration,
 }
 
 /// Where the call is.
@@ -105,6 +113,18 @@ pub enum Input {
     },
     /// A new offer from FreeSWITCH for this call; renegotiation is not supported yet.
     Attach,
+    /// `!dtmf` from the caller: digits for FreeSWITCH.
+    Dtmf {
+        /// Validated digits.
+        digits: String,
+        /// The command event, to confirm with a reaction.
+        event_id: Option<String>,
+    },
+    /// A digit pressed by the far end (from FreeSWITCH's DTMF events).
+    FarDtmf {
+        /// The digit.
+        digit: String,
+    },
     /// The verto socket dropped.
     VertoDown,
     /// The bridge is stopping.
@@ -133,6 +153,18 @@ pub enum Action {
         /// FreeSWITCH cause name.
         cause: &'static str,
     },
+    /// Send `verto.info {dtmf}`; confirm to the caller if `react_to` is set.
+    SendDtmf {
+        /// The digits.
+        digits: String,
+        /// The `!dtmf` command event.
+        react_to: Option<String>,
+    },
+    /// Post a notice in the call's room.
+    Notice {
+        /// Its text.
+        text: String,
+    },
     /// Send a Matrix event in the call's room.
     Send {
         /// `m.call.answer`, `m.call.hangup` ...
@@ -153,6 +185,10 @@ pub struct Call {
     /// FreeSWITCH has created the channel.
     cancel_after_dial: Option<&'static str>,
     ignored_candidates: usize,
+    digits_due: Option<Instant>,
+    hangup_due: Option<Instant>,
+    far_digits: String,
+    far_flush_due: Option<Instant>,
     /// Why it ended, for the final log line.
     pub end_reason: Option<String>,
 }
@@ -167,8 +203,17 @@ impl Call {
             media_sdp: None,
             cancel_after_dial: None,
             ignored_candidates: 0,
+            digits_due: None,
+            hangup_due: None,
+            far_digits: String::new(),
+            far_flush_due: None,
             end_reason: None,
         }
+    }
+
+    /// Sets the digits to send after the answer (known once the call is routed).
+    pub fn set_digits_on_answer(&mut self, digits: Option<(String, Duration)>) {
+        self.setup.digits_on_answer = digits;
     }
 
     /// The current state.
@@ -198,15 +243,52 @@ impl Call {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let state = match self.state {
             State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
             State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
-            State::Answered | State::Ended => None,
-        }
+            State::Answered => None,
+            State::Ended => return None,
+        };
+        [state, self.digits_due, self.hangup_due, self.far_flush_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.far_flush_due.is_some_and(|d| now >= d) {
+            out.extend(self.flush_far_digits());
+        }
+        if self.digits_due.is_some_and(|d| now >= d) {
+            self.digits_due = None;
+            if let (State::Answered, Some((digits, _))) = (self.state, &self.setup.digits_on_answer)
+            {
+                info!(%digits, "sending the route's digits");
+                out.push(Action::SendDtmf {
+                    digits: digits.clone(),
+                    react_to: None,
+                });
+            }
+        }
+        if self.hangup_due.is_some_and(|d| now >= d) && self.state == State::Answered {
+            self.hangup_due = None;
+            let mins = self.setup.max_duration.map_or(0, |d| d.as_secs() / 60);
+            out.push(Action::Bye {
+                cause: "ALLOTTED_TIMEOUT",
+            });
+            out.extend(self.fail(
+                "user_hangup",
+                &format!("the call reached the maximum length of {mins} minutes"),
+            ));
+            return out;
+        }
+        out.extend(self.handle_state_timeout(now));
+        out
+    }
+
+    fn handle_state_timeout(&mut self, now: Instant) -> Vec<Action> {
         match self.state {
             State::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
@@ -247,6 +329,21 @@ impl Call {
         match (self.state, input) {
             (Ended, input) => {
                 debug!(?input, "input for an ended call ignored");
+                Vec::new()
+            }
+
+            (Ringing | EarlyMedia | Answered, Input::Dtmf { digits, event_id }) => {
+                info!(%digits, "sending the caller's digits");
+                vec![Action::SendDtmf { digits, react_to: event_id }]
+            }
+            (_, Input::Dtmf { .. }) => vec![Action::Notice {
+                text: "The call is not connected to FreeSWITCH yet; send the digits once it rings or is answered.".into(),
+            }],
+            (_, Input::FarDtmf { digit }) => {
+                if self.far_digits.len() < 256 {
+                    self.far_digits.push_str(&digit);
+                }
+                self.far_flush_due = Some(now + self.setup.dtmf_burst);
                 Vec::new()
             }
 
@@ -388,6 +485,8 @@ impl Call {
                 }
                 self.state = Answered;
                 info!("FreeSWITCH answered");
+                self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
+                self.hangup_due = self.setup.max_duration.map(|d| now + d);
                 self.answer(&answer)
             }
             (
@@ -403,6 +502,13 @@ impl Call {
                 if self.cancel_after_dial.is_some() {
                     self.finish("ended while dialling");
                     return Vec::new();
+                }
+                if answered && end.reason == "user_hangup" {
+                    // A normal hangup needs no explanation.
+                    let mut out = self.flush_far_digits();
+                    out.extend(self.end_matrix(end.reason, end.human));
+                    self.finish(end.human);
+                    return out;
                 }
                 self.fail(end.reason, end.human)
             }
@@ -459,9 +565,29 @@ impl Call {
     /// Tells the caller the call is over and ends the machine. (Where a dial in flight must
     /// still be cancelled, callers use `end_matrix` and `cancel_after_dial` instead.)
     fn fail(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
-        let out = self.end_matrix(reason, human);
+        let mut out = self.flush_far_digits();
+        out.extend(self.end_matrix(reason, human));
+        if self.setup.notices {
+            let text = if self.state == State::Answered {
+                format!("📞 Call ended: {human}.")
+            } else {
+                format!("📞 Call failed: {human}.")
+            };
+            out.push(Action::Notice { text });
+        }
         self.finish(human);
         out
+    }
+
+    fn flush_far_digits(&mut self) -> Vec<Action> {
+        self.far_flush_due = None;
+        if self.far_digits.is_empty() {
+            return Vec::new();
+        }
+        let digits = std::mem::take(&mut self.far_digits);
+        vec![Action::Notice {
+            text: format!("🔢 The other side pressed: {digits}"),
+        }]
     }
 
     /// The Matrix event that ends the call: `m.call.reject` before our answer for a v1 caller
@@ -579,6 +705,10 @@ mod tests {
             candidate_deadline: now + DEFAULT_CANDIDATE_WAIT,
             max_candidates: 16,
             max_sdp_bytes: 65536,
+            notices: false,
+            digits_on_answer: None,
+            max_duration: None,
+            dtmf_burst: Duration::from_millis(1500),
         }
     }
 
@@ -609,6 +739,8 @@ mod tests {
                 Action::Dial { .. } => "dial",
                 Action::Bye { .. } => "bye",
                 Action::Send { event_type, .. } => event_type,
+                Action::SendDtmf { .. } => "dtmf",
+                Action::Notice { .. } => "notice",
             })
             .collect()
     }
@@ -949,6 +1081,152 @@ mod tests {
         assert_eq!(c.state(), State::Collecting);
         let (mut c, now) = dialled(Version::V1);
         assert!(c.handle(cands(vec![udp(9)]), now).is_empty());
+    }
+
+    #[test]
+    fn notices_explain_failures_but_not_normal_hangups() {
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.notices = true;
+        let mut c = Call::new(s.clone());
+        c.start(now);
+        c.handle(cands(vec![udp(1), end()]), now);
+        c.handle(Input::InviteResult(Ok(())), now);
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(17),
+                cause: None,
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["m.call.reject", "notice"]);
+        let Action::Notice { text } = &a[1] else {
+            panic!()
+        };
+        assert!(text.contains("busy"), "{text}");
+
+        let mut c = Call::new(s);
+        c.start(now);
+        c.handle(cands(vec![udp(1), end()]), now);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(16),
+                cause: None,
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["m.call.hangup"]);
+    }
+
+    #[test]
+    fn dtmf_digits_on_answer_and_max_duration() {
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.max_duration = Some(Duration::from_secs(60));
+        let mut c = Call::new(s);
+        c.set_digits_on_answer(Some(("*5".into(), Duration::from_secs(2))));
+        c.start(now);
+        // Too early for digits.
+        let a = c.handle(
+            Input::Dtmf {
+                digits: "1".into(),
+                event_id: None,
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["notice"]);
+        c.handle(cands(vec![udp(1), end()]), now);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(2)));
+        let a = c.handle_timeout(now + Duration::from_secs(2));
+        assert_eq!(
+            a,
+            vec![Action::SendDtmf {
+                digits: "*5".into(),
+                react_to: None
+            }]
+        );
+        let a = c.handle(
+            Input::Dtmf {
+                digits: "12#".into(),
+                event_id: Some("$e".into()),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::SendDtmf {
+                digits: "12#".into(),
+                react_to: Some("$e".into())
+            }]
+        );
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(60)));
+        let a = c.handle_timeout(now + Duration::from_secs(60));
+        assert_eq!(sent_types(&a), ["bye", "m.call.hangup"]);
+        assert_eq!(
+            a[0],
+            Action::Bye {
+                cause: "ALLOTTED_TIMEOUT"
+            }
+        );
+        assert!(c.is_ended());
+    }
+
+    #[test]
+    fn far_end_digits_are_reported_per_burst() {
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        let ms = Duration::from_millis;
+        for (i, d) in ["1", "2", "3"].iter().enumerate() {
+            assert!(c
+                .handle(
+                    Input::FarDtmf { digit: (*d).into() },
+                    now + ms(100 * i as u64)
+                )
+                .is_empty());
+        }
+        let due = c.poll_timeout().unwrap();
+        assert_eq!(due, now + ms(200) + ms(1500));
+        let a = c.handle_timeout(due);
+        assert_eq!(
+            a,
+            vec![Action::Notice {
+                text: "🔢 The other side pressed: 123".into()
+            }]
+        );
+        assert!(
+            c.handle_timeout(due + ms(5000)).is_empty(),
+            "one notice per burst"
+        );
+        // Digits pending when the call ends are flushed first.
+        c.handle(Input::FarDtmf { digit: "#".into() }, now);
+        let a = c.handle(
+            Input::Bye {
+                cause_code: Some(16),
+                cause: None,
+            },
+            now,
+        );
+        assert_eq!(sent_types(&a), ["notice", "m.call.hangup"]);
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! - [`machine`]: the sans-IO [`machine::Call`] with its states, inputs and actions.
 //! - [`actor`]: the task that drives a machine and performs its actions.
 //! - [`cause`]: hangup reason ↔ FreeSWITCH cause tables.
+//! - [`route`]: routes, caller ids, access globs.
+//! - [`command`]: `!help`, `!dtmf`, `!dial`.
 
 pub mod actor;
 pub mod cause;
+pub mod command;
 pub mod machine;
+pub mod route;

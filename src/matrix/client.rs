@@ -295,6 +295,36 @@ impl MatrixClient {
         .map(|_| ())
     }
 
+    /// Leaves (or declines an invite to) a room, with a reason the inviter sees.
+    pub async fn leave(&self, room_id: &str, reason: &str) -> Result<(), MatrixError> {
+        self.call(
+            Method::POST,
+            &format!("/rooms/{}/leave", seg(room_id)),
+            &[],
+            Some(&json!({"reason": reason})),
+            Self::SHORT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Resolves `#alias:server` to a room id.
+    pub async fn resolve_alias(&self, alias: &str) -> Result<String, MatrixError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/directory/room/{}", seg(alias)),
+                &[],
+                None,
+                Self::SHORT,
+            )
+            .await?;
+        v.get("room_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::Decode("alias response without room_id".into()))
+    }
+
     /// Joined members with their display names.
     pub async fn joined_members(
         &self,
@@ -367,6 +397,16 @@ impl MatrixClient {
             }
         }
     }
+}
+
+/// `m.room.message` content of a notice.
+pub fn notice_content(text: &str) -> Value {
+    json!({"msgtype": "m.notice", "body": text})
+}
+
+/// `m.reaction` content annotating `event_id` with `key`.
+pub fn reaction_content(event_id: &str, key: &str) -> Value {
+    json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}})
 }
 
 #[cfg(test)]

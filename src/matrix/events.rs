@@ -38,6 +38,13 @@ pub enum EventKind {
         /// `join`, `leave`, `ban` ...
         membership: String,
     },
+    /// `m.room.message` (commands such as `!dtmf`).
+    Message {
+        /// `msgtype`.
+        msgtype: String,
+        /// `body`.
+        body: String,
+    },
     /// An `m.call.*` event whose content did not parse.
     Malformed {
         /// The event type.
@@ -147,6 +154,25 @@ pub fn parse_event(raw: &RawValue) -> Result<TimelineEvent, EventError> {
                 },
             });
         }
+        "m.room.message" => {
+            #[derive(Deserialize)]
+            struct M {
+                #[serde(default)]
+                msgtype: String,
+                #[serde(default)]
+                body: String,
+            }
+            let m: M = p(c).map_err(|e| EventError::Envelope(e.to_string()))?;
+            return Ok(TimelineEvent {
+                event_id: env.event_id,
+                sender: env.sender,
+                age_ms: env.unsigned.age,
+                kind: EventKind::Message {
+                    msgtype: m.msgtype,
+                    body: m.body,
+                },
+            });
+        }
         _ => return Err(EventError::Irrelevant),
     };
     let kind = match parsed {
@@ -245,9 +271,17 @@ mod tests {
         .unwrap();
         assert!(matches!(e.kind, EventKind::Malformed { call_id: Some(ref c), .. } if c == "c2"));
         assert!(matches!(
-            parse_event(&ev("m.room.message", json!({"body": "hi"}))),
+            parse_event(&ev("m.room.topic", json!({"topic": "hi"}))),
             Err(EventError::Irrelevant)
         ));
+        let e = parse_event(&ev(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "!dtmf 12#"}),
+        ))
+        .unwrap();
+        assert!(matches!(e.kind, EventKind::Message { ref body, .. } if body == "!dtmf 12#"));
+        // A body that is not a string is a bad envelope, not a panic.
+        assert!(parse_event(&ev("m.room.message", json!({"body": 5}))).is_err());
         assert!(matches!(
             parse_event(&raw(json!([1, 2]))),
             Err(EventError::Envelope(_))

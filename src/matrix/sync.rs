@@ -37,10 +37,40 @@ pub struct Rooms {
     /// Joined rooms.
     #[serde(default)]
     pub join: HashMap<String, JoinedRoom>,
-    /// Rooms we are invited to (content ignored).
+    /// Rooms we are invited to.
     #[serde(default)]
-    pub invite: HashMap<String, serde::de::IgnoredAny>,
+    pub invite: HashMap<String, InvitedRoom>,
 }
+
+/// One room we are invited to.
+#[derive(Debug, Default, Deserialize)]
+pub struct InvitedRoom {
+    /// Stripped state, which holds the invite itself.
+    #[serde(default)]
+    pub invite_state: InviteState,
+}
+
+/// `invite_state`.
+#[derive(Debug, Default, Deserialize)]
+pub struct InviteState {
+    /// Stripped state events.
+    #[serde(default)]
+    pub events: Vec<serde_json::Value>,
+}
+
+impl InvitedRoom {
+    /// Who invited `me`.
+    pub fn inviter(&self, me: &str) -> Option<&str> {
+        self.invite_state
+            .events
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == me)
+            .and_then(|e| e["sender"].as_str())
+    }
+}
+
+/// Decides whether an invite from this user is accepted (the call layer's access policy).
+pub type InvitePolicy = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// One joined room.
 #[derive(Debug, Default, Deserialize)]
@@ -68,7 +98,7 @@ pub struct Batch {
 }
 
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
-pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
+pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
 
 /// Logs in (or reuses the saved session) and returns the client and the session.
 pub async fn login(
@@ -129,6 +159,7 @@ pub async fn run(
     cfg: MatrixConfig,
     store: StateStore,
     tx: mpsc::Sender<Batch>,
+    accept: InvitePolicy,
     cancel: CancellationToken,
 ) {
     let mut since = match store.since() {
@@ -160,8 +191,13 @@ pub async fn run(
             Ok(resp) => {
                 backoff = Duration::from_secs(1);
                 let received = Instant::now();
-                for room in resp.rooms.invite.keys() {
-                    spawn_join(&client, room, &joining, &cancel);
+                for (room, invited) in &resp.rooms.invite {
+                    let inviter = invited.inviter(&cfg.user_id).unwrap_or("");
+                    if accept(inviter) {
+                        spawn_join(&client, room, &joining, &cancel);
+                    } else {
+                        spawn_decline(&client, room, inviter, &joining);
+                    }
                 }
                 let mut rooms = Vec::new();
                 if !first {
@@ -235,6 +271,33 @@ fn is_before(started: Option<Instant>, received: Instant, age_ms: Option<u64>) -
             .is_some_and(|created| created < started),
         _ => false,
     }
+}
+
+/// Declines an invite from someone who may not use the bridge.
+fn spawn_decline(
+    client: &MatrixClient,
+    room: &str,
+    inviter: &str,
+    joining: &Arc<Mutex<HashSet<String>>>,
+) {
+    let Ok(mut set) = joining.lock() else { return };
+    if !set.insert(room.to_owned()) {
+        return;
+    }
+    drop(set);
+    info!(room_id = %room, %inviter, "declining invite: this user may not use the bridge (access.allow)");
+    let (client, room, joining) = (client.clone(), room.to_owned(), joining.clone());
+    tokio::spawn(async move {
+        if let Err(e) = client
+            .leave(&room, "You are not allowed to use this bridge.")
+            .await
+        {
+            warn!(room_id = %room, error = %e, "cannot decline invite");
+        }
+        if let Ok(mut set) = joining.lock() {
+            set.remove(&room);
+        }
+    });
 }
 
 /// Joins an invited room in the background, retrying with backoff.

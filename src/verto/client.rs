@@ -83,6 +83,13 @@ pub enum VertoEvent {
     },
     /// Another connection took over our session.
     Punted,
+    /// `verto.event` from a subscribed event channel.
+    Event {
+        /// `eventChannel`, e.g. `FSevent.dtmf`.
+        channel: String,
+        /// `data`: for FreeSWITCH events, a flat object of header strings.
+        data: Value,
+    },
     /// Any other server request, acknowledged and passed on for logging.
     Other {
         /// The method.
@@ -531,6 +538,14 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
             cause: p.get("cause").and_then(Value::as_str).map(str::to_owned),
         }),
         ("verto.attach", Some(call_id)) => sdp.map(|sdp| VertoEvent::Attach { call_id, sdp }),
+        ("verto.event", _) => Some(VertoEvent::Event {
+            channel: p
+                .get("eventChannel")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            data: p.get("data").cloned().unwrap_or(Value::Null),
+        }),
         (m, call_id) => Some(VertoEvent::Other {
             method: m.to_owned(),
             call_id,

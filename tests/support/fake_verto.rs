@@ -53,6 +53,10 @@ struct Inner {
     calls: HashMap<String, usize>,
     logins: usize,
     tls_failures: usize,
+    /// `enable-fs-events` and the channel permission: whether `verto.subscribe` succeeds.
+    fs_events: bool,
+    /// Connections subscribed to `FSevent.dtmf`.
+    dtmf_subscribers: Vec<usize>,
 }
 
 /// The running fake.
@@ -173,6 +177,31 @@ impl FakeVerto {
             "verto.bye",
             json!({"callID": call_id, "causeCode": code, "cause": cause}),
         );
+    }
+
+    /// Grants (or refuses) `verto.subscribe` to FreeSWITCH event channels.
+    pub fn set_fs_events(&self, on: bool) {
+        self.inner.lock().unwrap().fs_events = on;
+    }
+
+    /// Emits `FSevent.dtmf` events as FreeSWITCH does for digits pressed on the far (B) leg
+    /// of `call_id`: `Unique-ID` is the B leg, `Other-Leg-Unique-ID` is `call_id`.
+    pub fn far_dtmf(&self, call_id: &str, digits: &str) {
+        let b_leg = uuid::Uuid::new_v4().to_string();
+        for d in digits.chars() {
+            self.dtmf_event(&b_leg, Some(call_id), d);
+        }
+    }
+
+    fn dtmf_event(&self, unique_id: &str, other_leg: Option<&str>, digit: char) {
+        let subs = self.inner.lock().unwrap().dtmf_subscribers.clone();
+        for conn in subs {
+            let mut data = json!({"Event-Name": "DTMF", "DTMF-Digit": digit.to_string(), "DTMF-Source": "APP", "Unique-ID": unique_id, "Channel-Call-UUID": unique_id});
+            if let Some(o) = other_leg {
+                data["Other-Leg-Unique-ID"] = json!(o);
+            }
+            self.request(conn, "verto.event", json!({"eventChannel": "FSevent.dtmf", "data": data, "eventSerno": 0, "subscribedChannel": "FSevent.dtmf"}));
+        }
     }
 
     /// Sends a server `verto.ping` on the newest connection (with a counter id).
@@ -411,15 +440,48 @@ impl FakeVerto {
                     self.hangup(&call_id, 88, "INCOMPATIBLE_DESTINATION");
                     return;
                 }
+                let answer = answer_for(&sdp);
                 match dest.as_str() {
-                    "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": FS_ANSWER, "variables": {"Event-Name": "CHANNEL_DATA"}})),
+                    "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {"Event-Name": "CHANNEL_DATA"}})),
                     "7000" => {
-                        self.request(conn, "verto.media", json!({"callID": call_id, "sdp": FS_ANSWER, "variables": {}}));
+                        self.request(conn, "verto.media", json!({"callID": call_id, "sdp": answer, "variables": {}}));
                         self.request(conn, "verto.answer", json!({"callID": call_id, "variables": {}}));
                     }
                     "4860" => self.hangup(&call_id, 17, "USER_BUSY"),
                     "4040" => self.hangup(&call_id, 3, "NO_ROUTE_DESTINATION"),
                     _ => {}
+                }
+            }
+            "verto.info" => {
+                let call_id = p["dialogParams"]["callID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                reply(json!({"jsonrpc":"2.0","id":id,"result":{"message":"SENT","sessid":sessid}}));
+                // FreeSWITCH fires DTMF events for the bot's own digits on the bot's leg.
+                if let Some(d) = p["dtmf"].as_str() {
+                    for c in d.chars() {
+                        self.dtmf_event(&call_id, None, c);
+                    }
+                }
+            }
+            "verto.subscribe" => {
+                let chans: Vec<Value> = match &p["eventChannel"] {
+                    Value::Array(a) => a.clone(),
+                    v => vec![v.clone()],
+                };
+                let mut i = self.inner.lock().unwrap();
+                if i.fs_events {
+                    if chans.iter().any(|c| c == "FSevent.dtmf") {
+                        i.dtmf_subscribers.push(conn);
+                    }
+                    drop(i);
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"result":{"subscribedChannels": chans, "sessid": sessid}}),
+                    );
+                } else {
+                    drop(i);
+                    reply(json!({"jsonrpc":"2.0","id":id,"error":{"unauthorizedChannels": chans}}));
                 }
             }
             "verto.bye" => {
@@ -443,6 +505,25 @@ impl FakeVerto {
                 "Invalid Method, Missing Method or Permission Denied",
             )),
         }
+    }
+}
+
+/// FreeSWITCH's answer; like FreeSWITCH it negotiates `telephone-event` when the offer has
+/// it (at the offer's 48 kHz payload type for opus, as seen with Chromium).
+fn answer_for(offer: &str) -> String {
+    let te = offer
+        .lines()
+        .find(|l| l.starts_with("a=rtpmap:") && l.contains("telephone-event/48000"))
+        .and_then(|l| l.strip_prefix("a=rtpmap:"))
+        .and_then(|l| l.split_whitespace().next());
+    match te {
+        Some(pt) => FS_ANSWER
+            .replace("UDP/TLS/RTP/SAVPF 96\r\n", &format!("UDP/TLS/RTP/SAVPF 96 {pt}\r\n"))
+            .replace(
+                "a=rtpmap:96 opus/48000/2\r\n",
+                &format!("a=rtpmap:96 opus/48000/2\r\na=rtpmap:{pt} telephone-event/48000\r\na=fmtp:{pt} 0-15\r\n"),
+            ),
+        None => FS_ANSWER.to_owned(),
     }
 }
 

@@ -54,6 +54,10 @@ pub struct BotOpts {
     pub candidate_wait_ms: u64,
     /// `verto.password`.
     pub verto_password: String,
+    /// More lines for the `calls:` section (indented by two spaces).
+    pub calls_extra: String,
+    /// More top-level YAML (routes, dtmf, dial, access).
+    pub extra: String,
 }
 
 impl Default for BotOpts {
@@ -62,6 +66,8 @@ impl Default for BotOpts {
             destination: "9196".into(),
             candidate_wait_ms: 1000,
             verto_password: VERTO_PASSWORD.into(),
+            calls_extra: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -102,8 +108,12 @@ verto:
 calls:
   destination: "{dest}"
   candidate_wait_ms: {wait}
+{calls_extra}
 state_dir: "{state}"
+{extra}
 "#,
+            calls_extra = opts.calls_extra,
+            extra = opts.extra,
             url = fake.url,
             vp = opts.verto_password,
             dest = opts.destination,
@@ -144,6 +154,28 @@ pub async fn setup(opts: BotOpts) -> (FakeVerto, Bot, TestUser, String) {
     let room = caller.create_dm(&bot.user_id).await;
     caller.wait_joined(&room, &bot.user_id, T).await;
     (fake, bot, caller, room)
+}
+
+/// Places a call with the real Chromium offer and candidates (marker included).
+pub async fn place_call(caller: &TestUser, room: &str) -> String {
+    let cid = call_id();
+    caller
+        .send(room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    for ev in chromium_candidates(&cid) {
+        caller.send(room, "m.call.candidates", ev).await;
+    }
+    cid
+}
+
+/// Sends a text message; returns its event id.
+pub async fn say(user: &TestUser, room: &str, text: &str) -> String {
+    user.send(
+        room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": text}),
+    )
+    .await
 }
 
 /// A fresh Matrix call id.

@@ -271,6 +271,69 @@ impl TestUser {
         .await
     }
 
+    /// Waits for a notice from someone else in `room` whose body contains `text`.
+    pub async fn wait_notice(&mut self, room: &str, text: &str, timeout: Duration) -> String {
+        let (room, text2, me) = (room.to_owned(), text.to_owned(), self.user_id.clone());
+        let ev = self
+            .wait_for(
+                &format!("a notice containing {text:?}"),
+                timeout,
+                move |s| {
+                    s.room_id == room
+                        && s.event["sender"] != me.as_str()
+                        && s.event["type"] == "m.room.message"
+                        && s.event["content"]["msgtype"] == "m.notice"
+                        && s.event["content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.contains(&text2))
+                },
+            )
+            .await;
+        ev["content"]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Notices from others in `room` seen so far.
+    pub fn notices(&self, room: &str) -> Vec<String> {
+        self.history
+            .iter()
+            .filter(|s| {
+                s.room_id == room
+                    && s.event["sender"] != self.user_id.as_str()
+                    && s.event["content"]["msgtype"] == "m.notice"
+            })
+            .filter_map(|s| s.event["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Creates a room with a local alias; returns (room id, `#alias:server`).
+    pub async fn create_room_with_alias(
+        &self,
+        alias_local: &str,
+        invite: &str,
+    ) -> (String, String) {
+        let v = self
+            .req(reqwest::Method::POST, "/createRoom", Some(json!({"preset": "private_chat", "room_alias_name": alias_local, "invite": [invite]})))
+            .await;
+        let server = self.user_id.split_once(':').unwrap().1;
+        (
+            v["room_id"].as_str().unwrap().to_owned(),
+            format!("#{alias_local}:{server}"),
+        )
+    }
+
+    /// Sets the user's display name.
+    pub async fn set_display_name(&self, name: &str) {
+        self.req(
+            reqwest::Method::PUT,
+            &format!("/profile/{}/displayname", enc(&self.user_id)),
+            Some(json!({"displayname": name})),
+        )
+        .await;
+    }
+
     /// Waits until `user` has joined `room`.
     pub async fn wait_joined(&mut self, room: &str, user: &str, timeout: Duration) {
         let (room, user) = (room.to_owned(), user.to_owned());
