@@ -19,9 +19,10 @@ use tracing::{debug, info, warn};
 
 use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
-use crate::call::machine::{Call, Input, Setup, Version};
+use crate::call::machine::{Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
-use crate::config::{CallsConfig, Config, DtmfConfig};
+use crate::call::store::{CallStore, Record};
+use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
 use crate::matrix::client::notice_content;
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
@@ -95,6 +96,8 @@ pub struct Bridge {
     own_server: String,
     router: Arc<Router>,
     dial: Arc<Mutex<DialStore>>,
+    saved_calls: Arc<Mutex<CallStore>>,
+    calls_cancel: CancellationToken,
     subscribe_warned: Arc<AtomicBool>,
     matrix: MatrixClient,
     verto: VertoHandle,
@@ -136,7 +139,9 @@ impl Bridge {
                 cfg.routes.clone(),
                 matrix.clone(),
             )),
-            dial: Arc::new(Mutex::new(DialStore::load(store))),
+            dial: Arc::new(Mutex::new(DialStore::load(store.clone()))),
+            saved_calls: Arc::new(Mutex::new(CallStore::load(store))),
+            calls_cancel: CancellationToken::new(),
             subscribe_warned: Arc::new(AtomicBool::new(false)),
             matrix,
             verto,
@@ -159,7 +164,8 @@ impl Bridge {
         cancel: CancellationToken,
         grace: Duration,
     ) {
-        let calls_cancel = CancellationToken::new();
+        let calls_cancel = self.calls_cancel.clone();
+        self.recover();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -334,8 +340,13 @@ impl Bridge {
             CallEvent::Answer(_) => {
                 debug!(room_id, call_id = %key.1, "answer from another party ignored")
             }
-            CallEvent::Negotiate(_) => {
-                warn!(room_id, call_id = %key.1, "m.call.negotiate is not supported yet; ignored")
+            CallEvent::Negotiate(n) => {
+                let input = Input::Negotiate {
+                    party_id: Some(n.party_id.to_string()),
+                    kind: n.description.session_type.clone(),
+                    sdp: n.description.sdp.clone(),
+                };
+                self.deliver_from(&key, &ev.sender, input)
             }
         }
     }
@@ -445,38 +456,105 @@ impl Bridge {
             max_duration: (self.calls_cfg.max_call_secs > 0)
                 .then(|| Duration::from_secs(self.calls_cfg.max_call_secs)),
             dtmf_burst: Duration::from_millis(self.dtmf_cfg.burst_ms),
+            recovery: Recovery::default(),
         };
         let verto_call_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(64);
         for i in early_inputs {
             let _ = tx.try_send(i);
         }
+        let dial_override = self.dial.lock().ok().and_then(|d| d.get(room_id));
+        let _ = cancel;
+        self.spawn_call(
+            key,
+            sender,
+            verto_call_id,
+            Call::new(setup),
+            (tx, rx),
+            dial_override,
+            false,
+        );
+    }
+
+    /// Registers a call and starts its task.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_call(
+        &mut self,
+        key: Key,
+        caller: &str,
+        verto_call_id: String,
+        call: Call,
+        (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        dial_override: Option<String>,
+        recovered: bool,
+    ) {
         let ctx = Ctx {
             matrix: self.matrix.clone(),
             verto: self.verto.clone(),
-            room_id: room_id.clone(),
-            call_id: call_id.clone(),
-            caller: sender.to_owned(),
+            room_id: key.0.clone(),
+            call_id: key.1.clone(),
+            caller: caller.to_owned(),
             bot_user: self.bot_user.clone(),
             verto_call_id: verto_call_id.clone(),
             router: self.router.clone(),
-            dial_override: self.dial.lock().ok().and_then(|d| d.get(room_id)),
+            dial_override,
+            calls: self.saved_calls.clone(),
+            detach_on_shutdown: self.calls_cfg.on_shutdown == OnShutdown::Detach,
+            recovered,
         };
         self.calls.insert(
             key.clone(),
             Entry {
                 tx: tx.clone(),
-                caller: sender.to_owned(),
+                caller: caller.to_owned(),
                 verto_call_id: verto_call_id.clone(),
             },
         );
         self.by_verto.insert(verto_call_id, key.clone());
         let done = self.done_tx.clone();
-        let cancel = cancel.child_token();
+        let cancel = self.calls_cancel.child_token();
         self.tracker.spawn(async move {
-            actor::run(Call::new(setup), ctx, rx, tx, cancel).await;
+            actor::run(call, ctx, rx, tx, cancel).await;
             let _ = done.send(key);
         });
+    }
+
+    /// Takes back the answered calls the last run left: each waits for FreeSWITCH to re-offer
+    /// it after our login with the same session id.
+    fn recover(&mut self) {
+        let saved = self.saved_calls.lock().map(|s| s.all()).unwrap_or_default();
+        for (verto_call_id, r) in saved {
+            info!(room_id = %r.room_id, call_id = %r.call_id, %verto_call_id, "recovering a call from the last run");
+            let now = Instant::now();
+            let setup = self.setup_for(&r, now);
+            let call = Call::recovered(setup, r.trickled.clone(), now);
+            let key = (r.room_id.clone(), r.call_id.clone());
+            let chan = mpsc::channel(64);
+            self.spawn_call(key, &r.caller, verto_call_id, call, chan, None, true);
+        }
+    }
+
+    fn setup_for(&self, r: &Record, now: Instant) -> Setup {
+        Setup {
+            call_id: r.call_id.clone(),
+            caller_party: r.caller_party.clone(),
+            version: if r.version == 0 {
+                Version::V0
+            } else {
+                Version::V1
+            },
+            offer: r.offer.clone(),
+            our_party: r.our_party.clone(),
+            expires_at: now,
+            candidate_deadline: now,
+            max_candidates: self.calls_cfg.max_candidates,
+            max_sdp_bytes: self.calls_cfg.max_sdp_bytes,
+            notices: self.calls_cfg.notices,
+            digits_on_answer: None,
+            max_duration: None,
+            dtmf_burst: Duration::from_millis(self.dtmf_cfg.burst_ms),
+            recovery: Recovery::default(),
+        }
     }
 
     fn deliver_from(&mut self, key: &Key, sender: &str, input: Input) {
@@ -550,7 +628,16 @@ impl Bridge {
                 cause_code,
                 cause,
             } => (call_id, Input::Bye { cause_code, cause }),
-            VertoEvent::Attach { call_id, .. } => {
+            VertoEvent::Ready { reattached } => {
+                for (key, e) in &self.calls {
+                    let input = Input::VertoReady {
+                        reattached: reattached.contains(&e.verto_call_id),
+                    };
+                    self.deliver(key, input);
+                }
+                return;
+            }
+            VertoEvent::Attach { call_id, sdp } => {
                 if !self.by_verto.contains_key(&call_id) {
                     // A call FreeSWITCH kept for us that we no longer know: end it.
                     info!(verto_call_id = %call_id, "verto.attach for an unknown call: hanging it up");
@@ -560,7 +647,7 @@ impl Bridge {
                     });
                     return;
                 }
-                (call_id, Input::Attach)
+                (call_id, Input::Attach { sdp })
             }
             VertoEvent::Other { method, call_id } => {
                 debug!(%method, ?call_id, "verto request not used by the bridge");

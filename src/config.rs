@@ -184,6 +184,21 @@ pub struct CallsConfig {
     /// Longest answered call, in seconds (0: no limit).
     #[serde(default = "default_max_call_secs")]
     pub max_call_secs: u64,
+    /// What a stop signal does to answered calls.
+    #[serde(default)]
+    pub on_shutdown: OnShutdown,
+}
+
+/// What SIGINT/SIGTERM does to answered calls.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// Hang up every call on both sides.
+    #[default]
+    Hangup,
+    /// Keep answered version 1 calls for the next start, which recovers them (rolling
+    /// upgrades); other calls are hung up.
+    Detach,
 }
 
 impl Default for CallsConfig {
@@ -201,6 +216,7 @@ impl Default for CallsConfig {
             max_calls: default_max_calls(),
             max_calls_per_user: default_max_calls_per_user(),
             max_call_secs: default_max_call_secs(),
+            on_shutdown: OnShutdown::Hangup,
         }
     }
 }

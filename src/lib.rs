@@ -78,8 +78,9 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     };
     let our_party = party_id_from_device(&session.device_id);
 
-    // The verto session id lives as long as the process, so a reconnect can reclaim calls.
-    let sessid = uuid::Uuid::new_v4().to_string();
+    // The verto session id is kept in state_dir: a reconnect, and a restart, log in with the
+    // same one, which is what makes FreeSWITCH re-offer the answered calls.
+    let sessid = verto_sessid(&store);
     let (verto_tx, verto_rx) = mpsc::channel(256);
     let verto_cancel = CancellationToken::new();
     let (verto, verto_task) =
@@ -126,6 +127,30 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     .await;
     info!("stopped");
     Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct VertoSession {
+    sessid: String,
+}
+
+fn verto_sessid(store: &state::StateStore) -> String {
+    const FILE: &str = "verto.json";
+    match store.read_json::<VertoSession>(FILE) {
+        Ok(Some(s)) if uuid::Uuid::parse_str(&s.sessid).is_ok() => return s.sessid,
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the saved verto session id; using a new one"),
+    }
+    let sessid = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = store.write_json(
+        FILE,
+        &VertoSession {
+            sessid: sessid.clone(),
+        },
+    ) {
+        warn!(error = %e, "cannot save the verto session id; a restart cannot recover calls");
+    }
+    sessid
 }
 
 /// Our VoIP `party_id`: the device id if it fits the opaque-id grammar, else a fixed one.

@@ -50,7 +50,7 @@ pub enum Unusable {
 }
 
 /// A trickled candidate, as carried by `m.call.candidates`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrickleCandidate {
     /// The attribute value, `candidate:...` (an optional `a=` is tolerated).
     pub candidate: String,
@@ -307,6 +307,37 @@ pub fn repair_answer(answer: &str, offer: &str) -> String {
     join(a.eol, &session, &media)
 }
 
+/// Changes the last byte of every `a=fingerprint` (session or media level).
+///
+/// After `verto.attach`, FreeSWITCH starts a new DTLS handshake with the *same* certificate;
+/// Chromium keeps its old DTLS session while the remote fingerprint is unchanged, and media
+/// stays dead. Offering once with an altered fingerprint makes Chromium drop that session,
+/// so the following offer with the real fingerprint gets a fresh handshake (PROTOCOL.md D).
+pub fn alter_fingerprint(sdp: &str) -> String {
+    let Ok(lines) = split(sdp) else {
+        return sdp.to_owned();
+    };
+    let fix = |l: &&str| -> String {
+        match l.strip_prefix("a=fingerprint:") {
+            Some(v) if v.len() >= 2 => {
+                let (head, last) = v.split_at(v.len() - 2);
+                match u8::from_str_radix(last, 16) {
+                    Ok(b) => format!("a=fingerprint:{head}{:02X}", b ^ 0x01),
+                    Err(_) => (*l).to_owned(),
+                }
+            }
+            _ => (*l).to_owned(),
+        }
+    };
+    let session: Vec<String> = lines.session.iter().map(fix).collect();
+    let media: Vec<Vec<String>> = lines
+        .media
+        .iter()
+        .map(|m| m.iter().map(fix).collect())
+        .collect();
+    join(lines.eol, &session, &media)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,6 +561,33 @@ mod tests {
             .filter(|l| *l != "a=mid:0" && *l != "a=group:BUNDLE 0")
             .collect();
         assert_eq!(orig, rest);
+    }
+
+    #[test]
+    fn fingerprint_alteration() {
+        let cases = [
+            (
+                "a=fingerprint:sha-256 58:2D:1D",
+                "a=fingerprint:sha-256 58:2D:1C",
+            ),
+            (
+                "a=fingerprint:sha-256 58:2D:FE",
+                "a=fingerprint:sha-256 58:2D:FF",
+            ),
+            (
+                "a=fingerprint:sha-256 58:2D:ff",
+                "a=fingerprint:sha-256 58:2D:FE",
+            ),
+            ("a=fingerprint:sha-256 zz", "a=fingerprint:sha-256 zz"),
+        ];
+        for (line, want) in cases {
+            let sdp =
+                format!("v=0\r\ns=-\r\nm=audio 1 RTP/SAVPF 0\r\n{line}\r\na=setup:actpass\r\n");
+            let out = alter_fingerprint(&sdp);
+            assert!(out.contains(&format!("{want}\r\n")), "{line}: {out}");
+            assert_eq!(out.replace(want, line), sdp, "nothing else changes");
+        }
+        assert_eq!(alter_fingerprint("garbage"), "garbage");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::machine::{Action, Call, DialFailure, Input};
 use super::route::{Caller, Routed, Router};
+use super::store::{CallStore, Record};
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
 use crate::verto::{VertoError, VertoHandle};
@@ -41,6 +42,12 @@ pub struct Ctx {
     pub router: std::sync::Arc<Router>,
     /// The room's `!dial` choice, if any.
     pub dial_override: Option<String>,
+    /// Where answered calls are saved for a restart.
+    pub calls: std::sync::Arc<std::sync::Mutex<CallStore>>,
+    /// On stop, keep answered calls for the next start instead of hanging up.
+    pub detach_on_shutdown: bool,
+    /// A call taken back after a restart: already admitted and routed.
+    pub recovered: bool,
 }
 
 type MatrixQueue = mpsc::UnboundedSender<(&'static str, Value)>;
@@ -56,6 +63,16 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = %ctx.room_id, verto_call_id = %ctx.verto_call_id);
     async move {
+        let routed = if ctx.recovered {
+            info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
+            Routed {
+                name: "recovered".into(),
+                destination: String::new(),
+                caller_id_name: String::new(),
+                caller_id_number: String::new(),
+                digits_on_answer: None,
+            }
+        } else {
         let Some(display_name) = admit(&ctx).await else {
             return;
         };
@@ -63,6 +80,9 @@ pub async fn run(
         let routed = ctx.router.route(&ctx.room_id, &caller, ctx.dial_override.as_deref()).await;
         info!(caller = %ctx.caller, route = %routed.name, destination = %routed.destination, "call accepted");
         call.set_digits_on_answer(routed.digits_on_answer.clone());
+        routed
+        };
+        let mut saved = ctx.recovered;
         let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
         let sender = tokio::spawn(
             send_matrix_events(ctx.matrix.clone(), ctx.room_id.clone(), mrx)
@@ -74,6 +94,13 @@ pub async fn run(
         loop {
             for a in actions.drain(..) {
                 execute(a, &ctx, &routed, &mtx, &self_tx, &mut side_tasks);
+            }
+            if !saved && call.state() == super::machine::State::Answered {
+                saved = true;
+                let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
+                if let Ok(mut store) = ctx.calls.lock() {
+                    store.put(&ctx.verto_call_id, r);
+                }
             }
             if call.is_ended() {
                 break;
@@ -89,7 +116,8 @@ pub async fn run(
                 }
                 _ = cancel.cancelled(), if !shutting_down => {
                     shutting_down = true;
-                    actions = call.handle(Input::Shutdown, Instant::now());
+                    let input = if ctx.detach_on_shutdown { Input::Detach } else { Input::Shutdown };
+                    actions = call.handle(input, Instant::now());
                 }
             }
         }
@@ -97,6 +125,11 @@ pub async fn run(
             reason = call.end_reason.as_deref().unwrap_or("-"),
             "call ended"
         );
+        if !call.kept {
+            if let Ok(mut store) = ctx.calls.lock() {
+                store.remove(&ctx.verto_call_id);
+            }
+        }
         drop(mtx);
         // Let the last events out; during shutdown only briefly.
         let grace = if cancel.is_cancelled() {
@@ -164,6 +197,24 @@ fn execute(
     side: &mut JoinSet<()>,
 ) {
     match action {
+        Action::Attach { sdp } => {
+            let verto = ctx.verto.clone();
+            let id = ctx.verto_call_id.clone();
+            let tx = self_tx.clone();
+            side.spawn(
+                async move {
+                    tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.attach");
+                    let params = json!({"sdp": sdp, "dialogParams": {"callID": id}});
+                    let res = verto
+                        .request("verto.attach", params)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Input::AttachResult(res)).await;
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
         Action::Notice { text } => {
             let _ = mtx.send(("m.room.message", notice_content(&text)));
         }
@@ -214,6 +265,7 @@ fn execute(
                         DialFailure {
                             cause_code,
                             message: e.to_string(),
+                            timed_out: matches!(e, VertoError::Timeout(_)),
                         }
                     });
                     let _ = tx.send(Input::InviteResult(res)).await;

@@ -53,6 +53,50 @@ pub struct Setup {
     pub max_duration: Option<Duration>,
     /// Far-end digits closer together than this are reported in one notice.
     pub dtmf_burst: Duration,
+    /// Timers of the recovery after a lost verto connection.
+    pub recovery: Recovery,
+}
+
+/// Timers of the recovery after a lost verto connection (PROTOCOL.md part D).
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// How long an answered call waits for FreeSWITCH to re-offer it. FreeSWITCH keeps it for
+    /// `detach-timeout-sec` (120 s by default).
+    pub detach_timeout: Duration,
+    /// How long the first, fingerprint-altered offer waits for its answer before the real offer
+    /// is sent anyway (a client that refuses the altered offer falls back to one round).
+    pub first_round: Duration,
+    /// How long the real offer waits for its answer.
+    pub answer_timeout: Duration,
+    /// The longest wait for trickled candidates after the answer.
+    pub candidate_wait: Duration,
+    /// After a batch of candidates, how long to wait for more before attaching.
+    pub quiet: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self {
+            detach_timeout: Duration::from_secs(130),
+            first_round: Duration::from_millis(2500),
+            answer_timeout: Duration::from_secs(15),
+            candidate_wait: Duration::from_millis(3000),
+            quiet: Duration::from_millis(300),
+        }
+    }
+}
+
+/// A renegotiation with the caller after `verto.attach`.
+#[derive(Debug, Clone)]
+struct Reneg {
+    /// FreeSWITCH's offer, made acceptable to the browser.
+    offer: String,
+    /// 1: the fingerprint-altered offer is out; 2: the real one.
+    round: u8,
+    /// The caller's answer to the real offer, while its candidates are collected.
+    answer: Option<String>,
+    candidates: Vec<TrickleCandidate>,
+    deadline: Instant,
 }
 
 /// Where the call is.
@@ -68,6 +112,10 @@ pub enum State {
     EarlyMedia,
     /// `m.call.answer` sent.
     Answered,
+    /// Answered, but the verto socket is gone; waiting for FreeSWITCH to re-offer the call.
+    Detached,
+    /// FreeSWITCH re-offered the call (`verto.attach`); renegotiating with the caller.
+    Renegotiating,
     /// Nothing more to do.
     Ended,
 }
@@ -111,8 +159,29 @@ pub enum Input {
         /// Cause name.
         cause: Option<String>,
     },
-    /// A new offer from FreeSWITCH for this call; renegotiation is not supported yet.
-    Attach,
+    /// A new offer from FreeSWITCH for this call (`verto.attach`).
+    Attach {
+        /// FreeSWITCH's offer.
+        sdp: String,
+    },
+    /// FreeSWITCH is ready after a (re)login; `reattached` says whether it kept this call.
+    VertoReady {
+        /// Listed in `reattached_sessions`.
+        reattached: bool,
+    },
+    /// `m.call.negotiate` from the caller.
+    Negotiate {
+        /// The event's `party_id`.
+        party_id: Option<String>,
+        /// `description.type`.
+        kind: String,
+        /// `description.sdp`.
+        sdp: String,
+    },
+    /// The reply to our `verto.attach`.
+    AttachResult(Result<(), String>),
+    /// The bridge stops but keeps answered calls for the next start (rolling upgrade).
+    Detach,
     /// `!dtmf` from the caller: digits for FreeSWITCH.
     Dtmf {
         /// Validated digits.
@@ -138,6 +207,8 @@ pub struct DialFailure {
     pub cause_code: Option<i64>,
     /// What went wrong, for the log.
     pub message: String,
+    /// No reply came: FreeSWITCH may have created the channel anyway.
+    pub timed_out: bool,
 }
 
 /// What the actor must do.
@@ -159,6 +230,11 @@ pub enum Action {
         digits: String,
         /// The `!dtmf` command event.
         react_to: Option<String>,
+    },
+    /// Send `verto.attach` with the caller's answer; report as [`Input::AttachResult`].
+    Attach {
+        /// The complete answer.
+        sdp: String,
     },
     /// Post a notice in the call's room.
     Notice {
@@ -189,6 +265,10 @@ pub struct Call {
     hangup_due: Option<Instant>,
     far_digits: String,
     far_flush_due: Option<Instant>,
+    detach_due: Option<Instant>,
+    reneg: Option<Reneg>,
+    /// Set when the call was left running for the next start ([`Input::Detach`]).
+    pub kept: bool,
     /// Why it ended, for the final log line.
     pub end_reason: Option<String>,
 }
@@ -207,8 +287,38 @@ impl Call {
             hangup_due: None,
             far_digits: String::new(),
             far_flush_due: None,
+            detach_due: None,
+            reneg: None,
+            kept: false,
             end_reason: None,
         }
+    }
+
+    /// A call recovered after a restart: answered, its verto leg detached, waiting for
+    /// FreeSWITCH to re-offer it. `trickled` are the caller's original candidates.
+    pub fn recovered(setup: Setup, trickled: Vec<TrickleCandidate>, now: Instant) -> Self {
+        let mut c = Self::new(setup);
+        c.trickled = trickled;
+        c.state = State::Detached;
+        c.detach_due = Some(now + c.setup.recovery.detach_timeout);
+        c
+    }
+
+    /// The caller's candidates (kept for recovery).
+    pub fn trickled(&self) -> &[TrickleCandidate] {
+        &self.trickled
+    }
+
+    /// The setup (kept for recovery).
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    fn answered(&self) -> bool {
+        matches!(
+            self.state,
+            State::Answered | State::Detached | State::Renegotiating
+        )
     }
 
     /// Sets the digits to send after the answer (known once the call is routed).
@@ -247,6 +357,8 @@ impl Call {
             State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
             State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
             State::Answered => None,
+            State::Detached => self.detach_due,
+            State::Renegotiating => self.reneg.as_ref().map(|r| r.deadline),
             State::Ended => return None,
         };
         [state, self.digits_due, self.hangup_due, self.far_flush_due]
@@ -272,7 +384,7 @@ impl Call {
                 });
             }
         }
-        if self.hangup_due.is_some_and(|d| now >= d) && self.state == State::Answered {
+        if self.hangup_due.is_some_and(|d| now >= d) && self.answered() {
             self.hangup_due = None;
             let mins = self.setup.max_duration.map_or(0, |d| d.as_secs() / 60);
             out.push(Action::Bye {
@@ -290,6 +402,13 @@ impl Call {
 
     fn handle_state_timeout(&mut self, now: Instant) -> Vec<Action> {
         match self.state {
+            State::Detached if self.detach_due.is_some_and(|d| now >= d) => self.fail(
+                "unknown_error",
+                "FreeSWITCH did not recover the call after the connection was lost",
+            ),
+            State::Renegotiating if self.reneg.as_ref().is_some_and(|r| now >= r.deadline) => {
+                self.reneg_timeout(now)
+            }
             State::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
@@ -360,6 +479,9 @@ impl Call {
                         return Vec::new();
                     }
                 }
+                if self.state == Renegotiating {
+                    return self.reneg_candidates(candidates, now);
+                }
                 if self.state != Collecting {
                     debug!(
                         n = candidates.len(),
@@ -405,8 +527,8 @@ impl Call {
                 self.cancel_after_dial = Some(cause::matrix_to_verto(reason.as_deref(), false));
                 Vec::new()
             }
-            (Ringing | EarlyMedia | Answered, Input::Hangup { reason }) => {
-                let answered = self.state == Answered;
+            (Ringing | EarlyMedia | Answered | Detached | Renegotiating, Input::Hangup { reason }) => {
+                let answered = self.answered();
                 self.finish("caller hung up");
                 vec![Action::Bye {
                     cause: cause::matrix_to_verto(reason.as_deref(), answered),
@@ -447,6 +569,12 @@ impl Call {
                 (Ok(()), None) => {
                     self.state = Ringing;
                     Vec::new()
+                }
+                (Err(f), None) if f.timed_out => {
+                    warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
+                    let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
+                    out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
+                    out
                 }
                 (Err(f), None) => {
                     warn!(error = %f.message, "verto.invite failed");
@@ -490,13 +618,13 @@ impl Call {
                 self.answer(&answer)
             }
             (
-                Dialling | Ringing | EarlyMedia | Answered,
+                Dialling | Ringing | EarlyMedia | Answered | Detached | Renegotiating,
                 Input::Bye {
                     cause_code,
                     cause: name,
                 },
             ) => {
-                let answered = self.state == Answered;
+                let answered = self.answered();
                 let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
                 info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
                 if self.cancel_after_dial.is_some() {
@@ -516,19 +644,76 @@ impl Call {
                 // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
                 self.fail("unknown_error", "the connection to FreeSWITCH was lost")
             }
-            (Answered, Input::VertoDown) => {
+            (Answered | Renegotiating | Detached, Input::VertoDown) if self.setup.version == Version::V0 => {
+                // Version 0 callers cannot renegotiate; FreeSWITCH's re-offer will be refused.
                 self.fail("unknown_error", "the connection to FreeSWITCH was lost")
             }
-            (Answered, Input::Attach) => {
-                warn!(
-                    "FreeSWITCH re-offered the call; renegotiation is not supported yet, ending it"
-                );
-                let mut out = vec![Action::Bye {
-                    cause: "NORMAL_CLEARING",
-                }];
-                out.extend(self.fail("unknown_error", "media could not be renegotiated"));
+            (Answered | Renegotiating | Detached, Input::VertoDown) => {
+                info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
+                self.reneg = None;
+                self.state = Detached;
+                self.detach_due = Some(now + self.setup.recovery.detach_timeout);
+                Vec::new()
+            }
+            (Detached, Input::VertoReady { reattached: false }) => {
+                self.fail("unknown_error", "FreeSWITCH no longer has the call (it may have restarted)")
+            }
+            (_, Input::VertoReady { .. }) => Vec::new(),
+            (Answered | Detached | Renegotiating, Input::Attach { sdp }) => {
+                if self.setup.version == Version::V0 {
+                    let mut out = vec![Action::Bye { cause: "NORMAL_CLEARING" }];
+                    out.extend(self.fail("unknown_error", "media could not be renegotiated with a version 0 client"));
+                    return out;
+                }
+                info!("FreeSWITCH re-offered the call; renegotiating with the caller");
+                self.detach_due = None;
+                let offer = sdp::repair_answer(&sdp, &self.setup.offer);
+                self.state = Renegotiating;
+                self.reneg = Some(Reneg {
+                    offer,
+                    round: 1,
+                    answer: None,
+                    candidates: Vec::new(),
+                    deadline: now + self.setup.recovery.first_round,
+                });
+                let altered = self.reneg.as_ref().map(|r| sdp::alter_fingerprint(&r.offer)).unwrap_or_default();
+                vec![self.negotiate_offer(altered)]
+            }
+            (Renegotiating, Input::Negotiate { party_id, kind, sdp }) => {
+                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
+                    if got != want {
+                        debug!(party_id = %got, "negotiate from another party ignored");
+                        return Vec::new();
+                    }
+                }
+                if kind != "answer" {
+                    warn!(%kind, "caller sent a negotiate offer during our renegotiation; ignored");
+                    return Vec::new();
+                }
+                self.reneg_answer(sdp, now)
+            }
+            (_, Input::Negotiate { kind, .. }) => {
+                warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
+                Vec::new()
+            }
+            (Answered, Input::AttachResult(Ok(()))) => {
+                info!("call re-attached to FreeSWITCH");
+                Vec::new()
+            }
+            (Answered, Input::AttachResult(Err(e))) => {
+                warn!(error = %e, "verto.attach failed");
+                let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
+                out.extend(self.fail("ice_failed", "the call could not be re-attached to FreeSWITCH"));
                 out
             }
+            (_, Input::AttachResult(_)) => Vec::new(),
+            (Answered | Detached | Renegotiating, Input::Detach) if self.setup.version == Version::V1 => {
+                info!("keeping the call for the next start");
+                self.kept = true;
+                self.finish("kept for the next start");
+                Vec::new()
+            }
+            (_, Input::Detach) => self.handle(Input::Shutdown, now),
             (Collecting, Input::Shutdown) => {
                 self.fail("unknown_error", "the bridge is shutting down")
             }
@@ -543,7 +728,7 @@ impl Call {
                 out.extend(self.fail("unknown_error", "the bridge is shutting down"));
                 out
             }
-            (Answered, Input::Shutdown) => {
+            (Answered | Detached | Renegotiating, Input::Shutdown) => {
                 let mut out = vec![Action::Bye {
                     cause: "NORMAL_CLEARING",
                 }];
@@ -568,7 +753,7 @@ impl Call {
         let mut out = self.flush_far_digits();
         out.extend(self.end_matrix(reason, human));
         if self.setup.notices {
-            let text = if self.state == State::Answered {
+            let text = if self.answered() {
                 format!("📞 Call ended: {human}.")
             } else {
                 format!("📞 Call failed: {human}.")
@@ -595,7 +780,7 @@ impl Call {
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let (event_type, content) = match (s.version, self.state == State::Answered) {
+        let (event_type, content) = match (s.version, self.answered()) {
             (Version::V1, false) => (
                 "m.call.reject",
                 json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
@@ -614,6 +799,144 @@ impl Call {
             event_type,
             content,
         }]
+    }
+
+    fn negotiate_offer(&self, sdp: String) -> Action {
+        let s = &self.setup;
+        Action::Send {
+            event_type: "m.call.negotiate",
+            content: json!({
+                "call_id": s.call_id,
+                "party_id": s.our_party,
+                "version": "1",
+                "lifetime": s.recovery.answer_timeout.as_millis() as u64,
+                "description": {"type": "offer", "sdp": sdp},
+            }),
+        }
+    }
+
+    fn reneg_answer(&mut self, answer: String, now: Instant) -> Vec<Action> {
+        let rec = self.setup.recovery;
+        let Some(r) = self.reneg.as_mut() else {
+            return Vec::new();
+        };
+        if r.round == 1 {
+            // Chromium has dropped its DTLS session for the altered fingerprint; now the real one.
+            debug!("first renegotiation round answered; sending the real offer");
+            r.round = 2;
+            r.deadline = now + rec.answer_timeout;
+            let offer = r.offer.clone();
+            return vec![self.negotiate_offer(offer)];
+        }
+        if r.answer.is_some() {
+            debug!("second negotiate answer ignored");
+            return Vec::new();
+        }
+        let complete = answer.contains("a=end-of-candidates")
+            || (!answer.contains("a=ice-options:trickle") && answer.contains("a=candidate:"));
+        r.answer = Some(answer);
+        if complete {
+            return self.reneg_attach();
+        }
+        r.deadline = now + rec.candidate_wait;
+        Vec::new()
+    }
+
+    fn reneg_candidates(&mut self, candidates: Vec<TrickleCandidate>, now: Instant) -> Vec<Action> {
+        let quiet = self.setup.recovery.quiet;
+        let max = self.setup.max_candidates;
+        let Some(r) = self.reneg.as_mut() else {
+            return Vec::new();
+        };
+        let end = candidates
+            .iter()
+            .any(TrickleCandidate::is_end_of_candidates);
+        for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
+            if r.candidates.len() < max {
+                r.candidates.push(c);
+            }
+        }
+        if r.answer.is_none() {
+            // Candidates before the answer: keep them for when it comes.
+            return Vec::new();
+        }
+        if end {
+            return self.reneg_attach();
+        }
+        // matrix-js-sdk never re-sends the marker after a renegotiation: attach once the
+        // batch has gone quiet.
+        r.deadline = r.deadline.min(now + quiet);
+        Vec::new()
+    }
+
+    fn reneg_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let rec = self.setup.recovery;
+        let Some(r) = self.reneg.as_mut() else {
+            return Vec::new();
+        };
+        match (r.round, r.answer.is_some()) {
+            (1, _) => {
+                info!("no answer to the fingerprint-altered offer; sending the real offer");
+                r.round = 2;
+                r.deadline = now + rec.answer_timeout;
+                let offer = r.offer.clone();
+                vec![self.negotiate_offer(offer)]
+            }
+            (_, false) => {
+                let mut out = vec![Action::Bye {
+                    cause: "NORMAL_TEMPORARY_FAILURE",
+                }];
+                out.extend(self.fail(
+                    "ice_failed",
+                    "the caller did not answer the media renegotiation",
+                ));
+                out
+            }
+            (_, true) => self.reneg_attach(),
+        }
+    }
+
+    /// Sends the caller's answer to FreeSWITCH with its candidates (the new ones, or the
+    /// original call's when none came: without an ICE restart they are still valid).
+    fn reneg_attach(&mut self) -> Vec<Action> {
+        let Some(r) = self.reneg.take() else {
+            return Vec::new();
+        };
+        let Some(answer) = r.answer else {
+            return Vec::new();
+        };
+        let cands = if r.candidates.is_empty() {
+            self.trickled.clone()
+        } else {
+            r.candidates
+        };
+        self.state = State::Answered;
+        match sdp::merge_candidates(&answer, &cands) {
+            Ok(m) if m.usable > 0 => {
+                info!(usable = m.usable, "re-attaching the call to FreeSWITCH");
+                vec![Action::Attach { sdp: m.sdp }]
+            }
+            Ok(_) => {
+                let mut out = vec![Action::Bye {
+                    cause: "INCOMPATIBLE_DESTINATION",
+                }];
+                out.extend(self.fail(
+                    "ice_failed",
+                    "no usable ICE candidates after the renegotiation",
+                ));
+                out
+            }
+            Err(e) => {
+                let mut out = vec![Action::Bye {
+                    cause: "INCOMPATIBLE_DESTINATION",
+                }];
+                out.extend(self.fail(
+                    "unknown_error",
+                    &format!("the renegotiation answer is not usable SDP: {e}"),
+                ));
+                out
+            }
+        }
     }
 
     fn answer(&self, fs_sdp: &str) -> Vec<Action> {
@@ -709,6 +1032,7 @@ mod tests {
             digits_on_answer: None,
             max_duration: None,
             dtmf_burst: Duration::from_millis(1500),
+            recovery: Recovery::default(),
         }
     }
 
@@ -741,6 +1065,7 @@ mod tests {
                 Action::Send { event_type, .. } => event_type,
                 Action::SendDtmf { .. } => "dtmf",
                 Action::Notice { .. } => "notice",
+                Action::Attach { .. } => "attach",
             })
             .collect()
     }
@@ -915,6 +1240,7 @@ mod tests {
             Input::InviteResult(Err(DialFailure {
                 cause_code: None,
                 message: "x".into(),
+                timed_out: false,
             })),
             now,
         );
@@ -989,6 +1315,7 @@ mod tests {
             Input::InviteResult(Err(DialFailure {
                 cause_code: None,
                 message: "down".into(),
+                timed_out: false,
             })),
             now,
         );
@@ -1227,6 +1554,164 @@ mod tests {
             now,
         );
         assert_eq!(sent_types(&a), ["notice", "m.call.hangup"]);
+    }
+
+    fn answered_call(version: Version) -> (Call, Instant) {
+        let (mut c, now) = dialled(version);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        (c, now)
+    }
+
+    fn negotiate_sdp(a: &Action) -> &str {
+        match a {
+            Action::Send {
+                event_type: "m.call.negotiate",
+                content,
+            } => {
+                assert_eq!(content["description"]["type"], "offer");
+                content["description"]["sdp"].as_str().unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const ATTACH: &str = "v=0\r\no=FreeSWITCH 1 2 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nt=0 0\r\nm=audio 16458 UDP/TLS/RTP/SAVPF 96\r\na=fingerprint:sha-256 58:2D:1D\r\na=setup:actpass\r\na=candidate:1 1 udp 2130706431 127.0.0.1 16458 typ host\r\n";
+    const BROWSER_ANSWER: &str = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=ice-options:trickle\r\na=setup:passive\r\n";
+
+    fn neg_answer() -> Input {
+        Input::Negotiate {
+            party_id: Some("CALLER".into()),
+            kind: "answer".into(),
+            sdp: BROWSER_ANSWER.into(),
+        }
+    }
+
+    #[test]
+    fn reattach_renegotiates_in_two_rounds() {
+        let (mut c, now) = answered_call(Version::V1);
+        assert!(c.handle(Input::VertoDown, now).is_empty());
+        assert_eq!(c.state(), State::Detached);
+        assert!(c
+            .handle(Input::VertoReady { reattached: true }, now)
+            .is_empty());
+        let a = c.handle(Input::Attach { sdp: ATTACH.into() }, now);
+        let first = negotiate_sdp(&a[0]);
+        assert!(
+            first.contains("a=fingerprint:sha-256 58:2D:1C"),
+            "altered: {first}"
+        );
+        assert!(
+            first.contains("a=mid:0") && first.contains("a=group:BUNDLE 0"),
+            "{first}"
+        );
+        let a = c.handle(neg_answer(), now);
+        let second = negotiate_sdp(&a[0]);
+        assert!(
+            second.contains("a=fingerprint:sha-256 58:2D:1D"),
+            "real: {second}"
+        );
+        // The answer to the real offer has no candidates: wait for the trickle.
+        assert!(c.handle(neg_answer(), now).is_empty());
+        let ms = Duration::from_millis;
+        assert!(c.handle(cands(vec![udp(7)]), now + ms(2000)).is_empty());
+        let due = c.poll_timeout().unwrap();
+        assert_eq!(due, now + ms(2300), "quiet window after the batch");
+        let a = c.handle_timeout(due);
+        let [Action::Attach { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert!(sdp.contains("127.0.0.7 5000"), "{sdp}");
+        assert_eq!(c.state(), State::Answered);
+        assert!(c.handle(Input::AttachResult(Ok(())), now).is_empty());
+        assert_eq!(
+            c.handle(Input::Hangup { reason: None }, now),
+            vec![Action::Bye {
+                cause: "NORMAL_CLEARING"
+            }]
+        );
+    }
+
+    #[test]
+    fn reattach_falls_back_to_one_round_and_old_candidates() {
+        let (mut c, now) = answered_call(Version::V1);
+        c.handle(Input::VertoDown, now);
+        c.handle(Input::Attach { sdp: ATTACH.into() }, now);
+        let due = c.poll_timeout().unwrap();
+        let a = c.handle_timeout(due);
+        assert!(
+            negotiate_sdp(&a[0]).contains("58:2D:1D"),
+            "the real offer after the first round timed out"
+        );
+        c.handle(neg_answer(), due);
+        // No candidates at all: the original ones (still valid without an ICE restart).
+        let a = c.handle_timeout(c.poll_timeout().unwrap());
+        let [Action::Attach { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert!(sdp.contains("127.0.0.1 5000"), "{sdp}");
+    }
+
+    #[test]
+    fn detached_call_endings() {
+        let (mut c, now) = answered_call(Version::V1);
+        c.handle(Input::VertoDown, now);
+        assert_eq!(
+            sent_types(&c.handle(Input::VertoReady { reattached: false }, now)),
+            ["m.call.hangup"]
+        );
+        let (mut c, now) = answered_call(Version::V1);
+        c.handle(Input::VertoDown, now);
+        let a = c.handle_timeout(c.poll_timeout().unwrap());
+        assert_eq!(sent_types(&a), ["m.call.hangup"]);
+        let (mut c, now) = answered_call(Version::V0);
+        assert_eq!(
+            sent_types(&c.handle(Input::VertoDown, now)),
+            ["m.call.hangup"]
+        );
+        let (mut c, now) = answered_call(Version::V1);
+        c.handle(Input::VertoDown, now);
+        c.handle(Input::Attach { sdp: ATTACH.into() }, now);
+        c.handle(neg_answer(), now);
+        let a = c.handle_timeout(c.poll_timeout().unwrap());
+        assert_eq!(
+            sent_types(&a),
+            ["bye", "m.call.hangup"],
+            "no answer to the real offer"
+        );
+    }
+
+    #[test]
+    fn detach_keeps_only_answered_v1_calls() {
+        let (mut c, now) = answered_call(Version::V1);
+        assert!(c.handle(Input::Detach, now).is_empty());
+        assert!(c.is_ended() && c.kept);
+        let (mut c, now) = answered_call(Version::V0);
+        assert_eq!(
+            sent_types(&c.handle(Input::Detach, now)),
+            ["bye", "m.call.hangup"]
+        );
+        assert!(!c.kept);
+        let (mut c, now) = dialled(Version::V1);
+        c.handle(Input::InviteResult(Ok(())), now);
+        assert_eq!(
+            sent_types(&c.handle(Input::Detach, now)),
+            ["bye", "m.call.reject"]
+        );
+    }
+
+    #[test]
+    fn recovered_call_waits_for_the_reoffer() {
+        let now = Instant::now();
+        let mut c = Call::recovered(setup(Version::V1, now), vec![udp(3)], now);
+        assert_eq!(c.state(), State::Detached);
+        let a = c.handle(Input::Attach { sdp: ATTACH.into() }, now);
+        negotiate_sdp(&a[0]);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`cause`]: hangup reason ↔ FreeSWITCH cause tables.
 //! - [`route`]: routes, caller ids, access globs.
 //! - [`command`]: `!help`, `!dtmf`, `!dial`.
+//! - [`store`]: answered calls kept across restarts.
 
 pub mod actor;
 pub mod cause;
 pub mod command;
 pub mod machine;
 pub mod route;
+pub mod store;

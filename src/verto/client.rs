@@ -83,6 +83,11 @@ pub enum VertoEvent {
     },
     /// Another connection took over our session.
     Punted,
+    /// `verto.clientReady` after a login: the calls FreeSWITCH kept and re-offered.
+    Ready {
+        /// `reattached_sessions`.
+        reattached: Vec<String>,
+    },
     /// `verto.event` from a subscribed event channel.
     Event {
         /// `eventChannel`, e.g. `FSevent.dtmf`.
@@ -185,6 +190,7 @@ pub fn spawn(
         rx,
         next_id: 1,
         pending: HashMap::new(),
+        punts: Default::default(),
     };
     let span = tracing::info_span!("verto", url = %cfg.url);
     let task = tokio::spawn(actor.run(cancel).instrument(span));
@@ -238,6 +244,7 @@ struct Actor {
     rx: mpsc::Receiver<Command>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
+    punts: std::collections::VecDeque<Instant>,
 }
 
 /// Why a connection ended.
@@ -439,7 +446,16 @@ impl Actor {
                                     return End::Lost(e);
                                 }
                                 if method == "verto.punt" {
-                                    error!("FreeSWITCH punted this connection: another client logged in with our session id");
+                                    let now = Instant::now();
+                                    self.punts.retain(|t| now.duration_since(*t) < Duration::from_secs(600));
+                                    self.punts.push_back(now);
+                                    if self.punts.len() > 1 {
+                                        error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
+                                        *backoff = self.reconnect_max;
+                                    } else {
+                                        warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
+                                        *backoff = Duration::from_millis(200);
+                                    }
                                     let _ = self.events.send(VertoEvent::Punted).await;
                                     let _ = ws.close(None).await;
                                     return End::Lost("punted".into());
@@ -519,7 +535,7 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
                 })
                 .unwrap_or_default();
             debug!(?reattached, "verto.clientReady");
-            None
+            Some(VertoEvent::Ready { reattached })
         }
         ("verto.media", Some(call_id)) => match sdp {
             Some(sdp) => Some(VertoEvent::Media { call_id, sdp }),

@@ -42,6 +42,16 @@ pub struct Frame {
     pub msg: Value,
 }
 
+/// A call as FreeSWITCH keeps it.
+#[derive(Debug, Clone)]
+struct FakeCall {
+    conn: usize,
+    sessid: String,
+    answered: bool,
+    /// The socket went away; waiting for a login with the same sessid (`detach_calls`).
+    detached: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     frames: Vec<Frame>,
@@ -49,8 +59,14 @@ struct Inner {
     next_conn: usize,
     /// The server-wide request counter (starts at 1, like a fresh FreeSWITCH).
     next_id: u64,
-    /// callID → connection.
-    calls: HashMap<String, usize>,
+    /// callID → the call.
+    calls: HashMap<String, FakeCall>,
+    /// connection → the sessid it logged in with.
+    sessids: HashMap<usize, String>,
+    /// While "down", connections are accepted and closed at once (FreeSWITCH restarting).
+    down: bool,
+    /// Connections attempted while down.
+    refused: usize,
     logins: usize,
     tls_failures: usize,
     /// `enable-fs-events` and the channel permission: whether `verto.subscribe` succeeds.
@@ -114,6 +130,16 @@ impl FakeVerto {
         let f = fake.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                {
+                    let mut i = f.inner.lock().unwrap();
+                    if i.down {
+                        i.refused += 1;
+                        drop(i);
+                        f.count.send_modify(|c| *c += 1);
+                        drop(tcp);
+                        continue;
+                    }
+                }
                 let f = f.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -170,13 +196,58 @@ impl FakeVerto {
 
     /// Sends `verto.bye` for a call, as FreeSWITCH does when the far end hangs up.
     pub fn hangup(&self, call_id: &str, code: i64, cause: &str) {
-        let conn = self.inner.lock().unwrap().calls.remove(call_id);
-        let conn = conn.unwrap_or_else(|| panic!("fake verto: hangup of unknown call {call_id}"));
+        let call = self.inner.lock().unwrap().calls.remove(call_id);
+        let conn = call
+            .unwrap_or_else(|| panic!("fake verto: hangup of unknown call {call_id}"))
+            .conn;
         self.request(
             conn,
             "verto.bye",
             json!({"callID": call_id, "causeCode": code, "cause": cause}),
         );
+    }
+
+    /// A FreeSWITCH restart: every connection closes and every call is gone. While `down`,
+    /// connections are refused until [`set_down(false)`](Self::set_down).
+    pub fn restart(&self, down: bool) {
+        {
+            let mut i = self.inner.lock().unwrap();
+            i.calls.clear();
+            i.down = down;
+        }
+        self.drop_connections();
+    }
+
+    /// Starts or stops refusing connections.
+    pub fn set_down(&self, down: bool) {
+        self.inner.lock().unwrap().down = down;
+    }
+
+    /// Connections refused while down.
+    pub fn refused(&self) -> usize {
+        self.inner.lock().unwrap().refused
+    }
+
+    /// Punts a connection (as when another client logs in with its sessid) and closes it.
+    pub fn punt(&self, conn: usize) {
+        self.request(conn, "verto.punt", json!({}));
+        let tx = self.inner.lock().unwrap().conns.remove(&conn);
+        if let Some(tx) = tx {
+            let _ = tx.send(Message::Close(None));
+        }
+    }
+
+    /// Sends a raw text frame on a connection.
+    pub fn send_raw(&self, conn: usize, text: &str) {
+        let i = self.inner.lock().unwrap();
+        if let Some(tx) = i.conns.get(&conn) {
+            let _ = tx.send(Message::text(text.to_owned()));
+        }
+    }
+
+    /// Whether FreeSWITCH still has this call.
+    pub fn has_call(&self, call_id: &str) -> bool {
+        self.inner.lock().unwrap().calls.contains_key(call_id)
     }
 
     /// Grants (or refuses) `verto.subscribe` to FreeSWITCH event channels.
@@ -363,6 +434,11 @@ impl FakeVerto {
         writer.abort();
         let mut i = self.inner.lock().unwrap();
         i.conns.remove(&conn);
+        // detach_calls: unanswered calls die (27), answered ones wait for the same sessid.
+        i.calls.retain(|_, c| c.conn != conn || c.answered);
+        for c in i.calls.values_mut().filter(|c| c.conn == conn) {
+            c.detached = true;
+        }
     }
 
     fn handle(
@@ -389,14 +465,51 @@ impl FakeVerto {
                 reply(err(-32001, "Authentication Failure"));
             } else {
                 *authed = true;
-                self.inner.lock().unwrap().logins += 1;
+                let older: Vec<usize> = {
+                    let mut i = self.inner.lock().unwrap();
+                    i.logins += 1;
+                    i.sessids.insert(conn, sessid.clone());
+                    i.sessids
+                        .iter()
+                        .filter(|(c, s)| **c != conn && **s == sessid && i.conns.contains_key(c))
+                        .map(|(c, _)| *c)
+                        .collect()
+                };
+                // attach_jsock: the same sessid on a new socket punts the old one.
+                for old in older {
+                    self.punt(old);
+                    let mut i = self.inner.lock().unwrap();
+                    for c in i.calls.values_mut().filter(|c| c.conn == old) {
+                        c.detached = true;
+                    }
+                }
                 reply(
                     json!({"jsonrpc":"2.0","id":id,"result":{"message":"logged in","sessid":sessid}}),
                 );
+                // attach_calls: re-offer every detached call of this sessid, then clientReady.
+                let reattach: Vec<String> = {
+                    let mut i = self.inner.lock().unwrap();
+                    let ids: Vec<String> = i
+                        .calls
+                        .iter()
+                        .filter(|(_, c)| c.detached && c.sessid == sessid)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in &ids {
+                        if let Some(c) = i.calls.get_mut(id) {
+                            c.conn = conn;
+                            c.detached = false;
+                        }
+                    }
+                    ids
+                };
+                for call_id in &reattach {
+                    self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
+                }
                 self.request(
                     conn,
                     "verto.clientReady",
-                    json!({"reattached_sessions": []}),
+                    json!({"reattached_sessions": reattach}),
                 );
             }
             return;
@@ -428,11 +541,17 @@ impl FakeVerto {
                 if dest == "silent" {
                     return;
                 }
-                self.inner
-                    .lock()
-                    .unwrap()
-                    .calls
-                    .insert(call_id.clone(), conn);
+                let answers =
+                    matches!(dest.as_str(), "9196" | "7000") && has_usable_candidate(&sdp);
+                self.inner.lock().unwrap().calls.insert(
+                    call_id.clone(),
+                    FakeCall {
+                        conn,
+                        sessid: sessid.clone(),
+                        answered: answers,
+                        detached: false,
+                    },
+                );
                 reply(
                     json!({"jsonrpc":"2.0","id":id,"result":{"message":"CALL CREATED","callID":call_id,"sessid":sessid}}),
                 );
@@ -450,6 +569,26 @@ impl FakeVerto {
                     "4860" => self.hangup(&call_id, 17, "USER_BUSY"),
                     "4040" => self.hangup(&call_id, 3, "NO_ROUTE_DESTINATION"),
                     _ => {}
+                }
+            }
+            "verto.attach" => {
+                let call_id = p["dialogParams"]["callID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let known = self.inner.lock().unwrap().calls.contains_key(&call_id);
+                if !known {
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"CALL DOES NOT EXIST","code":-32002}}),
+                    );
+                } else if !has_usable_candidate(p["sdp"].as_str().unwrap_or("")) {
+                    // CODEC NEGOTIATION ERROR: the channel is hung up.
+                    self.inner.lock().unwrap().calls.remove(&call_id);
+                    reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"CODEC NEGOTIATION ERROR","code":-32002}}),
+                    );
+                } else {
+                    reply(json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}}));
                 }
             }
             "verto.info" => {
@@ -506,6 +645,18 @@ impl FakeVerto {
             )),
         }
     }
+}
+
+/// FreeSWITCH's `verto.attach` offer after a reconnect: a new offer (`actpass`), the same
+/// certificate fingerprint as its first answer, candidates for both components
+/// (`reconnect_attach.jsonl`).
+pub fn attach_offer() -> String {
+    FS_ANSWER
+        .replace("a=setup:active", "a=setup:actpass")
+        .replace(
+            "a=end-of-candidates",
+            "a=candidate:9101603196 2 udp 2130706430 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates",
+        )
 }
 
 /// FreeSWITCH's answer; like FreeSWITCH it negotiates `telephone-event` when the offer has

@@ -58,6 +58,8 @@ pub struct BotOpts {
     pub calls_extra: String,
     /// More top-level YAML (routes, dtmf, dial, access).
     pub extra: String,
+    /// `verto.request_timeout_secs`.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for BotOpts {
@@ -68,6 +70,7 @@ impl Default for BotOpts {
             verto_password: VERTO_PASSWORD.into(),
             calls_extra: String::new(),
             extra: String::new(),
+            request_timeout_secs: 5,
         }
     }
 }
@@ -102,7 +105,7 @@ verto:
   url: "{url}"
   login: "1000@localhost"
   password: "{vp}"
-  request_timeout_secs: 5
+  request_timeout_secs: {rts}
   keepalive_secs: 20
   reconnect_max_secs: 2
 calls:
@@ -113,6 +116,7 @@ state_dir: "{state}"
 {extra}
 "#,
             calls_extra = opts.calls_extra,
+            rts = opts.request_timeout_secs,
             extra = opts.extra,
             url = fake.url,
             vp = opts.verto_password,

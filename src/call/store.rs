@@ -1,0 +1,100 @@
+//! Answered calls saved in `state_dir/calls.json`, so that a restarted bridge can take them
+//! back when FreeSWITCH re-offers them (`verto.attach`).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::machine::{Setup, Version};
+use crate::sdp::TrickleCandidate;
+use crate::state::StateStore;
+
+/// What is needed to resume one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The Matrix room.
+    pub room_id: String,
+    /// Matrix `call_id`.
+    pub call_id: String,
+    /// The caller's user id.
+    pub caller: String,
+    /// The caller's `party_id`.
+    pub caller_party: Option<String>,
+    /// Our `party_id`.
+    pub our_party: String,
+    /// The caller's VoIP version (0 or 1).
+    pub version: u8,
+    /// The caller's original offer (for `a=mid` repair).
+    pub offer: String,
+    /// The caller's original candidates.
+    pub trickled: Vec<TrickleCandidate>,
+}
+
+impl Record {
+    /// From a live call.
+    pub fn of(room_id: &str, caller: &str, setup: &Setup, trickled: &[TrickleCandidate]) -> Self {
+        Self {
+            room_id: room_id.to_owned(),
+            call_id: setup.call_id.clone(),
+            caller: caller.to_owned(),
+            caller_party: setup.caller_party.clone(),
+            our_party: setup.our_party.clone(),
+            version: match setup.version {
+                Version::V0 => 0,
+                Version::V1 => 1,
+            },
+            offer: setup.offer.clone(),
+            trickled: trickled.to_vec(),
+        }
+    }
+}
+
+/// The file, keyed by verto `callID`.
+pub struct CallStore {
+    store: StateStore,
+    calls: HashMap<String, Record>,
+}
+
+impl CallStore {
+    const FILE: &'static str = "calls.json";
+
+    /// Loads the saved calls (a corrupt file is logged and ignored).
+    pub fn load(store: StateStore) -> Self {
+        let calls = match store.read_json(Self::FILE) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "ignoring saved calls");
+                HashMap::new()
+            }
+        };
+        Self { store, calls }
+    }
+
+    /// All saved calls.
+    pub fn all(&self) -> Vec<(String, Record)> {
+        self.calls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Saves one call.
+    pub fn put(&mut self, verto_call_id: &str, r: Record) {
+        self.calls.insert(verto_call_id.to_owned(), r);
+        self.save();
+    }
+
+    /// Forgets one call.
+    pub fn remove(&mut self, verto_call_id: &str) {
+        if self.calls.remove(verto_call_id).is_some() {
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.store.write_json(Self::FILE, &self.calls) {
+            warn!(error = %e, "cannot save calls; a restart will not recover them");
+        }
+    }
+}

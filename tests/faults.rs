@@ -1,0 +1,367 @@
+//! Faults the bridge must survive: verto socket drops (re-attach and renegotiation), punts,
+//! FreeSWITCH restarts, vertobot restarts during calls, missing replies, hostile frames.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// An SDP answer as matrix-js-sdk sends for a renegotiation: at once, without candidates.
+const NEG_ANSWER: &str = "v=0\r\no=- 4565148522603012092 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 110\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:KV7c\r\na=ice-pwd:vohVJ28/DnsbLYUvWpEOL8WR\r\na=ice-options:trickle\r\na=fingerprint:sha-256 F8:BD:2E:B5:CA:CB:1D:E4:48:09:F5:50:9D:9B:76:42:74:CB:7E:20:56:90:9B:5E:0B:72:AE:A1:1D:89:07:A4\r\na=setup:passive\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\n";
+
+fn fingerprint(sdp: &str) -> String {
+    sdp.lines()
+        .find(|l| l.starts_with("a=fingerprint:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn answered_call(
+    fake: &FakeVerto,
+    caller: &mut TestUser,
+    room: &str,
+) -> (String, String, Value) {
+    let cid = place_call(caller, room).await;
+    let (verto_id, _) = wait_dialled(fake, &cid).await;
+    let answer = caller.wait_call_event(room, "m.call.answer", &cid, T).await;
+    (cid, verto_id, answer)
+}
+
+async fn negotiate_answer(caller: &TestUser, room: &str, cid: &str) {
+    caller
+        .send(room, "m.call.negotiate", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "lifetime": 10000, "description": {"type": "answer", "sdp": NEG_ANSWER}}))
+        .await;
+}
+
+/// The client's `verto.attach` for a call.
+async fn wait_client_attach(fake: &FakeVerto, verto_id: &str) -> Value {
+    let id = verto_id.to_owned();
+    fake.wait_for("the client's verto.attach", T, move |f| {
+        f.msg["method"] == "verto.attach"
+            && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+    })
+    .await
+    .msg
+}
+
+/// 1: the socket drops during an answered call; FreeSWITCH re-offers it; the caller gets the
+/// offer twice (altered fingerprint, then the real one); the trickled answer goes back in
+/// `verto.attach`; the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_drop_reattaches_with_two_negotiate_rounds() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (cid, verto_id, answer) = answered_call(&fake, &mut caller, &room).await;
+    let answer_fp = fingerprint(answer["content"]["answer"]["sdp"].as_str().unwrap());
+    fake.drop_connections();
+
+    let n1 = caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    let sdp1 = n1["content"]["description"]["sdp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(n1["content"]["description"]["type"], "offer");
+    assert_eq!(n1["content"]["version"], "1");
+    assert!(
+        sdp1.contains("a=mid:0\r\n") && sdp1.contains("a=group:BUNDLE 0\r\n"),
+        "{sdp1}"
+    );
+    assert_ne!(
+        fingerprint(&sdp1),
+        answer_fp,
+        "first round: altered fingerprint"
+    );
+    assert_eq!(
+        fingerprint(&sdp1)[..fingerprint(&sdp1).len() - 2],
+        answer_fp[..answer_fp.len() - 2]
+    );
+    negotiate_answer(&caller, &room, &cid).await;
+
+    let n2 = caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    let sdp2 = n2["content"]["description"]["sdp"].as_str().unwrap();
+    assert_eq!(
+        fingerprint(sdp2),
+        answer_fp,
+        "second round: the real fingerprint"
+    );
+    negotiate_answer(&caller, &room, &cid).await;
+    // matrix-js-sdk trickles about 2 s later, without an end marker.
+    caller
+        .send(
+            &room,
+            "m.call.candidates",
+            chromium_candidates_no_marker(&cid)[0].clone(),
+        )
+        .await;
+
+    let attach = wait_client_attach(&fake, &verto_id).await;
+    let sdp = attach["params"]["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains("a=setup:passive") && sdp.matches("a=candidate:").count() == 4,
+        "{sdp}"
+    );
+    assert_eq!(fake.logins(), 2, "logged in again");
+    let logins: Vec<Value> = fake
+        .frames()
+        .into_iter()
+        .filter(|f| f.msg["method"] == "login")
+        .map(|f| f.msg)
+        .collect();
+    assert_eq!(
+        logins[0]["params"]["sessid"], logins[1]["params"]["sessid"],
+        "same sessid"
+    );
+
+    caller
+        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    caller.catch_up().await;
+    assert!(
+        caller.seen_call_events("m.call.hangup", &cid).is_empty(),
+        "the bot did not end the call"
+    );
+    bot.stop().await;
+}
+
+/// 1: a client that does not answer the altered offer gets the real one anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reattach_falls_back_to_a_single_round() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    fake.drop_connections();
+    caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    let n2 = caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    negotiate_answer(&caller, &room, &cid).await;
+    let attach = wait_client_attach(&fake, &verto_id).await;
+    // No new candidates came: the original ones are used.
+    assert_eq!(
+        attach["params"]["sdp"]
+            .as_str()
+            .unwrap()
+            .matches("a=candidate:")
+            .count(),
+        4
+    );
+    assert!(n2["content"]["description"]["sdp"].as_str().is_some());
+    bot.stop().await;
+}
+
+/// 1: version 0 calls cannot renegotiate and end on both sides; ringing calls end too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_drop_ends_v0_and_ringing_calls() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    let offer = OFFER.replace(
+        "a=mid:0\r\n",
+        "a=mid:0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host\r\n",
+    );
+    caller
+        .send(&room, "m.call.invite", json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}}))
+        .await;
+    caller
+        .send(&room, "m.call.candidates", json!({"call_id": cid, "version": 0, "candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
+        .await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    fake.drop_connections();
+    let h = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(h["content"]["version"], 0);
+    // FreeSWITCH re-offers it after the reconnect; the bridge hangs it up there too.
+    wait_bye(&fake, &verto_id).await;
+    assert!(!fake.has_call(&verto_id));
+    bot.stop().await;
+
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "ring".into(),
+        ..Default::default()
+    })
+    .await;
+    let cid = place_call(&caller, &room).await;
+    wait_dialled(&fake, &cid).await;
+    fake.drop_connections();
+    let r = caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    assert_eq!(r["content"]["reason"], "unknown_error");
+    bot.stop().await;
+}
+
+/// 2: `verto.punt`: the bridge reconnects once with its session and keeps the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punt_reconnects_and_recovers() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    let first = fake.last_conn();
+    fake.punt(first);
+    fake.wait_for("an ack of verto.punt", T, |f| {
+        f.msg["result"]["method"] == "verto.punt"
+    })
+    .await;
+    caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    negotiate_answer(&caller, &room, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    negotiate_answer(&caller, &room, &cid).await;
+    wait_client_attach(&fake, &verto_id).await;
+    assert_eq!(fake.logins(), 2);
+    bot.stop().await;
+}
+
+/// 3: FreeSWITCH restarts: its calls are gone; the bridge reconnects with backoff, ends the
+/// Matrix call with a reason once FreeSWITCH is back, and new calls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeswitch_restart() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (cid, _, _) = answered_call(&fake, &mut caller, &room).await;
+    fake.restart(true);
+    fake.wait_until("two refused reconnects", T, |f| f.refused() >= 2)
+        .await;
+    fake.set_down(false);
+    let h = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(h["content"]["reason"], "unknown_error");
+    caller
+        .wait_notice(&room, "FreeSWITCH no longer has the call", T)
+        .await;
+    assert!(
+        fake.refused() < 10,
+        "backoff, not a spin: {} attempts",
+        fake.refused()
+    );
+    let cid2 = place_call(&caller, &room).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid2, T)
+        .await;
+    bot.stop().await;
+}
+
+/// 4: a rolling restart of vertobot (`on_shutdown: detach`) keeps a version 1 call: the next
+/// start logs in with the same session and takes the call back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertobot_restart_keeps_a_v1_call() {
+    let opts = BotOpts {
+        calls_extra: "  on_shutdown: detach".into(),
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup(opts.clone()).await;
+    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    let (_, user, pw, dir) = bot.stop().await;
+    assert!(fake.has_call(&verto_id), "no verto.bye on a detaching stop");
+    let bot = Bot::start_with(user, pw, dir, &fake, opts).await;
+    caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    negotiate_answer(&caller, &room, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    negotiate_answer(&caller, &room, &cid).await;
+    caller
+        .send(
+            &room,
+            "m.call.candidates",
+            chromium_candidates(&cid)[0].clone(),
+        )
+        .await;
+    wait_client_attach(&fake, &verto_id).await;
+    caller.catch_up().await;
+    assert!(
+        caller.seen_call_events("m.call.hangup", &cid).is_empty(),
+        "the call survived"
+    );
+    // The recovered call still ends normally.
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    bot.stop().await;
+}
+
+/// 4: a call FreeSWITCH no longer has after the restart ends on the Matrix side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertobot_restart_ends_unrecoverable_calls() {
+    let opts = BotOpts {
+        calls_extra: "  on_shutdown: detach".into(),
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup(opts.clone()).await;
+    let (cid, _, _) = answered_call(&fake, &mut caller, &room).await;
+    let (_, user, pw, dir) = bot.stop().await;
+    fake.restart(false);
+    let bot = Bot::start_with(user, pw, dir.clone(), &fake, opts).await;
+    caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    bot.stop().await;
+    let saved = std::fs::read_to_string(dir.join("calls.json")).unwrap_or_default();
+    assert!(
+        !saved.contains(&cid),
+        "the ended call is forgotten: {saved}"
+    );
+}
+
+/// 6: `verto.invite` without a reply ends the call on both sides with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_without_reply() {
+    let opts = BotOpts {
+        destination: "silent".into(),
+        request_timeout_secs: 1,
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup(opts).await;
+    let cid = place_call(&caller, &room).await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.reject", &cid, T)
+        .await;
+    caller
+        .wait_notice(&room, "did not answer the call request in time", T)
+        .await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_TEMPORARY_FAILURE");
+    bot.stop().await;
+}
+
+/// Hostile frames from the peer: logged and survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_verto_frames_are_survived() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let conn = fake.last_conn();
+    for raw in [
+        "not json at all",
+        "[1, 2, {\"x\": 3}]",
+        "{\"jsonrpc\":\"2.0\",\"id\":987654,\"result\":{\"message\":\"for nobody\"}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"message\":\"SDP missing\",\"code\":-32002,\"message\":\"CALL ERROR\"}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":77,\"method\":\"verto.bye\",\"params\":{\"callID\":\"no-such-call\",\"causeCode\":16}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":78,\"method\":\"verto.nosuchmethod\",\"params\":{}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":79,\"method\":\"verto.answer\",\"params\":\"not an object\"}",
+        "{\"jsonrpc\":\"2.0\",\"method\":\"verto.event\"}",
+        "{}",
+    ] {
+        fake.send_raw(conn, raw);
+    }
+    // Requests among them are acknowledged like any other.
+    fake.wait_for("ack of the unknown method", T, |f| {
+        f.msg["id"] == 78 && f.msg["result"]["method"] == "verto.nosuchmethod"
+    })
+    .await;
+    let (cid, _, _) = answered_call(&fake, &mut caller, &room).await;
+    assert!(!cid.is_empty());
+    assert_eq!(fake.logins(), 1, "the connection survived");
+    bot.stop().await;
+}
