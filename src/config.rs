@@ -115,6 +115,9 @@ pub struct MatrixConfig {
     /// Long-poll timeout of `/sync`.
     #[serde(default = "default_sync_timeout")]
     pub sync_timeout_secs: u64,
+    /// Accept any TLS certificate from the homeserver. For tests only; logged loudly.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// `verto:` section.
@@ -140,6 +143,9 @@ pub struct VertoConfig {
     /// Longest pause between reconnect attempts.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_secs: u64,
+    /// Accept any TLS certificate from FreeSWITCH. For tests only; logged loudly.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// `calls:` section.

@@ -59,6 +59,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs the bridge until `cancel` fires, then hangs up every call and returns.
 pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let store = state::StateStore::open(&cfg.state_dir).context("state_dir")?;
+    if cfg.matrix.tls_insecure_skip_verify {
+        tracing::error!("matrix.tls_insecure_skip_verify is set: the homeserver's TLS certificate is NOT verified, so anyone on the network path can impersonate it and read the bot's password and token");
+    }
 
     // Matrix login, retried while the homeserver is unreachable.
     let mut wait = Duration::from_secs(1);

@@ -239,3 +239,21 @@ async fn wss_with_custom_ca_file_and_verification() {
     cancel.cancel();
     let _ = std::fs::remove_file(ca);
 }
+
+/// `tls_insecure_skip_verify` is an explicit opt-out: it connects to an untrusted certificate.
+#[tokio::test]
+async fn insecure_option_skips_verification() {
+    support::init_logs();
+    let (fake, _pem) = FakeVerto::start_tls(VERTO_PASSWORD).await;
+    let mut c = tls_cfg(&fake.url, None);
+    c.tls_insecure_skip_verify = true;
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (h, _t) = verto::spawn(&c, "s3".into(), tx, cancel.clone()).unwrap();
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    assert_eq!(
+        h.request("verto.ping", json!({})).await.unwrap()["message"],
+        "PONG"
+    );
+    cancel.cancel();
+}

@@ -168,6 +168,14 @@ async fn admit(ctx: &Ctx) -> Option<String> {
                     );
                     return None;
                 }
+                // The spec recommends ignoring calls in public rooms: anyone could join and
+                // answer or watch the signalling.
+                if let Ok(Some(rule)) = ctx.matrix.join_rule(&ctx.room_id).await {
+                    if rule == "public" {
+                        info!("invite ignored: the room is public");
+                        return None;
+                    }
+                }
                 let name = members
                     .get(&ctx.caller)
                     .and_then(|m| m.display_name.clone())
@@ -318,7 +326,7 @@ async fn send_matrix_events(
 ) {
     while let Some((event_type, content)) = rx.recv().await {
         match matrix
-            .send_reliably(&room_id, event_type, &content, Duration::from_secs(60))
+            .send_reliably(&room_id, event_type, &content, Duration::from_secs(15 * 60))
             .await
         {
             Ok(event_id) => debug!(%event_type, %event_id, "sent"),

@@ -109,7 +109,17 @@ pub fn seg(s: &str) -> String {
 impl MatrixClient {
     /// A client without a token yet (for login).
     pub fn new(homeserver: &str, token: Option<Secret>) -> Result<Self, MatrixError> {
+        Self::with_tls(homeserver, token, false)
+    }
+
+    /// A client that, with `insecure`, accepts any certificate.
+    pub fn with_tls(
+        homeserver: &str,
+        token: Option<Secret>,
+        insecure: bool,
+    ) -> Result<Self, MatrixError> {
         let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(insecure)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("vertobot/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -323,6 +333,27 @@ impl MatrixClient {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| MatrixError::Decode("alias response without room_id".into()))
+    }
+
+    /// The room's join rule (`public`, `invite` ...), if it has one.
+    pub async fn join_rule(&self, room_id: &str) -> Result<Option<String>, MatrixError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("/rooms/{}/state/m.room.join_rules/", seg(room_id)),
+                &[],
+                None,
+                Self::SHORT,
+            )
+            .await
+        {
+            Ok(v) => Ok(v
+                .get("join_rule")
+                .and_then(Value::as_str)
+                .map(str::to_owned)),
+            Err(MatrixError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Joined members with their display names.

@@ -111,6 +111,16 @@ struct Unsigned {
     age: Option<u64>,
 }
 
+/// The spec: a `version` other than `0` or `"1"` (the number `1` included) is treated as
+/// `"1"`. ruma accepts only the integer `0` and strings, so other numbers become `"1"` here.
+fn normalise_version(v: &mut serde_json::Value) {
+    if let Some(ver) = v.get_mut("version") {
+        if ver.is_number() && ver.as_u64() != Some(0) {
+            *ver = serde_json::Value::String("1".into());
+        }
+    }
+}
+
 /// Why an event was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -128,7 +138,9 @@ pub fn parse_event(raw: &RawValue) -> Result<TimelineEvent, EventError> {
         serde_json::from_str(raw.get()).map_err(|e| EventError::Envelope(e.to_string()))?;
     let c = env.content.get();
     fn p<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, serde_json::Error> {
-        serde_json::from_str(s)
+        let mut v: serde_json::Value = serde_json::from_str(s)?;
+        normalise_version(&mut v);
+        serde_json::from_value(v)
     }
     let parsed: Result<CallEvent, serde_json::Error> = match env.event_type.as_str() {
         "m.call.invite" => p(c).map(|x| CallEvent::Invite(Box::new(x))),
@@ -235,6 +247,21 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn unknown_versions_count_as_1() {
+        for version in [json!(1), json!(2.5), json!("2"), json!("1")] {
+            let e = parse_event(&ev(
+                "m.call.hangup",
+                json!({"call_id": "c", "version": version, "party_id": "P", "reason": "user_hangup"}),
+            ))
+            .unwrap();
+            let EventKind::Call(CallEvent::Hangup(h)) = e.kind else {
+                panic!("{version}")
+            };
+            assert_ne!(h.version, VoipVersionId::V0, "{version}");
         }
     }
 

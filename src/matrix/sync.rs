@@ -106,7 +106,11 @@ pub async fn login(
     store: &StateStore,
 ) -> Result<(MatrixClient, Session), MatrixError> {
     if let Some(token) = &cfg.access_token {
-        let client = MatrixClient::new(&cfg.homeserver, Some(token.clone()))?;
+        let client = MatrixClient::with_tls(
+            &cfg.homeserver,
+            Some(token.clone()),
+            cfg.tls_insecure_skip_verify,
+        )?;
         let (user, device) = client.whoami().await?;
         if user != cfg.user_id {
             warn!(configured = %cfg.user_id, actual = %user, "access token belongs to another user");
@@ -124,7 +128,11 @@ pub async fn login(
         .as_ref()
         .filter(|s| s.user_id == cfg.user_id && s.homeserver == cfg.homeserver)
     {
-        let client = MatrixClient::new(&cfg.homeserver, Some(Secret::new(&s.access_token)))?;
+        let client = MatrixClient::with_tls(
+            &cfg.homeserver,
+            Some(Secret::new(&s.access_token)),
+            cfg.tls_insecure_skip_verify,
+        )?;
         match client.whoami().await {
             Ok(_) => {
                 info!(device_id = %s.device_id, "reusing saved Matrix session");
@@ -136,7 +144,7 @@ pub async fn login(
             Err(e) => return Err(e),
         }
     }
-    let client = MatrixClient::new(&cfg.homeserver, None)?;
+    let client = MatrixClient::with_tls(&cfg.homeserver, None, cfg.tls_insecure_skip_verify)?;
     let password = cfg.password.clone().unwrap_or_default();
     let device = saved
         .as_ref()
