@@ -36,47 +36,10 @@ RUN=$(mktemp -d "$ROOT/.test-run/synapse.XXXXXX")
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
 
-"$VENV/bin/python" -m synapse.app.homeserver --generate-config --server-name localhost \
-  --config-path "$RUN/homeserver.yaml" --data-directory "$RUN" --report-stats=no >/dev/null
-
-cat > "$RUN/log.yaml" <<YAML
-version: 1
-formatters: {precise: {format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'}}
-handlers:
-  file: {class: logging.FileHandler, formatter: precise, filename: "$RUN/homeserver.log", encoding: utf8}
-loggers: {synapse.storage.SQL: {level: INFO}}
-root: {level: INFO, handlers: [file]}
-disable_existing_loggers: false
-YAML
-
-lim='{per_second: 10000, burst_count: 10000}'
-cat > "$RUN/test.yaml" <<YAML
-listeners:
-  - port: $PORT
-    bind_addresses: ['127.0.0.1']
-    type: http
-    tls: false
-    x_forwarded: false
-    resources: [{names: [client], compress: false}]
-database: {name: sqlite3, args: {database: "$RUN/homeserver.db"}}
-registration_shared_secret: "$SECRET"
-log_config: "$RUN/log.yaml"
-enable_registration: false
-report_stats: false
-trusted_key_servers: []
-suppress_key_server_warning: true
-rc_message: $lim
-rc_registration: $lim
-rc_joins: {local: $lim, remote: $lim}
-rc_login: {address: $lim, account: $lim, failed_attempts: $lim}
-rc_invites: {per_room: $lim, per_user: $lim, per_issuer: $lim}
-rc_room_creation: $lim
-rc_admin_redaction: $lim
-YAML
-
+export VERTOBOT_VENV="$VENV"
+scripts/synapse.sh init "$RUN" "$PORT" "$SECRET"
 log "starting Synapse on 127.0.0.1:$PORT (logs in $RUN)"
-"$VENV/bin/python" -m synapse.app.homeserver -c "$RUN/homeserver.yaml" -c "$RUN/test.yaml" \
-  >"$RUN/stdout.log" 2>&1 &
+scripts/synapse.sh run "$RUN" &
 SYNAPSE_PID=$!
 stop_synapse() {
   if kill -0 "$SYNAPSE_PID" 2>/dev/null; then
@@ -85,26 +48,13 @@ stop_synapse() {
   fi
 }
 trap stop_synapse EXIT
-
-"$VENV/bin/python" - "$PORT" "$SYNAPSE_PID" <<'PY'
-import sys, time, urllib.request, os
-port, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.time() + 90
-while time.time() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("Synapse exited during startup")
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/_matrix/client/versions", timeout=2)
-        sys.exit(0)
-    except Exception:
-        time.sleep(0.2)
-sys.exit("Synapse did not answer within 90 s")
-PY
+scripts/synapse.sh wait "$PORT" "$SYNAPSE_PID"
 log "Synapse is up"
 
 export VERTOBOT_TEST_HOMESERVER="http://127.0.0.1:$PORT"
 export VERTOBOT_TEST_SHARED_SECRET="$SECRET"
+# Tests that need a homeserver of their own (to stop and restart it) use these.
+export VERTOBOT_TEST_SYNAPSE_SCRIPT="$ROOT/scripts/synapse.sh"
+export VERTOBOT_TEST_RUN_DIR="$ROOT/.test-run"
 if [ $# -eq 0 ]; then set -- --all-targets; fi
 cargo test "$@"

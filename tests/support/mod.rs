@@ -60,6 +60,8 @@ pub struct BotOpts {
     pub extra: String,
     /// `verto.request_timeout_secs`.
     pub request_timeout_secs: u64,
+    /// Another homeserver than the shared one: (URL, registration secret).
+    pub homeserver: Option<(String, String)>,
 }
 
 impl Default for BotOpts {
@@ -71,6 +73,7 @@ impl Default for BotOpts {
             calls_extra: String::new(),
             extra: String::new(),
             request_timeout_secs: 5,
+            homeserver: None,
         }
     }
 }
@@ -78,7 +81,8 @@ impl Default for BotOpts {
 impl Bot {
     /// Registers a bot user and starts the bridge.
     pub async fn start(fake: &FakeVerto, opts: BotOpts) -> Bot {
-        let (user_id, password) = synapse::register(&synapse::unique("bot")).await;
+        let (hs, secret) = opts.homeserver.clone().unwrap_or_else(synapse::homeserver);
+        let (user_id, password) = synapse::register_on(&hs, &secret, &synapse::unique("bot")).await;
         let state_dir =
             std::env::temp_dir().join(format!("vertobot-test-{}", uuid::Uuid::new_v4()));
         Self::start_with(user_id, password, state_dir, fake, opts).await
@@ -93,7 +97,7 @@ impl Bot {
         opts: BotOpts,
     ) -> Bot {
         init_logs();
-        let (hs, _) = synapse::homeserver();
+        let (hs, _) = opts.homeserver.clone().unwrap_or_else(synapse::homeserver);
         let yaml = format!(
             r#"
 matrix:

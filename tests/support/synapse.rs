@@ -35,6 +35,11 @@ pub fn unique(prefix: &str) -> String {
 /// Registers a user through `/_synapse/admin/v1/register`; returns (user_id, password).
 pub async fn register(username: &str) -> (String, String) {
     let (hs, secret) = homeserver();
+    register_on(&hs, &secret, username).await
+}
+
+/// [`register`] on a given homeserver.
+pub async fn register_on(hs: &str, secret: &str, username: &str) -> (String, String) {
     let http = reqwest::Client::new();
     let nonce: Value = http
         .get(format!("{hs}/_synapse/admin/v1/register"))
@@ -96,8 +101,14 @@ pub struct TestUser {
 impl TestUser {
     /// Registers and logs in a fresh user.
     pub async fn new(prefix: &str) -> Self {
-        let (hs, _) = homeserver();
-        let (user_id, password) = register(&unique(prefix)).await;
+        let (hs, secret) = homeserver();
+        Self::new_on(&hs, &secret, prefix).await
+    }
+
+    /// [`new`](Self::new) on a given homeserver.
+    pub async fn new_on(hs: &str, secret: &str, prefix: &str) -> Self {
+        let hs = hs.to_owned();
+        let (user_id, password) = register_on(&hs, secret, &unique(prefix)).await;
         let http = reqwest::Client::new();
         let r: Value = http
             .post(format!("{hs}/_matrix/client/v3/login"))
@@ -362,6 +373,80 @@ impl TestUser {
     /// Drains events already on the server into the history (a non-blocking sync).
     pub async fn catch_up(&mut self) {
         self.sync_once(0).await;
+    }
+}
+
+/// A homeserver of a test's own, which the test can stop and start again (same port and
+/// database). Stopped by its process id when dropped.
+pub struct OwnSynapse {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its registration secret.
+    pub secret: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnSynapse {
+    fn script() -> String {
+        std::env::var("VERTOBOT_TEST_SYNAPSE_SCRIPT").expect("run with scripts/test.sh")
+    }
+
+    /// Creates and starts one.
+    pub async fn start() -> Self {
+        let base = std::env::var("VERTOBOT_TEST_RUN_DIR").expect("run with scripts/test.sh");
+        let dir = std::path::PathBuf::from(base)
+            .join(format!("own-synapse.{}", uuid::Uuid::new_v4().simple()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let secret = uuid::Uuid::new_v4().simple().to_string();
+        let st = tokio::process::Command::new(Self::script())
+            .args(["init", dir.to_str().unwrap(), &port.to_string(), &secret])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success(), "synapse.sh init failed");
+        let mut s = OwnSynapse {
+            url: format!("http://127.0.0.1:{port}"),
+            secret,
+            port,
+            dir,
+            child: None,
+        };
+        s.run().await;
+        s
+    }
+
+    /// Starts it again after [`stop`](Self::stop).
+    pub async fn run(&mut self) {
+        let child = tokio::process::Command::new(Self::script())
+            .args(["run", self.dir.to_str().unwrap()])
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        self.child = Some(child);
+        let st = tokio::process::Command::new(Self::script())
+            .args(["wait", &self.port.to_string(), &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(
+            st.success(),
+            "own Synapse did not start; see {}",
+            self.dir.display()
+        );
+    }
+
+    /// Stops it (by its pid) and waits for the process to end.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
     }
 }
 
