@@ -259,7 +259,24 @@ pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Me
             section
         })
         .collect();
-    let session: Vec<String> = lines.session.iter().map(|s| (*s).to_owned()).collect();
+    // Session-level candidates (FreeSWITCH reads them after the media-level ones) are
+    // filtered and counted the same way.
+    let mut session = Vec::with_capacity(lines.session.len());
+    for line in &lines.session {
+        match line
+            .strip_prefix("a=")
+            .filter(|v| v.starts_with("candidate:"))
+        {
+            Some(value) => match classify(value) {
+                Ok(()) => {
+                    usable += 1;
+                    session.push((*line).to_owned());
+                }
+                Err(why) => dropped.push((value.to_owned(), why)),
+            },
+            None => session.push((*line).to_owned()),
+        }
+    }
     Ok(Merged {
         sdp: join(lines.eol, &session, &media),
         usable,
@@ -319,7 +336,7 @@ pub fn alter_fingerprint(sdp: &str) -> String {
     };
     let fix = |l: &&str| -> String {
         match l.strip_prefix("a=fingerprint:") {
-            Some(v) if v.len() >= 2 => {
+            Some(v) if v.len() >= 2 && v.is_char_boundary(v.len() - 2) => {
                 let (head, last) = v.split_at(v.len() - 2);
                 match u8::from_str_radix(last, 16) {
                     Ok(b) => format!("a=fingerprint:{head}{:02X}", b ^ 0x01),
@@ -579,6 +596,12 @@ mod tests {
                 "a=fingerprint:sha-256 58:2D:FE",
             ),
             ("a=fingerprint:sha-256 zz", "a=fingerprint:sha-256 zz"),
+            // Found by cargo fuzz: a multi-byte character at the end used to panic.
+            (
+                "a=fingerprint:sha-256 1D:8\u{fffd}",
+                "a=fingerprint:sha-256 1D:8\u{fffd}",
+            ),
+            ("a=fingerprint:\u{e9}", "a=fingerprint:\u{e9}"),
         ];
         for (line, want) in cases {
             let sdp =
