@@ -17,6 +17,10 @@ struct Cli {
     /// Validate the configuration, print every problem, and exit.
     #[arg(long)]
     check: bool,
+    /// Exit 0 if the running bridge (same configuration) synced with the homeserver recently,
+    /// else 1: for container health checks.
+    #[arg(long, conflicts_with = "check")]
+    health: bool,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,30 @@ fn main() -> ExitCode {
     if cli.check {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
+    }
+    if cli.health {
+        // A sync returns at least every sync_timeout_secs; allow two of them and a margin.
+        let limit = 2 * cfg.matrix.sync_timeout_secs + 60;
+        let age = vertobot::state::StateStore::open(&cfg.state_dir)
+            .ok()
+            .and_then(|s| s.alive_age().ok().flatten());
+        return match age {
+            Some(a) if a <= limit => {
+                println!("healthy: last sync {a} s ago");
+                ExitCode::SUCCESS
+            }
+            Some(a) => {
+                println!("unhealthy: last sync {a} s ago (limit {limit} s)");
+                ExitCode::FAILURE
+            }
+            None => {
+                println!(
+                    "unhealthy: no successful sync recorded in {}",
+                    cfg.state_dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(vertobot::log_filter(

@@ -121,6 +121,24 @@ impl StateStore {
         )
     }
 
+    /// Records that the sync loop is alive (for `vertobot --health`).
+    pub fn touch_alive(&self) -> Result<(), StateError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.write("alive.json", &serde_json::json!({"synced_at": now}), false)
+    }
+
+    /// Seconds since the sync loop last succeeded, if it ever did.
+    pub fn alive_age(&self) -> Result<Option<u64>, StateError> {
+        let v: Option<serde_json::Value> = self.read("alive.json")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(v.and_then(|v| v["synced_at"].as_u64())
+            .map(|t| now.saturating_sub(t)))
+    }
+
     /// Per-call data of the call layer, keyed by file name; kept generic so the store knows
     /// nothing of calls.
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {

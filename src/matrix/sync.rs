@@ -232,6 +232,7 @@ pub async fn run(
                 if let Err(e) = store.save_since(&resp.next_batch) {
                     error!(error = %e, "cannot save the sync position");
                 }
+                let _ = store.touch_alive();
                 since = Some(resp.next_batch);
             }
             Err(e) => {

@@ -1,0 +1,142 @@
+//! The command line as an operator uses it: `--help`, `--version`, `--check`, `--health`, and
+//! a real process stopped with SIGTERM.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vertobot");
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vertobot-cli-{}-{name}", uuid::Uuid::new_v4()))
+}
+
+#[test]
+fn help_version_and_check() {
+    assert!(Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let v = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("vertobot "));
+    let ok = Command::new(BIN)
+        .args(["-c", "config.example.yaml", "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let bad = tmp("bad.yaml");
+    std::fs::write(
+        &bad,
+        "matrix:\n  homeserver: nope\n  user_id: x\nverto:\n  url: http://x\n  login: \"\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "matrix.homeserver",
+        "matrix.user_id",
+        "matrix: set password",
+        "verto.url",
+        "verto.login",
+        "verto.password",
+    ] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+    std::fs::write(&bad, "matrix:\n  homeserver: https://x\n  typo: 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `typo`"));
+}
+
+#[test]
+fn health_reflects_the_last_sync() {
+    let dir = tmp("state");
+    let cfg = tmp("cfg.yaml");
+    let text = std::fs::read_to_string("config.example.yaml")
+        .unwrap()
+        .replace("./vertobot-state", dir.to_str().unwrap());
+    std::fs::write(&cfg, text).unwrap();
+    let health = || {
+        Command::new(BIN)
+            .args(["-c", cfg.to_str().unwrap(), "--health"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(health().status.code(), Some(1), "no sync yet");
+    vertobot::state::StateStore::open(&dir)
+        .unwrap()
+        .touch_alive()
+        .unwrap();
+    assert!(health().status.success());
+}
+
+/// SIGTERM on the real process: every active call is hung up on both sides, then it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hangs_up_and_exits() {
+    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let (hs, secret) = support::synapse::homeserver();
+    let (bot_user, bot_pw) =
+        support::synapse::register_on(&hs, &secret, &support::synapse::unique("bot")).await;
+    let dir = tmp("state");
+    let cfg = tmp("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "matrix:\n  homeserver: \"{hs}\"\n  user_id: \"{bot_user}\"\n  sync_timeout_secs: 5\nverto:\n  url: \"{}\"\n  login: \"1000@localhost\"\ncalls:\n  destination: \"9196\"\n  candidate_wait_ms: 1000\nstate_dir: \"{}\"\n",
+            fake.url,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    // Secrets from the environment, as documented.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("VERTOBOT_MATRIX_PASSWORD", &bot_pw)
+        .env("VERTOBOT_VERTO_PASSWORD", VERTO_PASSWORD)
+        .env("RUST_LOG", "vertobot=debug")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut caller = TestUser::new("caller").await;
+    let room = caller.create_dm(&bot_user).await;
+    caller.wait_joined(&room, &bot_user, T).await;
+    let cid = place_call(&caller, &room).await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    wait_bye(&fake, &verto_id).await;
+    caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+}
