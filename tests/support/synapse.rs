@@ -1,4 +1,4 @@
-//! Plain-HTTP helpers for the real Synapse started by `scripts/test.sh`: registration through
+//! Plain-HTTP helpers for the real Synapse started by `tests/run.sh`: registration through
 //! the shared-secret admin API, and a test user that can create rooms, send call events and
 //! wait (with a timeout, by long-polling `/sync`) for what the bot sends.
 
@@ -19,7 +19,7 @@ pub fn homeserver() -> (String, String) {
     ) {
         (Ok(u), Ok(s)) => (u, s),
         _ => panic!(
-            "these tests need a real Synapse: run them with scripts/test.sh, which installs and starts one"
+            "these tests need a real Synapse: run them with tests/run.sh, which installs and starts one"
         ),
     }
 }
@@ -390,12 +390,12 @@ pub struct OwnSynapse {
 
 impl OwnSynapse {
     fn script() -> String {
-        std::env::var("VERTOBOT_TEST_SYNAPSE_SCRIPT").expect("run with scripts/test.sh")
+        std::env::var("VERTOBOT_TEST_SYNAPSE_SCRIPT").expect("run with tests/run.sh")
     }
 
     /// Creates and starts one.
     pub async fn start() -> Self {
-        let base = std::env::var("VERTOBOT_TEST_RUN_DIR").expect("run with scripts/test.sh");
+        let base = std::env::var("VERTOBOT_TEST_RUN_DIR").expect("run with tests/run.sh");
         let dir = std::path::PathBuf::from(base)
             .join(format!("own-synapse.{}", uuid::Uuid::new_v4().simple()));
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Throwaway Synapse homeservers for the tests (127.0.0.1 only).
 #
-#   scripts/synapse.sh init DIR PORT SECRET   write a config for 127.0.0.1:PORT into DIR
-#   scripts/synapse.sh run DIR                run it in the foreground (exec: same pid)
-#   scripts/synapse.sh wait PORT PID          wait until it answers (90 s at most)
+#   tests/support/synapse.sh init DIR PORT SECRET   write a config for 127.0.0.1:PORT into DIR
+#   tests/support/synapse.sh run DIR                run it in the foreground (exec: same pid)
+#   tests/support/synapse.sh wait PORT PID          wait until it answers (90 s at most)
 #
-# VERTOBOT_VENV names the virtual environment that holds Synapse (scripts/test.sh sets it).
+# VERTOBOT_VENV names the virtual environment that holds Synapse (tests/run.sh sets it).
 set -euo pipefail
-VENV=${VERTOBOT_VENV:?set VERTOBOT_VENV (scripts/test.sh does)}
+VENV=${VERTOBOT_VENV:?set VERTOBOT_VENV (tests/run.sh does)}
 cmd=${1:?usage: synapse.sh init|run|wait ...}
 case "$cmd" in
 init)

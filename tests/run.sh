@@ -8,7 +8,7 @@
 #
 # Environment: SYNAPSE_VERSION (pinned default below), VERTOBOT_VENV (venv path),
 # VERTOBOT_SKIP_LINT=1 skips fmt/clippy (for quick local runs). Extra arguments are passed
-# to `cargo test` (e.g. `scripts/test.sh --test calls busy`).
+# to `cargo test` (e.g. `tests/run.sh --test calls busy`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,9 +37,9 @@ PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 SECRET=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
 
 export VERTOBOT_VENV="$VENV"
-scripts/synapse.sh init "$RUN" "$PORT" "$SECRET"
+tests/support/synapse.sh init "$RUN" "$PORT" "$SECRET"
 log "starting Synapse on 127.0.0.1:$PORT (logs in $RUN)"
-scripts/synapse.sh run "$RUN" &
+tests/support/synapse.sh run "$RUN" &
 SYNAPSE_PID=$!
 stop_synapse() {
   if kill -0 "$SYNAPSE_PID" 2>/dev/null; then
@@ -48,13 +48,18 @@ stop_synapse() {
   fi
 }
 trap stop_synapse EXIT
-scripts/synapse.sh wait "$PORT" "$SYNAPSE_PID"
+tests/support/synapse.sh wait "$PORT" "$SYNAPSE_PID"
 log "Synapse is up"
+
+if [ $# -eq 0 ]; then
+  log "packaging checks (docker/)"
+  docker/check.sh
+fi
 
 export VERTOBOT_TEST_HOMESERVER="http://127.0.0.1:$PORT"
 export VERTOBOT_TEST_SHARED_SECRET="$SECRET"
 # Tests that need a homeserver of their own (to stop and restart it) use these.
-export VERTOBOT_TEST_SYNAPSE_SCRIPT="$ROOT/scripts/synapse.sh"
+export VERTOBOT_TEST_SYNAPSE_SCRIPT="$ROOT/tests/support/synapse.sh"
 export VERTOBOT_TEST_RUN_DIR="$ROOT/.test-run"
 if [ $# -eq 0 ]; then set -- --all-targets; fi
 cargo test "$@"
