@@ -29,6 +29,13 @@ if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
 fi
 
+# aiortc: the real WebRTC peer of the media tests (tests/media/peer.py).
+AIORTC_VERSION=${AIORTC_VERSION:-1.16.0}
+if ! "$VENV/bin/python" -c "import aiortc, sys; sys.exit(0 if aiortc.__version__ == '$AIORTC_VERSION' else 1)" 2>/dev/null; then
+  log "installing aiortc==$AIORTC_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "aiortc==$AIORTC_VERSION"
+fi
+
 mkdir -p "$ROOT/.test-run"
 # Keep the last few runs' Synapse logs for debugging, drop older ones.
 ls -1dt "$ROOT"/.test-run/synapse.* 2>/dev/null | tail -n +6 | xargs -r rm -rf

@@ -71,6 +71,8 @@ struct Inner {
     tls_failures: usize,
     /// `enable-fs-events` and the channel permission: whether `verto.subscribe` succeeds.
     fs_events: bool,
+    /// A real WebRTC answerer for destination 9196, instead of the canned SDP.
+    media: Option<std::sync::Arc<super::media::MediaPeer>>,
     /// Connections subscribed to `FSevent.dtmf`.
     dtmf_subscribers: Vec<usize>,
 }
@@ -248,6 +250,11 @@ impl FakeVerto {
     /// Whether FreeSWITCH still has this call.
     pub fn has_call(&self, call_id: &str) -> bool {
         self.inner.lock().unwrap().calls.contains_key(call_id)
+    }
+
+    /// Answers destination 9196 with a real WebRTC peer (echo), like FreeSWITCH's echo test.
+    pub fn set_media(&self, peer: std::sync::Arc<super::media::MediaPeer>) {
+        self.inner.lock().unwrap().media = Some(peer);
     }
 
     /// Grants (or refuses) `verto.subscribe` to FreeSWITCH event channels.
@@ -560,7 +567,16 @@ impl FakeVerto {
                     return;
                 }
                 let answer = answer_for(&sdp);
-                match dest.as_str() {
+                let media = self.inner.lock().unwrap().media.clone();
+                match (dest.as_str(), media) {
+                    ("9196", Some(peer)) => {
+                        let fake = self.clone();
+                        tokio::spawn(async move {
+                            let answer = peer.answer(&call_id, &sdp).await;
+                            fake.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {}}));
+                        });
+                    }
+                    (d, _) => match d {
                     "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {"Event-Name": "CHANNEL_DATA"}})),
                     "7000" => {
                         self.request(conn, "verto.media", json!({"callID": call_id, "sdp": answer, "variables": {}}));
@@ -569,6 +585,7 @@ impl FakeVerto {
                     "4860" => self.hangup(&call_id, 17, "USER_BUSY"),
                     "4040" => self.hangup(&call_id, 3, "NO_ROUTE_DESTINATION"),
                     _ => {}
+                    },
                 }
             }
             "verto.attach" => {

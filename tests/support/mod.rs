@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_verto;
+pub mod media;
 pub mod synapse;
 
 use std::path::PathBuf;
