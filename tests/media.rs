@@ -135,3 +135,87 @@ async fn mdns_only_caller_is_rejected() {
     assert!(fake.invites().is_empty());
     bot.stop().await;
 }
+
+/// matrix-js-sdk's `MatrixCall` (the code Element uses) in headless Chromium calls the bot:
+/// ICE, DTLS and audio both ways; the SDK sees `m.call.dtmf` and its keypad digits leave
+/// Chromium as RFC 4733 telephone events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_matrix_js_sdk_call_with_audio_and_keypad() {
+    let (fake, bot, caller, room) = setup(BotOpts {
+        candidate_wait_ms: 2500,
+        ..Default::default()
+    })
+    .await;
+    let peer = MediaPeer::start().await;
+    fake.set_media(peer.clone());
+    let opts = json!({
+        "hs": caller.homeserver(), "token": caller.token(), "userId": caller.user_id,
+        "deviceId": caller.device_id, "roomId": room, "holdMs": 3000, "dtmf": "12#",
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(opts.to_string())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser caller finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "caller.mjs failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
+    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    eprintln!("Chromium caller: {r}");
+    assert_eq!(r["opponentSupportsDTMF"], true, "the SDK sees m.call.dtmf");
+    assert_eq!(r["canInsertDTMF"], true, "telephone-event was negotiated");
+    assert_eq!(
+        r["tonesPlayed"], "12#",
+        "keypad digits left Chromium as telephone events"
+    );
+    assert!(
+        matches!(
+            r["iceConnectionState"].as_str(),
+            Some("connected" | "completed")
+        ),
+        "{r}"
+    );
+    assert_eq!(r["dtlsState"], "connected");
+    assert!(
+        r["packetsReceived"].as_u64().unwrap_or(0) > 50,
+        "audio from the answerer: {r}"
+    );
+    assert!(
+        r["packetsSent"].as_u64().unwrap_or(0) > 50,
+        "audio to the answerer: {r}"
+    );
+    // The answerer behind the fake FreeSWITCH saw the same call.
+    let cid = r["callId"].as_str().unwrap().to_owned();
+    let (verto_id, invite) = wait_dialled(&fake, &cid).await;
+    let offer = invite["params"]["sdp"].as_str().unwrap();
+    assert!(
+        offer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .all(|l| l.contains(" udp ")),
+        "{offer}"
+    );
+    let f = peer.stats(&verto_id).await;
+    assert!(
+        f["packets_received"].as_u64().unwrap_or(0) > 50,
+        "answerer received audio: {f}"
+    );
+    // The telephone-event payload type of the offer (110, telephone-event/48000) reached the
+    // answerer: the keypad digits arrived as RFC 4733 packets.
+    let te = f["packets_by_pt"]["110"].as_u64().unwrap_or(0);
+    assert!(
+        te > 0,
+        "no telephone-event packets reached the answerer: {f}"
+    );
+    assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    bot.stop().await;
+}

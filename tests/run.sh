@@ -36,6 +36,20 @@ if ! "$VENV/bin/python" -c "import aiortc, sys; sys.exit(0 if aiortc.__version__
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "aiortc==$AIORTC_VERSION"
 fi
 
+# The browser caller of the media tests: Debian's Chromium, and matrix-js-sdk, playwright-core
+# and esbuild from npm (tests/media/js/package-lock.json). Nothing else is downloaded.
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null
+  }
+fi
+if [ ! -d tests/media/js/node_modules ] || [ tests/media/js/package-lock.json -nt tests/media/js/node_modules ]; then
+  log "installing the browser caller's npm packages"
+  (cd tests/media/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 mkdir -p "$ROOT/.test-run"
 # Keep the last few runs' Synapse logs for debugging, drop older ones.
 ls -1dt "$ROOT"/.test-run/synapse.* 2>/dev/null | tail -n +6 | xargs -r rm -rf

@@ -14,7 +14,8 @@ It speaks JSON lines on stdin/stdout, one request per line, one reply per reques
       Reply: {"offer": SDP, "candidates": [{"candidate", "sdpMid", "sdpMLineIndex"}]}.
   {"req": 3, "cmd": "apply_answer", "id": "x", "answer": SDP}
   {"req": 4, "cmd": "stats", "id": "x"}
-      Reply: {"ice", "connection", "dtls", "packets_received", "packets_sent", "dtmf_packets"}.
+      Reply: {"ice", "connection", "dtls", "packets_received", "packets_sent", "packets_by_pt"}
+      (packets_by_pt counts every RTP packet by payload type, telephone-event included).
   {"req": 5, "cmd": "close", "id": "x"}
 Errors come back as {"req": n, "error": "..."}.
 """
@@ -28,13 +29,28 @@ import re
 import sys
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import AudioStreamTrack
 
 PCS = {}
+
+# Count RTP packets per payload type as they reach the transport, before aiortc's router drops
+# the ones it has no decoder for (telephone-event among them): that is how the tests see
+# RFC 4733 DTMF arrive.
+PT_COUNTS = {}
+_orig_route = RtpRouter.route_rtp
+
+
+def _counting_route(self, packet):
+    counts = PT_COUNTS.setdefault(id(self), {})
+    counts[packet.payload_type] = counts.get(packet.payload_type, 0) + 1
+    return _orig_route(self, packet)
+
+
+RtpRouter.route_rtp = _counting_route
 RELAY = MediaRelay()
 SINKS = {}
-DTMF = {}
 
 
 class Tone(AudioStreamTrack):
@@ -109,11 +125,6 @@ def freeswitch_like(answer, offer):
     return "\r\n".join(x for x in out if x) + "\r\n"
 
 
-async def count_dtmf(pc, key):
-    """Counts RTP packets whose payload type is telephone-event, where aiortc exposes them."""
-    DTMF[key] = 0
-
-
 async def handle(msg):
     cmd, key = msg["cmd"], msg.get("id", "")
     if cmd == "answer":
@@ -172,12 +183,19 @@ async def handle(msg):
             if s.type == "outbound-rtp":
                 sent += s.packetsSent
         dtls = [t.receiver.transport.state for t in pc.getTransceivers() if t.receiver.transport]
+        by_pt = {}
+        for t in pc.getTransceivers():
+            transport = t.receiver.transport
+            router = getattr(transport, "_rtp_router", None) if transport else None
+            for pt, n in PT_COUNTS.get(id(router), {}).items():
+                by_pt[str(pt)] = by_pt.get(str(pt), 0) + n
         return {
             "ice": pc.iceConnectionState,
             "connection": pc.connectionState,
             "dtls": dtls[0] if dtls else None,
             "packets_received": received,
             "packets_sent": sent,
+            "packets_by_pt": by_pt,
         }
     if cmd == "close":
         pc = PCS.pop(key, None)

@@ -91,6 +91,8 @@ pub struct TestUser {
     pub user_id: String,
     hs: String,
     token: String,
+    /// The device id of the login.
+    pub device_id: String,
     http: reqwest::Client,
     since: Option<String>,
     buffer: VecDeque<Seen>,
@@ -120,10 +122,12 @@ impl TestUser {
             .await
             .unwrap();
         let token = r["access_token"].as_str().unwrap().to_owned();
+        let device_id = r["device_id"].as_str().unwrap_or_default().to_owned();
         let mut u = TestUser {
             user_id,
             hs,
             token,
+            device_id,
             http,
             since: None,
             buffer: VecDeque::new(),
@@ -148,6 +152,16 @@ impl TestUser {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{path}: {status} {v}");
         v
+    }
+
+    /// The access token (for a client of its own, such as the browser caller).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The homeserver URL.
+    pub fn homeserver(&self) -> &str {
+        &self.hs
     }
 
     /// Creates a private room and invites `other`; returns the room id.
