@@ -491,3 +491,32 @@ async fn freeswitch_unreachable_rejects_the_call() {
     assert!(fake.invites().is_empty());
     bot.stop().await;
 }
+
+/// Candidates that arrive before their invite (clients race the two events) are kept and
+/// merged into the offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_before_the_invite_are_kept() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = call_id();
+    let evs = chromium_candidates(&cid);
+    caller
+        .send(&room, "m.call.candidates", evs[0].clone())
+        .await;
+    caller
+        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
+        .await;
+    caller
+        .send(&room, "m.call.candidates", evs[1].clone())
+        .await;
+    let (_, invite) = wait_dialled(&fake, &cid).await;
+    let sdp = invite["params"]["sdp"].as_str().unwrap();
+    assert_eq!(
+        sdp.matches("a=candidate:").count(),
+        4,
+        "the early UDP candidates are in: {sdp}"
+    );
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    bot.stop().await;
+}
