@@ -21,14 +21,14 @@ use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
 use crate::call::machine::{Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
-use crate::call::store::{CallStore, Record};
+use crate::call::store::{self, CallStore, Record};
 use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
 use crate::matrix::client::notice_content;
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
 use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
-use crate::state::StateStore;
+use crate::state::{SavedMap, StateStore};
 use crate::verto::{VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
@@ -50,42 +50,7 @@ const MAX_EARLY_CALLS: usize = 64;
 const MAX_EARLY_EVENTS: usize = 16;
 
 /// Per-room `!dial` choices, kept in `state_dir/dial.json`.
-pub struct DialStore {
-    store: StateStore,
-    map: HashMap<String, String>,
-}
-
-impl DialStore {
-    const FILE: &'static str = "dial.json";
-
-    /// Loads the saved choices (a corrupt file is logged and ignored).
-    pub fn load(store: StateStore) -> Self {
-        let map = match store.read_json(Self::FILE) {
-            Ok(m) => m.unwrap_or_default(),
-            Err(e) => {
-                warn!(error = %e, "ignoring saved !dial choices");
-                HashMap::new()
-            }
-        };
-        Self { store, map }
-    }
-
-    /// The room's choice.
-    pub fn get(&self, room: &str) -> Option<String> {
-        self.map.get(room).cloned()
-    }
-
-    /// Sets or clears the room's choice and saves all of them.
-    pub fn set(&mut self, room: &str, dest: Option<String>) {
-        match dest {
-            Some(d) => self.map.insert(room.to_owned(), d),
-            None => self.map.remove(room),
-        };
-        if let Err(e) = self.store.write_json(Self::FILE, &self.map) {
-            warn!(error = %e, "cannot save !dial choices");
-        }
-    }
-}
+pub type DialStore = SavedMap<String>;
 
 /// The router.
 pub struct Bridge {
@@ -139,8 +104,8 @@ impl Bridge {
                 cfg.routes.clone(),
                 matrix.clone(),
             )),
-            dial: Arc::new(Mutex::new(DialStore::load(store.clone()))),
-            saved_calls: Arc::new(Mutex::new(CallStore::load(store))),
+            dial: Arc::new(Mutex::new(DialStore::load(store.clone(), "dial.json"))),
+            saved_calls: Arc::new(Mutex::new(CallStore::load(store, store::FILE))),
             calls_cancel: CancellationToken::new(),
             subscribe_warned: Arc::new(AtomicBool::new(false)),
             matrix,
@@ -840,39 +805,24 @@ async fn dial_command(
             if let Ok(mut d) = dial.lock() {
                 d.set(room, None);
             }
-            let r = router
-                .route(
-                    room,
-                    &Caller {
-                        user_id: sender,
-                        display_name: "",
-                    },
-                    None,
-                )
-                .await;
-            format!(
-                "Calls from this room go to the default destination again ({}).",
-                r.destination
-            )
+            let dest = default_destination(router, room, sender).await;
+            format!("Calls from this room go to the default destination again ({dest}).")
         }
-        _ => {
-            let chosen = dial.lock().ok().and_then(|d| d.get(room));
-            match chosen {
-                Some(n) => format!("Calls from this room go to {n} (chosen with !dial)."),
-                None => {
-                    let r = router
-                        .route(
-                            room,
-                            &Caller {
-                                user_id: sender,
-                                display_name: "",
-                            },
-                            None,
-                        )
-                        .await;
-                    format!("Calls from this room go to {}.", r.destination)
-                }
+        _ => match dial.lock().ok().and_then(|d| d.get(room)) {
+            Some(n) => format!("Calls from this room go to {n} (chosen with !dial)."),
+            None => {
+                let dest = default_destination(router, room, sender).await;
+                format!("Calls from this room go to {dest}.")
             }
-        }
+        },
     }
+}
+
+/// Where the routes (without `!dial`) send this sender's calls from this room.
+async fn default_destination(router: &Router, room: &str, sender: &str) -> String {
+    let caller = Caller {
+        user_id: sender,
+        display_name: "",
+    };
+    router.route(room, &caller, None).await.destination
 }

@@ -151,6 +151,58 @@ impl StateStore {
     }
 }
 
+/// A string-keyed map kept in one JSON file of `state_dir`, saved on every change. A corrupt
+/// file is logged and starts empty: losing `!dial` choices or recoverable calls must not stop
+/// the bridge.
+pub struct SavedMap<V> {
+    store: StateStore,
+    file: &'static str,
+    map: std::collections::HashMap<String, V>,
+}
+
+impl<V: Serialize + DeserializeOwned + Clone> SavedMap<V> {
+    /// Loads `file` from the store.
+    pub fn load(store: StateStore, file: &'static str) -> Self {
+        let map = match store.read(file) {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a corrupt state file");
+                Default::default()
+            }
+        };
+        Self { store, file, map }
+    }
+
+    /// One entry.
+    pub fn get(&self, key: &str) -> Option<V> {
+        self.map.get(key).cloned()
+    }
+
+    /// All entries.
+    pub fn all(&self) -> Vec<(String, V)> {
+        self.map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Sets (`Some`) or removes (`None`) an entry, and saves when something changed.
+    pub fn set(&mut self, key: &str, value: Option<V>) {
+        let changed = match value {
+            Some(v) => {
+                self.map.insert(key.to_owned(), v);
+                true
+            }
+            None => self.map.remove(key).is_some(),
+        };
+        if changed {
+            if let Err(e) = self.store.write(self.file, &self.map, false) {
+                tracing::warn!(error = %e, "cannot save state; a restart will not see this change");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +232,16 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "session.json must be private");
         }
+        let mut m: SavedMap<String> = SavedMap::load(st.clone(), "map.json");
+        m.set("a", Some("1".into()));
+        m.set("b", Some("2".into()));
+        m.set("a", None);
+        let m: SavedMap<String> = SavedMap::load(st.clone(), "map.json");
+        assert_eq!((m.get("a"), m.get("b")), (None, Some("2".into())));
+        std::fs::write(dir.join("map.json"), "{").unwrap();
+        assert!(SavedMap::<String>::load(st.clone(), "map.json")
+            .all()
+            .is_empty());
         std::fs::write(dir.join("sync.json"), "garbage").unwrap();
         assert!(matches!(st.since(), Err(StateError::Corrupt { .. })));
         std::fs::remove_dir_all(dir).unwrap();

@@ -13,13 +13,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_call_with_trickled_candidates_and_marker() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let (verto_id, invite) = wait_dialled(&fake, &cid).await;
 
     // The offer FreeSWITCH gets: the four UDP candidates in the audio section, no TCP.
@@ -76,9 +70,7 @@ async fn answered_call_with_trickled_candidates_and_marker() {
         .await;
     assert_eq!(cands["content"]["candidates"], json!([{"candidate": ""}]));
 
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
     caller.catch_up().await;
     assert_eq!(
@@ -113,17 +105,7 @@ async fn candidates_without_marker_dial_after_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_0_call() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = call_id();
-    let offer = OFFER.replace(
-        "a=mid:0\r\n",
-        "a=mid:0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host\r\n",
-    );
-    caller
-        .send(&room, "m.call.invite", json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}}))
-        .await;
-    caller
-        .send(&room, "m.call.candidates", json!({"call_id": cid, "version": 0, "candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
-        .await;
+    let cid = place_v0_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     let answer = caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
@@ -146,13 +128,7 @@ async fn busy_is_rejected() {
         ..Default::default()
     })
     .await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     wait_dialled(&fake, &cid).await;
     let reject = caller
         .wait_call_event(&room, "m.call.reject", &cid, T)
@@ -176,13 +152,7 @@ async fn early_media_then_answer_without_sdp() {
         ..Default::default()
     })
     .await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     let answer = caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
@@ -210,13 +180,7 @@ async fn no_route_is_rejected() {
         ..Default::default()
     })
     .await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     wait_dialled(&fake, &cid).await;
     let reject = caller
         .wait_call_event(&room, "m.call.reject", &cid, T)
@@ -268,18 +232,10 @@ async fn caller_hangup_during_coalescing_sends_nothing() {
             chromium_candidates_no_marker(&cid)[0].clone(),
         )
         .await;
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     // A second call in the same room, placed after the hangup, is dialled: the bot has seen
     // the hangup by then (events are handled in order).
-    let cid2 = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid2, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid2) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid2 = place_call(&caller, &room).await;
     wait_dialled(&fake, &cid2).await;
     // The first call would have been dialled when its candidate wait ran out.
     let c = cid.clone();
@@ -303,19 +259,11 @@ async fn caller_hangup_while_ringing_cancels() {
         ..Default::default()
     })
     .await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     // Wait for CALL CREATED to have been processed is not needed: a hangup during the dial is
     // held until the reply.
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "ORIGINATOR_CANCEL");
     caller.catch_up().await;
     assert!(
@@ -382,21 +330,9 @@ async fn invites_not_for_the_bot_are_ignored() {
     caller.invite(&group, &other.user_id).await;
     other.join(&group).await;
     caller.wait_joined(&group, &bot.user_id, T).await;
-    let c2 = call_id();
-    caller
-        .send(&group, "m.call.invite", invite_v1(&c2, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&c2) {
-        caller.send(&group, "m.call.candidates", ev).await;
-    }
+    let c2 = place_call(&caller, &group).await;
     // A valid call placed afterwards is dialled; the two before it never are.
-    let c3 = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&c3, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&c3) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let c3 = place_call(&caller, &room).await;
     wait_dialled(&fake, &c3).await;
     let (a, b) = (c1.clone(), c2.clone());
     fake.assert_none_within(
@@ -412,13 +348,7 @@ async fn invites_not_for_the_bot_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_hangs_up_active_calls() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
@@ -435,13 +365,7 @@ async fn shutdown_hangs_up_active_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select_answer_of_another_party_hangs_up_quietly() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     let answer = caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
@@ -453,13 +377,7 @@ async fn select_answer_of_another_party_hangs_up_quietly() {
     assert_eq!(wait_bye(&fake, &verto_id).await, "LOSE_RACE");
     // Selecting our own answer in another call changes nothing (checked by the unit tests);
     // here: no Matrix event follows the quiet hangup.
-    let cid2 = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid2, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid2) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid2 = place_call(&caller, &room).await;
     caller
         .wait_call_event(&room, "m.call.answer", &cid2, T)
         .await;
@@ -477,13 +395,7 @@ async fn freeswitch_unreachable_rejects_the_call() {
         ..Default::default()
     })
     .await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     let reject = caller
         .wait_call_event(&room, "m.call.reject", &cid, T)
         .await;

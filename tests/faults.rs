@@ -115,9 +115,7 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
         "same sessid"
     );
 
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
     caller.catch_up().await;
     assert!(
@@ -158,17 +156,7 @@ async fn reattach_falls_back_to_a_single_round() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_drop_ends_v0_and_ringing_calls() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = call_id();
-    let offer = OFFER.replace(
-        "a=mid:0\r\n",
-        "a=mid:0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host\r\n",
-    );
-    caller
-        .send(&room, "m.call.invite", json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}}))
-        .await;
-    caller
-        .send(&room, "m.call.candidates", json!({"call_id": cid, "version": 0, "candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
-        .await;
+    let cid = place_v0_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     caller
         .wait_call_event(&room, "m.call.answer", &cid, T)

@@ -70,9 +70,7 @@ async fn call_with_audio(pattern: Pattern) {
     let c = peer.wait_media(&cid, 50, MEDIA_T).await;
     let f = peer.wait_media(&verto_id, 50, MEDIA_T).await;
     eprintln!("{pattern:?}: caller {c}, FreeSWITCH side {f}");
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
     bot.stop().await;
 }

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
 use support::*;
 
 /// An invite and the real Chromium candidate events (ending with the marker).
@@ -37,9 +36,7 @@ async fn invites_sent_while_down() {
     let (expired, hung_up, valid) = (call_id(), call_id(), call_id());
     send_all(&caller, &room, place(&expired, 1)).await;
     send_all(&caller, &room, place(&hung_up, 60000)).await;
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": hung_up, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &hung_up).await;
     send_all(&caller, &room, place(&valid, 60000)).await;
 
     let bot = Bot::start_with(user, password, dir.clone(), &fake, BotOpts::default()).await;

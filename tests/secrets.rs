@@ -5,7 +5,6 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
 use support::*;
 
 #[derive(Clone, Default)]
@@ -44,19 +43,11 @@ async fn no_secret_in_trace_logs() {
     let mut caller = TestUser::new("caller").await;
     let room = caller.create_dm(&bot.user_id).await;
     caller.wait_joined(&room, &bot.user_id, T).await;
-    let cid = call_id();
-    caller
-        .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
-        .await;
-    for ev in chromium_candidates(&cid) {
-        caller.send(&room, "m.call.candidates", ev).await;
-    }
+    let cid = place_call(&caller, &room).await;
     caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
         .await;
-    caller
-        .send(&room, "m.call.hangup", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
-        .await;
+    hang_up(&caller, &room, &cid).await;
     let matrix_password = bot.password.clone();
     let (_, _, _, dir) = bot.stop().await;
     let session: serde_json::Value =

@@ -99,7 +99,7 @@ pub async fn run(
                 saved = true;
                 let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
                 if let Ok(mut store) = ctx.calls.lock() {
-                    store.put(&ctx.verto_call_id, r);
+                    store.set(&ctx.verto_call_id, Some(r));
                 }
             }
             if call.is_ended() {
@@ -127,7 +127,7 @@ pub async fn run(
         );
         if !call.kept {
             if let Ok(mut store) = ctx.calls.lock() {
-                store.remove(&ctx.verto_call_id);
+                store.set(&ctx.verto_call_id, None);
             }
         }
         drop(mtx);

@@ -1,14 +1,11 @@
 //! Answered calls saved in `state_dir/calls.json`, so that a restarted bridge can take them
 //! back when FreeSWITCH re-offers them (`verto.attach`).
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 use super::machine::{Setup, Version};
 use crate::sdp::TrickleCandidate;
-use crate::state::StateStore;
+use crate::state::SavedMap;
 
 /// What is needed to resume one call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,50 +48,7 @@ impl Record {
 }
 
 /// The file, keyed by verto `callID`.
-pub struct CallStore {
-    store: StateStore,
-    calls: HashMap<String, Record>,
-}
+pub type CallStore = SavedMap<Record>;
 
-impl CallStore {
-    const FILE: &'static str = "calls.json";
-
-    /// Loads the saved calls (a corrupt file is logged and ignored).
-    pub fn load(store: StateStore) -> Self {
-        let calls = match store.read_json(Self::FILE) {
-            Ok(c) => c.unwrap_or_default(),
-            Err(e) => {
-                warn!(error = %e, "ignoring saved calls");
-                HashMap::new()
-            }
-        };
-        Self { store, calls }
-    }
-
-    /// All saved calls.
-    pub fn all(&self) -> Vec<(String, Record)> {
-        self.calls
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Saves one call.
-    pub fn put(&mut self, verto_call_id: &str, r: Record) {
-        self.calls.insert(verto_call_id.to_owned(), r);
-        self.save();
-    }
-
-    /// Forgets one call.
-    pub fn remove(&mut self, verto_call_id: &str) {
-        if self.calls.remove(verto_call_id).is_some() {
-            self.save();
-        }
-    }
-
-    fn save(&self) {
-        if let Err(e) = self.store.write_json(Self::FILE, &self.calls) {
-            warn!(error = %e, "cannot save calls; a restart will not recover them");
-        }
-    }
-}
+/// Its file name in `state_dir`.
+pub const FILE: &str = "calls.json";

@@ -177,6 +177,30 @@ pub async fn place_call(caller: &TestUser, room: &str) -> String {
     cid
 }
 
+/// Hangs up a call as matrix-js-sdk does (`user_hangup`).
+pub async fn hang_up(caller: &TestUser, room: &str, call_id: &str) {
+    caller
+        .send(room, "m.call.hangup", json!({"call_id": call_id, "party_id": "CXRJGXZIQO", "version": "1", "reason": "user_hangup"}))
+        .await;
+}
+
+/// Places a version 0 call (integer version, no party_id) with a candidate inside the offer
+/// and an end-of-candidates event.
+pub async fn place_v0_call(caller: &TestUser, room: &str) -> String {
+    let cid = call_id();
+    let offer = OFFER.replace(
+        "a=mid:0\r\n",
+        "a=mid:0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 40000 typ host\r\n",
+    );
+    caller
+        .send(room, "m.call.invite", json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}}))
+        .await;
+    caller
+        .send(room, "m.call.candidates", json!({"call_id": cid, "version": 0, "candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
+        .await;
+    cid
+}
+
 /// Sends a text message; returns its event id.
 pub async fn say(user: &TestUser, room: &str, text: &str) -> String {
     user.send(
