@@ -52,7 +52,8 @@ fi
 
 mkdir -p "$ROOT/.test-run"
 # Keep the last few runs' Synapse logs for debugging, drop older ones.
-ls -1dt "$ROOT"/.test-run/synapse.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
+# (ls fails on a fresh clone, where there is none yet.)
+{ ls -1dt "$ROOT"/.test-run/synapse.* "$ROOT"/.test-run/own-synapse.* 2>/dev/null || true; } | tail -n +6 | xargs -r rm -rf
 RUN=$(mktemp -d "$ROOT/.test-run/synapse.XXXXXX")
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
