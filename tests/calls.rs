@@ -432,3 +432,42 @@ async fn candidates_before_the_invite_are_kept() {
         .await;
     bot.stop().await;
 }
+
+/// The caller puts the call on hold (an `m.call.negotiate` offer, as Element does): it goes to
+/// FreeSWITCH as `verto.modify updateMedia`, and FreeSWITCH's answer comes back as a negotiate
+/// answer the browser accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hold_renegotiates_through_verto_modify() {
+    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let cid = place_call(&caller, &room).await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    caller
+        .send(&room, "m.call.negotiate", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "lifetime": 10000, "description": {"type": "offer", "sdp": hold}}))
+        .await;
+    let id = verto_id.clone();
+    let m = fake
+        .wait_for("verto.modify updateMedia", T, move |f| {
+            f.msg["method"] == "verto.modify"
+                && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+        })
+        .await;
+    assert_eq!(m.msg["params"]["action"], "updateMedia");
+    let sdp = m.msg["params"]["sdp"].as_str().unwrap();
+    assert!(
+        sdp.contains("a=sendonly") && sdp.matches("a=candidate:").count() == 4,
+        "{sdp}"
+    );
+    let n = caller
+        .wait_call_event(&room, "m.call.negotiate", &cid, T)
+        .await;
+    assert_eq!(n["content"]["description"]["type"], "answer");
+    assert!(n["content"]["description"]["sdp"]
+        .as_str()
+        .unwrap()
+        .contains("a=mid:0\r\n"));
+    bot.stop().await;
+}

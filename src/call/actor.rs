@@ -205,6 +205,26 @@ fn execute(
     side: &mut JoinSet<()>,
 ) {
     match action {
+        Action::Modify { sdp } => {
+            let verto = ctx.verto.clone();
+            let id = ctx.verto_call_id.clone();
+            let tx = self_tx.clone();
+            side.spawn(
+                async move {
+                    let params = json!({"action": "updateMedia", "sdp": sdp, "dialogParams": {"callID": id}});
+                    let res = match verto.request("verto.modify", params).await {
+                        Ok(v) => v
+                            .get("sdp")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .ok_or_else(|| "verto.modify reply without sdp".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = tx.send(Input::ModifyResult(res)).await;
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
         Action::Attach { sdp } => {
             let verto = ctx.verto.clone();
             let id = ctx.verto_call_id.clone();

@@ -180,6 +180,8 @@ pub enum Input {
     },
     /// The reply to our `verto.attach`.
     AttachResult(Result<(), String>),
+    /// The reply to our `verto.modify updateMedia`: FreeSWITCH's answer SDP.
+    ModifyResult(Result<String, String>),
     /// The bridge stops but keeps answered calls for the next start (rolling upgrade).
     Detach,
     /// `!dtmf` from the caller: digits for FreeSWITCH.
@@ -231,6 +233,12 @@ pub enum Action {
         /// The `!dtmf` command event.
         react_to: Option<String>,
     },
+    /// Send `verto.modify {action: updateMedia}` with the caller's new offer (hold, resume,
+    /// ICE restart); report as [`Input::ModifyResult`].
+    Modify {
+        /// The offer, with candidates.
+        sdp: String,
+    },
     /// Send `verto.attach` with the caller's answer; report as [`Input::AttachResult`].
     Attach {
         /// The complete answer.
@@ -267,6 +275,8 @@ pub struct Call {
     far_flush_due: Option<Instant>,
     detach_due: Option<Instant>,
     reneg: Option<Reneg>,
+    /// The caller's renegotiation offer while `verto.modify` is in flight.
+    caller_offer: Option<String>,
     /// Set when the call was left running for the next start ([`Input::Detach`]).
     pub kept: bool,
     /// Why it ended, for the final log line.
@@ -289,6 +299,7 @@ impl Call {
             far_flush_due: None,
             detach_due: None,
             reneg: None,
+            caller_offer: None,
             kept: false,
             end_reason: None,
         }
@@ -692,6 +703,60 @@ impl Call {
                 }
                 self.reneg_answer(sdp, now)
             }
+            (Answered, Input::Negotiate { party_id, kind, sdp }) if kind == "offer" && self.setup.version == Version::V1 => {
+                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
+                    if got != want {
+                        debug!(party_id = %got, "negotiate from another party ignored");
+                        return Vec::new();
+                    }
+                }
+                if self.caller_offer.is_some() {
+                    warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
+                    return Vec::new();
+                }
+                // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
+                // candidates in the SDP: new ones if the offer has them, else the call's own
+                // (without an ICE restart they are unchanged).
+                let merged = match sdp::merge_candidates(&sdp, &[]) {
+                    Ok(m) if m.usable > 0 => Ok(m),
+                    _ => sdp::merge_candidates(&sdp, &self.trickled),
+                };
+                match merged {
+                    Ok(m) if m.usable > 0 => {
+                        info!("caller renegotiates (hold/resume); passing the offer to FreeSWITCH");
+                        self.caller_offer = Some(sdp);
+                        vec![Action::Modify { sdp: m.sdp }]
+                    }
+                    _ => {
+                        warn!("caller's negotiate offer has no usable candidates; ignored");
+                        Vec::new()
+                    }
+                }
+            }
+            (Answered, Input::ModifyResult(res)) => {
+                let Some(offer) = self.caller_offer.take() else { return Vec::new() };
+                match res {
+                    Ok(fs_sdp) => {
+                        let s = &self.setup;
+                        vec![Action::Send {
+                            event_type: "m.call.negotiate",
+                            content: json!({
+                                "call_id": s.call_id,
+                                "party_id": s.our_party,
+                                "version": "1",
+                                "lifetime": s.recovery.answer_timeout.as_millis() as u64,
+                                "description": {"type": "answer", "sdp": sdp::repair_answer(&fs_sdp, &offer)},
+                            }),
+                        }]
+                    }
+                    Err(e) => {
+                        // FreeSWITCH hangs the call up itself when it cannot renegotiate.
+                        warn!(error = %e, "verto.modify updateMedia failed");
+                        Vec::new()
+                    }
+                }
+            }
+            (_, Input::ModifyResult(_)) => Vec::new(),
             (_, Input::Negotiate { kind, .. }) => {
                 warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
                 Vec::new()
@@ -1066,6 +1131,7 @@ mod tests {
                 Action::SendDtmf { .. } => "dtmf",
                 Action::Notice { .. } => "notice",
                 Action::Attach { .. } => "attach",
+                Action::Modify { .. } => "modify",
             })
             .collect()
     }
@@ -1684,6 +1750,51 @@ mod tests {
             ["bye", "m.call.hangup"],
             "no answer to the real offer"
         );
+    }
+
+    #[test]
+    fn caller_hold_goes_through_verto_modify() {
+        let (mut c, now) = answered_call(Version::V1);
+        let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+        let offer = Input::Negotiate {
+            party_id: Some("CALLER".into()),
+            kind: "offer".into(),
+            sdp: hold.clone(),
+        };
+        let a = c.handle(offer.clone(), now);
+        let [Action::Modify { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert!(
+            sdp.contains("a=sendonly") && sdp.contains("127.0.0.1 5000"),
+            "the call's candidates: {sdp}"
+        );
+        assert!(c.handle(offer, now).is_empty(), "one at a time");
+        let a = c.handle(Input::ModifyResult(Ok(FS_ANSWER.into())), now);
+        let [Action::Send {
+            event_type: "m.call.negotiate",
+            content,
+        }] = a.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(content["description"]["type"], "answer");
+        assert!(content["description"]["sdp"]
+            .as_str()
+            .unwrap()
+            .contains("a=mid:0"));
+        // Version 0 callers do not renegotiate.
+        let (mut c, now) = answered_call(Version::V0);
+        assert!(c
+            .handle(
+                Input::Negotiate {
+                    party_id: None,
+                    kind: "offer".into(),
+                    sdp: hold
+                },
+                now
+            )
+            .is_empty());
     }
 
     #[test]

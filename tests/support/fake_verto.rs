@@ -588,6 +588,42 @@ impl FakeVerto {
                     },
                 }
             }
+            "verto.modify" => {
+                let call_id = p["dialogParams"]["callID"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let answered = self
+                    .inner
+                    .lock()
+                    .unwrap()
+                    .calls
+                    .get(&call_id)
+                    .map(|c| c.answered);
+                match (answered, p["action"].as_str()) {
+                    (None, _) => reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"CALL DOES NOT EXIST","code":-32002}}),
+                    ),
+                    (Some(false), _) => reply(
+                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"Cannot update a call that has not been answered.","code":-32002}}),
+                    ),
+                    (Some(true), Some("updateMedia")) => {
+                        let offer = p["sdp"].as_str().unwrap_or("");
+                        if has_usable_candidate(offer) {
+                            reply(
+                                json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"action":"updateMedia","sdp":answer_for(offer),"sessid":sessid}}),
+                            );
+                        } else {
+                            reply(
+                                json!({"jsonrpc":"2.0","id":id,"error":{"message":"CODEC NEGOTIATION ERROR","code":-32002}}),
+                            );
+                        }
+                    }
+                    (Some(true), _) => reply(
+                        json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"holdState":"active","sessid":sessid}}),
+                    ),
+                }
+            }
             "verto.attach" => {
                 let call_id = p["dialogParams"]["callID"]
                     .as_str()
