@@ -23,7 +23,6 @@ use crate::call::machine::{Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
 use crate::call::store::{self, CallStore, Record};
 use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
-use crate::matrix::client::notice_content;
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
 use crate::matrix::MatrixClient;
@@ -645,15 +644,13 @@ impl Bridge {
         let notice = self
             .calls_cfg
             .notices
-            .then(|| notice_content(&format!("📞 Call refused: {why}.")));
+            .then(|| format!("📞 Call refused: {why}."));
         tokio::spawn(async move {
             let _ = matrix
                 .send_reliably(&room, event_type, &content, Duration::from_secs(30))
                 .await;
-            if let Some(n) = notice {
-                let _ = matrix
-                    .send_reliably(&room, "m.room.message", &n, Duration::from_secs(30))
-                    .await;
+            if let Some(text) = notice {
+                let _ = matrix.notice(&room, &text).await;
             }
         });
     }
@@ -662,14 +659,7 @@ impl Bridge {
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
         tokio::spawn(async move {
-            let _ = matrix
-                .send_reliably(
-                    &room,
-                    "m.room.message",
-                    &notice_content(&text),
-                    Duration::from_secs(30),
-                )
-                .await;
+            let _ = matrix.notice(&room, &text).await;
         });
     }
 
@@ -722,14 +712,7 @@ impl Bridge {
                         cmd,
                     )
                     .await;
-                    let _ = matrix
-                        .send_reliably(
-                            &room,
-                            "m.room.message",
-                            &notice_content(&text),
-                            Duration::from_secs(30),
-                        )
-                        .await;
+                    let _ = matrix.notice(&room, &text).await;
                 });
             }
         }

@@ -403,6 +403,17 @@ impl MatrixClient {
             .to_owned())
     }
 
+    /// Posts an `m.notice` (reliably, for up to 30 s).
+    pub async fn notice(&self, room_id: &str, text: &str) -> Result<String, MatrixError> {
+        self.send_reliably(
+            room_id,
+            "m.room.message",
+            &notice_content(text),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// [`send`](Self::send) retried with backoff on transient errors until `deadline`, always
     /// with the same transaction id, so the event is delivered at most once.
     pub async fn send_reliably(
