@@ -217,3 +217,71 @@ async fn chromium_matrix_js_sdk_call_with_audio_and_keypad() {
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
     bot.stop().await;
 }
+
+/// The verto socket drops during a Chromium call. FreeSWITCH (here the aiortc answerer,
+/// which, like FreeSWITCH, keeps its certificate and starts a new DTLS session) re-offers the
+/// call; the bridge renegotiates with matrix-js-sdk in two rounds (altered, then real
+/// fingerprint) and audio comes back in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_audio_comes_back_after_a_verto_reconnect() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        candidate_wait_ms: 2500,
+        ..Default::default()
+    })
+    .await;
+    let peer = MediaPeer::start().await;
+    fake.set_media(peer.clone());
+    let opts = json!({
+        "hs": caller.homeserver(), "token": caller.token(), "userId": caller.user_id,
+        "deviceId": caller.device_id, "roomId": room, "holdMs": 0, "observeMs": 22000,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
+    let browser = tokio::spawn(
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg(opts.to_string())
+            .kill_on_drop(true)
+            .output(),
+    );
+    let answer = caller
+        .wait_for("the bot's answer", T, |s| {
+            s.event["type"] == "m.call.answer"
+        })
+        .await;
+    let cid = answer["content"]["call_id"].as_str().unwrap().to_owned();
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    peer.wait_media(&verto_id, 50, MEDIA_T).await;
+
+    fake.drop_connections();
+    let id = verto_id.clone();
+    fake.wait_for("the client's verto.attach", T, move |f| {
+        f.msg["method"] == "verto.attach"
+            && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+    })
+    .await;
+    // The new session at the answerer connects and carries audio both ways.
+    let after = peer.wait_media(&verto_id, 50, MEDIA_T).await;
+    eprintln!("answerer after the reconnect: {after}");
+
+    let out = tokio::time::timeout(Duration::from_secs(90), browser)
+        .await
+        .expect("the browser caller finished")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
+    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    let series = r["series"].as_array().unwrap();
+    let rx = |i: usize| series[i]["rx"].as_u64().unwrap_or(0);
+    let n = series.len();
+    assert!(n > 10, "{r}");
+    assert!(
+        rx(n - 1) - rx(n - 5) > 50,
+        "Chromium receives audio again at the end: {series:?}"
+    );
+    assert_eq!(series[n - 1]["dtls"], "connected", "{series:?}");
+    caller.catch_up().await;
+    let negotiates = caller.seen_call_events("m.call.negotiate", &cid).len();
+    assert_eq!(negotiates, 2, "two renegotiation rounds");
+    bot.stop().await;
+}

@@ -13,6 +13,10 @@ It speaks JSON lines on stdin/stdout, one request per line, one reply per reques
       taken out of the SDP and returned separately, as a Matrix client trickles them.
       Reply: {"offer": SDP, "candidates": [{"candidate", "sdpMid", "sdpMLineIndex"}]}.
   {"req": 3, "cmd": "apply_answer", "id": "x", "answer": SDP}
+  {"req": 6, "cmd": "reoffer", "id": "callID"}
+      What FreeSWITCH does on verto.attach after a reconnect: a new session for the call, with
+      the same DTLS certificate, offered with a=setup:actpass (and no a=mid or BUNDLE).
+      Reply: {"offer": SDP}.
   {"req": 4, "cmd": "stats", "id": "x"}
       Reply: {"ice", "connection", "dtls", "packets_received", "packets_sent", "packets_by_pt"}
       (packets_by_pt counts every RTP packet by payload type, telephone-event included).
@@ -171,6 +175,34 @@ async def handle(msg):
                         keep.append("a=ice-options:trickle")
             sdp = "\r\n".join(keep) + "\r\n"
         return {"offer": sdp, "candidates": cands}
+    if cmd == "reoffer":
+        old = PCS.pop(key, None)
+        pc = RTCPeerConnection()
+        if old is not None:
+            # One certificate for the switch's lifetime, as FreeSWITCH keeps it.
+            pc._RTCPeerConnection__certificates = old._RTCPeerConnection__certificates
+            await old.close()
+        PCS[key] = pc
+        sink = MediaBlackhole()
+        SINKS[key] = sink
+        pc.addTrack(Tone())
+
+        @pc.on("track")
+        def on_track(track):
+            sink.addTrack(track)
+            asyncio.ensure_future(sink.start())
+
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        lines = [l for l in pc.localDescription.sdp.splitlines() if l]
+        out, hosts = [], [l for l in lines if l.startswith("a=candidate:") and " udp " in l and " typ host" in l]
+        for l in lines:
+            # FreeSWITCH's attach offer has no a=mid, no BUNDLE and no header extensions.
+            if l.startswith(("a=mid:", "a=group:BUNDLE", "a=candidate:", "a=end-of-candidates", "a=extmap:")):
+                continue
+            out.append(l)
+        out += hosts[:1] + ["a=end-of-candidates"]
+        return {"offer": "\r\n".join(out) + "\r\n"}
     if cmd == "apply_answer":
         await PCS[key].setRemoteDescription(RTCSessionDescription(msg["answer"], "answer"))
         return {}

@@ -510,14 +510,34 @@ impl FakeVerto {
                     }
                     ids
                 };
-                for call_id in &reattach {
-                    self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
+                let media = self.inner.lock().unwrap().media.clone();
+                match media {
+                    Some(peer) => {
+                        // A real re-offer from the media peer, then clientReady, in that order.
+                        let fake = self.clone();
+                        tokio::spawn(async move {
+                            for call_id in &reattach {
+                                let sdp = peer.reoffer(call_id).await;
+                                fake.request(conn, "verto.attach", json!({"callID": call_id, "sdp": sdp, "variables": {}, "display_direction": "inbound"}));
+                            }
+                            fake.request(
+                                conn,
+                                "verto.clientReady",
+                                json!({"reattached_sessions": reattach}),
+                            );
+                        });
+                    }
+                    None => {
+                        for call_id in &reattach {
+                            self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
+                        }
+                        self.request(
+                            conn,
+                            "verto.clientReady",
+                            json!({"reattached_sessions": reattach}),
+                        );
+                    }
                 }
-                self.request(
-                    conn,
-                    "verto.clientReady",
-                    json!({"reattached_sessions": reattach}),
-                );
             }
             return;
         }
@@ -641,7 +661,21 @@ impl FakeVerto {
                         json!({"jsonrpc":"2.0","id":id,"error":{"message":"CODEC NEGOTIATION ERROR","code":-32002}}),
                     );
                 } else {
-                    reply(json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}}));
+                    let media = self.inner.lock().unwrap().media.clone();
+                    match media {
+                        Some(peer) => {
+                            let (tx, sdp) =
+                                (tx.clone(), p["sdp"].as_str().unwrap_or("").to_owned());
+                            tokio::spawn(async move {
+                                peer.apply_answer(&call_id, &sdp).await;
+                                let _ = tx.send(Message::text(
+                                    json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}})
+                                        .to_string(),
+                                ));
+                            });
+                        }
+                        None => reply(json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}})),
+                    }
                 }
             }
             "verto.info" => {

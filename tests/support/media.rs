@@ -105,6 +105,14 @@ impl MediaPeer {
         )
     }
 
+    /// FreeSWITCH's re-offer of a call after a reconnect (same certificate, new session).
+    pub async fn reoffer(&self, id: &str) -> String {
+        self.call(json!({"cmd": "reoffer", "id": id})).await["offer"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Applies the answer the caller got.
     pub async fn apply_answer(&self, id: &str, answer: &str) {
         self.call(json!({"cmd": "apply_answer", "id": id, "answer": answer}))

@@ -56,6 +56,7 @@ try {
   await page.waitForFunction(() => typeof window.runCall === "function");
   try {
     out = await page.evaluate((o) => window.runCall(o), opts);
+    if (process.env.CALLER_LOGS) out.logs = logs.filter((l) => /negotiat|rror|fail|remote desc/i.test(l)).slice(-30);
   } catch (e) {
     out = { error: String(e), logs: logs.slice(-40) };
   }

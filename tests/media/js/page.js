@@ -4,7 +4,7 @@ import { createClient, createNewMatrixCall } from "matrix-js-sdk";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf }) => {
+window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs }) => {
   const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
   await client.startClient({ initialSyncLimit: 1 });
   await new Promise((resolve) => {
@@ -62,6 +62,21 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf }) =
     }
   }
   await sleep(holdMs);
+  // With observeMs, sample the audio counters every 500 ms (to see media stop and come back,
+  // e.g. across a verto reconnect and renegotiation).
+  const series = [];
+  const t0 = Date.now();
+  while (observeMs && Date.now() - t0 < observeMs && call.state !== "ended") {
+    const r = await pc.getStats();
+    let rx = 0, tx = 0, dtls = null;
+    r.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") rx += s.packetsReceived || 0;
+      if (s.type === "outbound-rtp" && s.kind === "audio") tx += s.packetsSent || 0;
+      if (s.type === "transport") dtls = s.dtlsState;
+    });
+    series.push({ t: Date.now() - t0, rx, tx, dtls });
+    await sleep(500);
+  }
   const report = await pc.getStats();
   let packetsReceived = 0, packetsSent = 0, dtlsState = null, pairState = null;
   report.forEach((s) => {
@@ -85,6 +100,8 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf }) =
     packetsReceived,
     packetsSent,
     callId: call.callId,
+    series,
+    finalState: call.state,
   };
   call.hangup("user_hangup", false);
   await sleep(500);
