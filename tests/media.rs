@@ -272,6 +272,7 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
     let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
     assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
     let series = r["series"].as_array().unwrap();
+    eprintln!("Chromium audio counters every 500 ms: {series:?}");
     let rx = |i: usize| series[i]["rx"].as_u64().unwrap_or(0);
     let n = series.len();
     assert!(n > 10, "{r}");
