@@ -128,12 +128,11 @@ impl Bridge {
         cancel: CancellationToken,
         grace: Duration,
     ) {
-        let calls_cancel = self.calls_cancel.clone();
         self.recover();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(b) = batches.recv() => self.on_batch(b, &calls_cancel),
+                Some(b) = batches.recv() => self.on_batch(b),
                 Some(ev) = verto_events.recv() => self.on_verto(ev),
                 Some(key) = self.done_rx.recv() => self.forget(&key),
             }
@@ -142,7 +141,7 @@ impl Bridge {
             calls = self.calls.len(),
             "shutting down: hanging up every call"
         );
-        calls_cancel.cancel();
+        self.calls_cancel.cancel();
         self.tracker.close();
         // Keep answering verto requests while calls send their byes.
         let tracker = self.tracker.clone();
@@ -169,7 +168,7 @@ impl Bridge {
         }
     }
 
-    fn on_batch(&mut self, batch: Batch, cancel: &CancellationToken) {
+    fn on_batch(&mut self, batch: Batch) {
         for (room_id, events) in batch.rooms {
             // Calls answered, hung up or rejected within this batch must not ring (spec, A.4).
             let settled: HashSet<String> = events
@@ -185,7 +184,7 @@ impl Bridge {
                 if ev.sender == self.bot_user {
                     continue;
                 }
-                self.on_event(&room_id, ev, &settled, batch.received, cancel);
+                self.on_event(&room_id, ev, &settled, batch.received);
             }
         }
     }
@@ -196,7 +195,6 @@ impl Bridge {
         ev: TimelineEvent,
         settled: &HashSet<String>,
         received: Instant,
-        cancel: &CancellationToken,
     ) {
         let call = match ev.kind {
             EventKind::Call(c) => c,
@@ -247,7 +245,7 @@ impl Bridge {
         let key: Key = (room_id.to_owned(), call.call_id().to_owned());
         match call {
             CallEvent::Invite(inv) => {
-                self.on_invite(key, &ev.sender, *inv, ev.age_ms, settled, received, cancel)
+                self.on_invite(key, &ev.sender, *inv, ev.age_ms, settled, received)
             }
             CallEvent::Candidates(c) => {
                 let input = Input::Candidates {
@@ -324,7 +322,6 @@ impl Bridge {
         age_ms: Option<u64>,
         settled: &HashSet<String>,
         received: Instant,
-        cancel: &CancellationToken,
     ) {
         let (room_id, call_id) = (&key.0, &key.1);
         if let Some(invitee) = &inv.invitee {
@@ -428,7 +425,6 @@ impl Bridge {
             let _ = tx.try_send(i);
         }
         let dial_override = self.dial.lock().ok().and_then(|d| d.get(room_id));
-        let _ = cancel;
         self.spawn_call(
             key,
             sender,

@@ -325,6 +325,14 @@ impl Call {
         &self.setup
     }
 
+    /// A v1 event's `party_id` must be the caller's (v0 events have none).
+    fn is_callers_party(&self, party_id: Option<&str>) -> bool {
+        match (party_id, self.setup.caller_party.as_deref()) {
+            (Some(got), Some(want)) => got == want,
+            _ => true,
+        }
+    }
+
     fn answered(&self) -> bool {
         matches!(
             self.state,
@@ -484,11 +492,9 @@ impl Call {
                     candidates,
                 },
             ) => {
-                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
-                    if got != want {
-                        debug!(party_id = %got, "candidates from another party ignored");
-                        return Vec::new();
-                    }
+                if !self.is_callers_party(party_id.as_deref()) {
+                    debug!(party_id = ?party_id, "candidates from another party ignored");
+                    return Vec::new();
                 }
                 if self.state == Renegotiating {
                     return self.reneg_candidates(candidates, now);
@@ -691,11 +697,9 @@ impl Call {
                 vec![self.negotiate_offer(altered)]
             }
             (Renegotiating, Input::Negotiate { party_id, kind, sdp }) => {
-                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
-                    if got != want {
-                        debug!(party_id = %got, "negotiate from another party ignored");
-                        return Vec::new();
-                    }
+                if !self.is_callers_party(party_id.as_deref()) {
+                    debug!(party_id = ?party_id, "negotiate from another party ignored");
+                    return Vec::new();
                 }
                 if kind != "answer" {
                     warn!(%kind, "caller sent a negotiate offer during our renegotiation; ignored");
@@ -704,11 +708,9 @@ impl Call {
                 self.reneg_answer(sdp, now)
             }
             (Answered, Input::Negotiate { party_id, kind, sdp }) if kind == "offer" && self.setup.version == Version::V1 => {
-                if let (Some(got), Some(want)) = (&party_id, &self.setup.caller_party) {
-                    if got != want {
-                        debug!(party_id = %got, "negotiate from another party ignored");
-                        return Vec::new();
-                    }
+                if !self.is_callers_party(party_id.as_deref()) {
+                    debug!(party_id = ?party_id, "negotiate from another party ignored");
+                    return Vec::new();
                 }
                 if self.caller_offer.is_some() {
                     warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
@@ -736,19 +738,7 @@ impl Call {
             (Answered, Input::ModifyResult(res)) => {
                 let Some(offer) = self.caller_offer.take() else { return Vec::new() };
                 match res {
-                    Ok(fs_sdp) => {
-                        let s = &self.setup;
-                        vec![Action::Send {
-                            event_type: "m.call.negotiate",
-                            content: json!({
-                                "call_id": s.call_id,
-                                "party_id": s.our_party,
-                                "version": "1",
-                                "lifetime": s.recovery.answer_timeout.as_millis() as u64,
-                                "description": {"type": "answer", "sdp": sdp::repair_answer(&fs_sdp, &offer)},
-                            }),
-                        }]
-                    }
+                    Ok(fs_sdp) => vec![self.negotiate("answer", &sdp::repair_answer(&fs_sdp, &offer))],
                     Err(e) => {
                         // FreeSWITCH hangs the call up itself when it cannot renegotiate.
                         warn!(error = %e, "verto.modify updateMedia failed");
@@ -867,6 +857,11 @@ impl Call {
     }
 
     fn negotiate_offer(&self, sdp: String) -> Action {
+        self.negotiate("offer", &sdp)
+    }
+
+    /// An `m.call.negotiate` event to the caller.
+    fn negotiate(&self, kind: &str, sdp: &str) -> Action {
         let s = &self.setup;
         Action::Send {
             event_type: "m.call.negotiate",
@@ -875,7 +870,7 @@ impl Call {
                 "party_id": s.our_party,
                 "version": "1",
                 "lifetime": s.recovery.answer_timeout.as_millis() as u64,
-                "description": {"type": "offer", "sdp": sdp},
+                "description": {"type": kind, "sdp": sdp},
             }),
         }
     }

@@ -54,7 +54,6 @@ def _counting_route(self, packet):
 
 RtpRouter.route_rtp = _counting_route
 RELAY = MediaRelay()
-SINKS = {}
 
 
 class Tone(AudioStreamTrack):
@@ -98,13 +97,33 @@ def first_candidate_only(sdp):
     return "\r\n".join(out) + "\r\n"
 
 
+def one_host_candidate(lines):
+    """The one host candidate FreeSWITCH sends: the loopback one when there is one."""
+    hosts = [l for l in lines if l.startswith("a=candidate:") and " udp " in l and " typ host" in l]
+    return next((l for l in hosts if " 127.0.0.1 " in l), hosts[0] if hosts else None)
+
+
+def sending_peer(key, certificates=None):
+    """A peer that sends a tone and swallows what it receives (a caller, or a re-offer)."""
+    pc = RTCPeerConnection()
+    if certificates is not None:
+        pc._RTCPeerConnection__certificates = certificates
+    PCS[key] = pc
+    sink = MediaBlackhole()
+    pc.addTrack(Tone())
+
+    @pc.on("track")
+    def on_track(track):
+        sink.addTrack(track)
+        asyncio.ensure_future(sink.start())
+
+    return pc
+
+
 def freeswitch_like(answer, offer):
     lines = [l for l in answer.splitlines() if l]
     te = re.search(r"a=rtpmap:(\d+) telephone-event/48000", offer)
-    out, cand = [], None
-    hosts = [l for l in lines if l.startswith("a=candidate:") and " udp " in l and " typ host" in l]
-    # One host candidate, as FreeSWITCH sends: the loopback one when there is one.
-    cand = next((l for l in hosts if " 127.0.0.1 " in l), hosts[0] if hosts else None)
+    out, cand = [], one_host_candidate(lines)
     for l in lines:
         if l.startswith("a=mid:") or l.startswith("a=group:BUNDLE"):
             continue
@@ -134,8 +153,6 @@ async def handle(msg):
     if cmd == "answer":
         pc = RTCPeerConnection()
         PCS[key] = pc
-        sink = MediaBlackhole()
-        SINKS[key] = sink
 
         @pc.on("track")
         def on_track(track):
@@ -146,17 +163,7 @@ async def handle(msg):
         await pc.setLocalDescription(answer)
         return {"answer": freeswitch_like(pc.localDescription.sdp, msg["offer"])}
     if cmd == "offer":
-        pc = RTCPeerConnection()
-        PCS[key] = pc
-        sink = MediaBlackhole()
-        SINKS[key] = sink
-        pc.addTrack(Tone())
-
-        @pc.on("track")
-        def on_track(track):
-            sink.addTrack(track)
-            asyncio.ensure_future(sink.start())
-
+        pc = sending_peer(key)
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         sdp = pc.localDescription.sdp
@@ -177,31 +184,21 @@ async def handle(msg):
         return {"offer": sdp, "candidates": cands}
     if cmd == "reoffer":
         old = PCS.pop(key, None)
-        pc = RTCPeerConnection()
+        # One certificate for the switch's lifetime, as FreeSWITCH keeps it.
+        certs = old._RTCPeerConnection__certificates if old is not None else None
         if old is not None:
-            # One certificate for the switch's lifetime, as FreeSWITCH keeps it.
-            pc._RTCPeerConnection__certificates = old._RTCPeerConnection__certificates
             await old.close()
-        PCS[key] = pc
-        sink = MediaBlackhole()
-        SINKS[key] = sink
-        pc.addTrack(Tone())
-
-        @pc.on("track")
-        def on_track(track):
-            sink.addTrack(track)
-            asyncio.ensure_future(sink.start())
-
+        pc = sending_peer(key, certs)
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         lines = [l for l in pc.localDescription.sdp.splitlines() if l]
-        out, hosts = [], [l for l in lines if l.startswith("a=candidate:") and " udp " in l and " typ host" in l]
+        out = []
         for l in lines:
             # FreeSWITCH's attach offer has no a=mid, no BUNDLE and no header extensions.
             if l.startswith(("a=mid:", "a=group:BUNDLE", "a=candidate:", "a=end-of-candidates", "a=extmap:")):
                 continue
             out.append(l)
-        out += hosts[:1] + ["a=end-of-candidates"]
+        out += [c for c in [one_host_candidate(lines)] if c] + ["a=end-of-candidates"]
         return {"offer": "\r\n".join(out) + "\r\n"}
     if cmd == "apply_answer":
         await PCS[key].setRemoteDescription(RTCSessionDescription(msg["answer"], "answer"))
