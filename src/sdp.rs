@@ -107,6 +107,28 @@ pub fn classify(candidate: &str) -> Result<(), Unusable> {
     }
 }
 
+/// True when an SDP already holds every candidate its sender will gather.
+///
+/// Either the sender says so (`a=end-of-candidates`), or it does not announce trickle ICE
+/// *and* already carries a usable candidate. An offer with neither candidates nor the trickle
+/// option is not complete: aiortc and other non-browser stacks send exactly that and then
+/// trickle their candidates in `m.call.candidates`, which the Matrix spec allows any client.
+pub fn is_complete(sdp: &str) -> bool {
+    let mut marked = false;
+    let mut trickle = false;
+    let mut usable = false;
+    for line in sdp.lines().map(str::trim) {
+        if line == "a=end-of-candidates" {
+            marked = true;
+        } else if let Some(opts) = line.strip_prefix("a=ice-options:") {
+            trickle |= opts.split_ascii_whitespace().any(|o| o == "trickle");
+        } else if let Some(value) = line.strip_prefix("a=") {
+            usable |= value.starts_with("candidate:") && classify(value).is_ok();
+        }
+    }
+    marked || (!trickle && usable)
+}
+
 /// Returns the part after `candidate:` (with or without a leading `a=`).
 fn strip_candidate_prefix(s: &str) -> Option<&str> {
     let s = s.trim();
@@ -423,6 +445,27 @@ mod tests {
         sdp.lines()
             .filter(|l| l.starts_with("a=candidate"))
             .collect()
+    }
+
+    #[test]
+    fn completeness_of_offers() {
+        let host = "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n";
+        let mdns = "a=candidate:1 1 udp 2130706431 x.local 5000 typ host\r\n";
+        let base = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        let cases: &[(&str, String, bool)] = &[
+            ("aiortc: no trickle option, no candidates", base.to_owned(), false),
+            ("trickle option, no candidates", format!("{base}a=ice-options:trickle\r\n"), false),
+            ("trickle option with a candidate", format!("{base}a=ice-options:trickle\r\n{host}"), false),
+            ("no trickle option, a usable candidate", format!("{base}{host}"), true),
+            ("no trickle option, only mDNS", format!("{base}{mdns}"), false),
+            ("marked", format!("{base}a=ice-options:trickle\r\n{host}a=end-of-candidates\r\n"), true),
+            ("marked without candidates", format!("{base}a=end-of-candidates\r\n"), true),
+            ("trickle among other options", format!("{base}a=ice-options:ice2 trickle\r\n{host}"), false),
+            ("real Chromium offer", OFFER.to_owned(), false),
+        ];
+        for (name, sdp, want) in cases {
+            assert_eq!(is_complete(sdp), *want, "{name}");
+        }
     }
 
     #[test]

@@ -240,6 +240,42 @@ async fn wss_with_custom_ca_file_and_verification() {
     let _ = std::fs::remove_file(ca);
 }
 
+/// FreeSWITCH's usual wss certificate is self-signed and marked as a CA (`openssl req -x509`);
+/// WebPKI refuses such a certificate as the server's own. Named in `ca_file`, it is pinned:
+/// accepted when the server presents exactly it, with verification on.
+#[tokio::test]
+async fn wss_with_pinned_ca_flagged_self_signed_certificate() {
+    support::init_logs();
+    let (fake, pem) = FakeVerto::start_tls_with(VERTO_PASSWORD, true).await;
+    let pin = std::env::temp_dir().join(format!("vertobot-pin-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&pin, pem).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let cfg = tls_cfg(&fake.url, Some(&pin));
+    assert!(!cfg.tls_insecure_skip_verify);
+    let (h, _t) = verto::spawn(&cfg, "s4".into(), tx, cancel.clone()).unwrap();
+    next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
+    assert_eq!(
+        h.request("verto.ping", json!({})).await.unwrap()["message"],
+        "PONG"
+    );
+    cancel.cancel();
+
+    // Another certificate with the same name is still refused.
+    let (other, other_pem) = FakeVerto::start_tls_with(VERTO_PASSWORD, true).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (_h, _t) = verto::spawn(&tls_cfg(&other.url, Some(&pin)), "s5".into(), tx, cancel.clone()).unwrap();
+    other
+        .wait_until("the unpinned certificate to be refused", T, |f| f.tls_failures() > 0)
+        .await;
+    assert_eq!(other.logins(), 0);
+    assert!(rx.try_recv().is_err(), "no Connected event");
+    assert_ne!(other_pem, std::fs::read_to_string(&pin).unwrap());
+    cancel.cancel();
+    let _ = std::fs::remove_file(pin);
+}
+
 /// `tls_insecure_skip_verify` is an explicit opt-out: it connects to an untrusted certificate.
 #[tokio::test]
 async fn insecure_option_skips_verification() {

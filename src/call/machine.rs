@@ -360,10 +360,7 @@ impl Call {
         if self.setup.offer.len() > self.setup.max_sdp_bytes {
             return self.fail("unknown_error", "the offer SDP is too large");
         }
-        // A complete offer (all candidates inside, marked, or no trickle at all) needs no wait.
-        let complete = self.setup.offer.contains("a=end-of-candidates")
-            || !self.setup.offer.contains("a=ice-options:trickle");
-        if complete {
+        if sdp::is_complete(&self.setup.offer) {
             debug!("offer is complete; dialling without waiting for candidates");
             return self.flush(now);
         }
@@ -892,8 +889,7 @@ impl Call {
             debug!("second negotiate answer ignored");
             return Vec::new();
         }
-        let complete = answer.contains("a=end-of-candidates")
-            || (!answer.contains("a=ice-options:trickle") && answer.contains("a=candidate:"));
+        let complete = sdp::is_complete(&answer);
         r.answer = Some(answer);
         if complete {
             return self.reneg_attach();
@@ -1428,6 +1424,23 @@ mod tests {
             sent_types(&c.handle(Input::Shutdown, now)),
             ["bye", "m.call.hangup"]
         );
+    }
+
+    #[test]
+    fn offer_without_trickle_option_or_candidates_waits_for_trickled_ones() {
+        // aiortc's offer: no a=ice-options:trickle, no candidates; they follow in events.
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.offer = OFFER.replace("a=ice-options:trickle\r\n", "");
+        assert!(!s.offer.contains("a=candidate"));
+        let mut c = Call::new(s);
+        assert!(c.start(now).is_empty(), "dialled with no candidates");
+        c.handle(cands(vec![udp(1)]), now);
+        let a = c.handle(cands(vec![end()]), now);
+        let [Action::Dial { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(sdp.matches("a=candidate").count(), 1);
     }
 
     #[test]

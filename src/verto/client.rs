@@ -202,38 +202,92 @@ pub fn spawn(
     Ok((VertoHandle { tx, timeout }, task))
 }
 
+/// Verifies FreeSWITCH's certificate against the system roots plus `ca_file`.
+///
+/// A certificate in `ca_file` that the server presents *as is* is also accepted (pinning).
+/// FreeSWITCH's wss listener usually runs on a self-signed certificate made by
+/// `openssl req -x509`, which is marked as a CA, and WebPKI refuses a CA certificate as the
+/// server's own (`CaUsedAsEndEntity`). An exact match of the configured bytes, with the
+/// handshake signed by its key, is at least as strong as a chain to it.
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, VertoError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
     }
+    let mut pinned = Vec::new();
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
-        let mut n = 0;
+        let bad = |e: &dyn std::fmt::Display| VertoError::Transport(format!("ca_file {}: {e}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(&e))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert
-                .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| VertoError::Transport(format!("ca_file {}: {e}", path.display())))?;
-            n += 1;
+            let cert = cert.map_err(|e| bad(&e))?;
+            // A CA-flagged self-signed certificate is still a valid anchor for its own chain.
+            roots.add(cert.clone()).map_err(|e| bad(&e))?;
+            pinned.push(cert);
         }
-        if n == 0 {
-            return Err(VertoError::Transport(format!(
-                "ca_file {}: no PEM certificate in it",
-                path.display()
-            )));
+        if pinned.is_empty() {
+            return Err(bad(&"no PEM certificate in it"));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| VertoError::Transport(format!("TLS roots: {e}")))?;
+    let verifier = PinnedOrWebPki { webpki, pinned, provider: provider.clone() };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| VertoError::Transport(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+/// WebPKI verification, except that a server certificate equal to one of `pinned` passes.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            debug!("FreeSWITCH presented the pinned certificate from ca_file");
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A client config that accepts any server certificate (signatures are still checked, so

@@ -96,11 +96,21 @@ impl FakeVerto {
     /// The same over `wss://` with a fresh self-signed certificate for 127.0.0.1; returns the
     /// certificate's PEM, to be used as the client's CA file.
     pub async fn start_tls(password: &str) -> (Self, String) {
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-        ])
-        .expect("self-signed certificate");
+        Self::start_tls_with(password, false).await
+    }
+
+    /// Like [`start_tls`](Self::start_tls), with a self-signed certificate that is marked as a
+    /// CA when `ca_flagged`, as `openssl req -x509` and FreeSWITCH's own generator make them.
+    pub async fn start_tls_with(password: &str, ca_flagged: bool) -> (Self, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("certificate parameters");
+        if ca_flagged {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let signing_key = rcgen::KeyPair::generate().expect("key pair");
+        let cert = params.self_signed(&signing_key).expect("self-signed certificate");
+        let ck = rcgen::CertifiedKey { cert, signing_key };
         let pem = ck.cert.pem();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
