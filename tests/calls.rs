@@ -1,5 +1,10 @@
-//! End-to-end call flows: a test caller on a real Synapse calls the bot, which dials the fake
-//! FreeSWITCH. Each test checks what both sides see.
+//! End-to-end call flows: a test caller on a real Synapse calls the bot, which dials the real
+//! FreeSWITCH of the test run (through a recording tap). Each test checks what both sides see;
+//! the switch's side is read over its event socket.
+//!
+//! The caller's SDP here is the captured Chromium offer with its captured candidates (one
+//! on 127.0.0.1, which FreeSWITCH's candidate ACL accepts): the signalling is real, the media
+//! is not (tests/media.rs carries audio).
 
 mod support;
 
@@ -61,9 +66,11 @@ async fn answered_call_with_trickled_candidates_and_marker() {
         "{asdp}"
     );
     assert!(
-        asdp.contains("a=candidate:9101603196"),
-        "FreeSWITCH's candidate is kept"
+        asdp.lines().any(|l| l.starts_with("a=candidate:") && l.contains(" 127.0.0.1 ")),
+        "FreeSWITCH's candidate is kept: {asdp}"
     );
+    let switch = Switch::shared();
+    switch.wait_channel(&verto_id, true, T).await;
     // The end-of-candidates marker follows.
     let cands = caller
         .wait_call_event(&room, "m.call.candidates", &cid, T)
@@ -72,6 +79,7 @@ async fn answered_call_with_trickled_candidates_and_marker() {
 
     hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    switch.wait_channel(&verto_id, false, T).await;
     caller.catch_up().await;
     assert_eq!(
         caller.seen_call_events("m.call.answer", &cid).len(),
@@ -81,11 +89,16 @@ async fn answered_call_with_trickled_candidates_and_marker() {
     bot.stop().await;
 }
 
-/// No end-of-candidates marker: the bot dials after `candidate_wait_ms` with what it has.
+/// No end-of-candidates marker: the bot dials after `candidate_wait_ms` with what it has,
+/// and not before (a bridge that dials at once would lose candidates that are still coming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candidates_without_marker_dial_after_the_wait() {
-    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let opts = BotOpts::default();
+    let wait = Duration::from_millis(opts.candidate_wait_ms);
+    let (fake, bot, mut caller, room) = setup(opts).await;
     let cid = call_id();
+    // The bot cannot see the invite before it is sent, so it cannot dial before this + wait.
+    let sent = std::time::Instant::now();
     caller
         .send(&room, "m.call.invite", invite_v1(&cid, OFFER, 60000))
         .await;
@@ -93,6 +106,7 @@ async fn candidates_without_marker_dial_after_the_wait() {
         caller.send(&room, "m.call.candidates", ev).await;
     }
     let (_, invite) = wait_dialled(&fake, &cid).await;
+    assert!(sent.elapsed() >= wait, "dialled {:?} after the invite", sent.elapsed());
     let sdp = invite["params"]["sdp"].as_str().unwrap();
     assert_eq!(sdp.matches("a=candidate:").count(), 4, "{sdp}");
     caller
@@ -112,7 +126,7 @@ async fn version_0_call() {
         .await;
     assert_eq!(answer["content"]["version"], 0);
     assert!(answer["content"].get("party_id").is_none());
-    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
     let hangup = caller
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
@@ -160,9 +174,9 @@ async fn early_media_then_answer_without_sdp() {
     assert!(answer["content"]["answer"]["sdp"]
         .as_str()
         .unwrap()
-        .contains("a=candidate:9101603196"));
+        .contains("a=candidate:"));
     // FreeSWITCH hangs up after the answer: a hangup, not a reject.
-    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
     let hangup = caller
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
@@ -254,8 +268,10 @@ async fn caller_hangup_during_coalescing_sends_nothing() {
 /// The caller hangs up while FreeSWITCH is ringing: verto.bye ORIGINATOR_CANCEL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_hangup_while_ringing_cancels() {
+    // Extension 1001 bridges to the verto user 1001, who lets it ring.
+    let _ringer = Ringer::start(&Switch::shared()).await;
     let (fake, bot, mut caller, room) = setup(BotOpts {
-        destination: "ring".into(),
+        destination: "1001".into(),
         ..Default::default()
     })
     .await;
@@ -276,8 +292,9 @@ async fn caller_hangup_while_ringing_cancels() {
 /// Two calls in two rooms at the same time, each with its own verto leg.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_calls_in_two_rooms_at_once() {
+    let _ringer = Ringer::start(&Switch::shared()).await;
     let (fake, bot, mut alice, room_a) = setup(BotOpts {
-        destination: "ring".into(),
+        destination: "1001".into(),
         ..Default::default()
     })
     .await;
@@ -300,8 +317,8 @@ async fn two_calls_in_two_rooms_at_once() {
     let (vb, _) = wait_dialled(&fake, &cb).await;
     assert_ne!(va, vb);
     // Both are live at once: FreeSWITCH ends them in the opposite order.
-    fake.hangup(&vb, 17, "USER_BUSY");
-    fake.hangup(&va, 19, "NO_ANSWER");
+    fake.hangup(&vb, 17, "USER_BUSY").await;
+    fake.hangup(&va, 19, "NO_ANSWER").await;
     let rb = bob.wait_call_event(&room_b, "m.call.reject", &cb, T).await;
     let ra = alice
         .wait_call_event(&room_a, "m.call.reject", &ca, T)
@@ -430,44 +447,5 @@ async fn candidates_before_the_invite_are_kept() {
     caller
         .wait_call_event(&room, "m.call.answer", &cid, T)
         .await;
-    bot.stop().await;
-}
-
-/// The caller puts the call on hold (an `m.call.negotiate` offer, as Element does): it goes to
-/// FreeSWITCH as `verto.modify updateMedia`, and FreeSWITCH's answer comes back as a negotiate
-/// answer the browser accepts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_hold_renegotiates_through_verto_modify() {
-    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = place_call(&caller, &room).await;
-    let (verto_id, _) = wait_dialled(&fake, &cid).await;
-    caller
-        .wait_call_event(&room, "m.call.answer", &cid, T)
-        .await;
-    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
-    caller
-        .send(&room, "m.call.negotiate", json!({"call_id": cid, "party_id": "CXRJGXZIQO", "version": "1", "lifetime": 10000, "description": {"type": "offer", "sdp": hold}}))
-        .await;
-    let id = verto_id.clone();
-    let m = fake
-        .wait_for("verto.modify updateMedia", T, move |f| {
-            f.msg["method"] == "verto.modify"
-                && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
-        })
-        .await;
-    assert_eq!(m.msg["params"]["action"], "updateMedia");
-    let sdp = m.msg["params"]["sdp"].as_str().unwrap();
-    assert!(
-        sdp.contains("a=sendonly") && sdp.matches("a=candidate:").count() == 4,
-        "{sdp}"
-    );
-    let n = caller
-        .wait_call_event(&room, "m.call.negotiate", &cid, T)
-        .await;
-    assert_eq!(n["content"]["description"]["type"], "answer");
-    assert!(n["content"]["description"]["sdp"]
-        .as_str()
-        .unwrap()
-        .contains("a=mid:0\r\n"));
     bot.stop().await;
 }

@@ -1,5 +1,5 @@
 //! DTMF in both directions, routes and caller ids, `!dial`, notices, limits and access
-//! (real Synapse, fake FreeSWITCH).
+//! (real Synapse, the real FreeSWITCH behind a recording tap; the fake only where noted).
 
 mod support;
 
@@ -58,6 +58,8 @@ async fn keypad_capability_and_telephone_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_dtmf() {
     let opts = BotOpts {
+        // Extension 5000 collects the digits it receives in the channel variable dtmf_received.
+        destination: "5000".into(),
         extra: "dtmf:\n  max_digits: 8\n".into(),
         ..Default::default()
     };
@@ -73,6 +75,12 @@ async fn typed_dtmf() {
 
     let cmd = say(&caller, &room, "!dtmf 12ab#").await;
     wait_dtmf(&fake, &verto_id, "12AB#").await;
+    let switch = Switch::shared();
+    switch
+        .wait_until("the collector to hold 12AB#", T, || async {
+            switch.getvar(&verto_id, "dtmf_received").await.as_deref() == Some("12AB#")
+        })
+        .await;
     let c = cmd.clone();
     let reaction = caller
         .wait_for("a ✅ reaction", T, move |s| {
@@ -103,7 +111,7 @@ async fn typed_dtmf() {
 /// changes the destination and the caller id; the default applies otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_digits_on_answer() {
-    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let fake = FakeVerto::tap(&Switch::shared()).await;
     let mut caller = TestUser::new("caller").await;
     caller.set_display_name("Ada \"Countess\" Lovelace").await;
     let alias_local = support::synapse::unique("conf");
@@ -168,6 +176,8 @@ async fn far_end_digits_reported() {
         extra: "dtmf:\n  report_far_end: true\n  burst_ms: 300\n".into(),
         ..Default::default()
     };
+    // The fake: far-end digits on demand (scripted FSevent.dtmf frames as in
+    // fs_events_dtmf_bridged.jsonl).
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     fake.set_fs_events(true);
     let bot = Bot::start(&fake, opts).await;
@@ -210,7 +220,9 @@ async fn refused_event_subscription_leaves_calls_working() {
         extra: "dtmf:\n  report_far_end: true\n".into(),
         ..Default::default()
     };
-    let (fake, bot, mut caller, room) = setup(opts).await;
+    // The fake: the test switch grants the subscription; the fake refuses it, as a switch
+    // without enable-fs-events does (fs_events_subscribe_disabled.jsonl).
+    let (fake, bot, mut caller, room) = setup_fake(opts).await;
     let f = fake
         .wait_for("verto.subscribe", T, |f| {
             f.msg["method"] == "verto.subscribe"
@@ -296,8 +308,9 @@ async fn failure_notice() {
 /// 10: per-user and total limits reject with a reason; the maximum call length hangs up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits() {
+    let _ringer = Ringer::start(&Switch::shared()).await;
     let opts = BotOpts {
-        destination: "ring".into(),
+        destination: "1001".into(),
         calls_extra: "  max_calls_per_user: 1\n  max_calls: 2".into(),
         ..Default::default()
     };
@@ -354,7 +367,7 @@ async fn maximum_call_length() {
 /// Access: invites from users not on `access.allow` are declined; allowed users get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_allow_list() {
-    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let fake = FakeVerto::tap(&Switch::shared()).await;
     let mut friend = TestUser::new("friend").await;
     let opts = BotOpts {
         extra: format!("access:\n  allow: [\"{}\"]\n", friend.user_id),

@@ -27,7 +27,7 @@ async fn homeserver_down_and_back_mid_call() {
 
     hs.stop().await;
     // FreeSWITCH hangs up while the homeserver is down: the hangup must still arrive.
-    fake.hangup(&verto_id, 16, "NORMAL_CLEARING");
+    fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
     hs.run().await;
 
     let h = caller

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of vertobot: unit tests, and integration tests against a real Synapse
-# homeserver and the in-repo fake FreeSWITCH (tests/support/fake_verto.rs).
+# homeserver and a real FreeSWITCH 1.10.12 (plus, for what the real switch will not do on
+# demand, the in-repo fake verto peer, tests/support/fake_verto.rs).
 #
-# On first use it installs Synapse from PyPI into ./.venv. Each run generates a throwaway
-# Synapse config under ./.test-run/, starts Synapse on 127.0.0.1 on a free port, runs
-# `cargo test`, and stops Synapse again by its process id.
+# On first use it installs Synapse from PyPI into ./.venv, and builds FreeSWITCH from the pinned
+# sources with the container's own recipe (docker/freeswitch/build.sh) into a cache outside the
+# checkout (~/.cache/vertobot; about 5 minutes on 2 cores, once). Each run generates throwaway
+# configurations under ./.test-run/, starts Synapse and FreeSWITCH on free ports of 127.0.0.1,
+# runs `cargo test`, and stops both again by their process ids.
 #
 # Environment: SYNAPSE_VERSION (pinned default below), VERTOBOT_VENV (venv path),
+# VERTOBOT_FREESWITCH (a ready freeswitch binary instead of the cached build),
+# VERTOBOT_FREESWITCH_SRC (the pinned sources, default ../shared/freeswitch/src),
 # VERTOBOT_SKIP_LINT=1 skips fmt/clippy (for quick local runs). Extra arguments are passed
 # to `cargo test` (e.g. `tests/run.sh --test calls busy`).
 set -euo pipefail
@@ -50,10 +55,15 @@ if [ ! -d tests/media/js/node_modules ] || [ tests/media/js/package-lock.json -n
   (cd tests/media/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# A real FreeSWITCH: reuse the cached build, or build it now. No FreeSWITCH, no test run.
+FS_BIN=$(tests/support/freeswitch.sh ensure) || { log "no FreeSWITCH could be built or found (see above)"; exit 1; }
+
 mkdir -p "$ROOT/.test-run"
 # Keep the last few runs' Synapse logs for debugging, drop older ones.
 # (ls fails on a fresh clone, where there is none yet.)
-{ ls -1dt "$ROOT"/.test-run/synapse.* "$ROOT"/.test-run/own-synapse.* 2>/dev/null || true; } | tail -n +6 | xargs -r rm -rf
+for kind in synapse own-synapse freeswitch own-freeswitch; do
+  { ls -1dt "$ROOT"/.test-run/$kind.* 2>/dev/null || true; } | tail -n +6 | xargs -r rm -rf
+done
 RUN=$(mktemp -d "$ROOT/.test-run/synapse.XXXXXX")
 PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')
@@ -69,9 +79,26 @@ stop_synapse() {
     wait "$SYNAPSE_PID" 2>/dev/null || true
   fi
 }
-trap stop_synapse EXIT
+FS_PID=""
+stop_servers() {
+  stop_synapse
+  if [ -n "$FS_PID" ] && kill -0 "$FS_PID" 2>/dev/null; then
+    kill "$FS_PID" 2>/dev/null || true
+    wait "$FS_PID" 2>/dev/null || true
+  fi
+}
+trap stop_servers EXIT
 tests/support/synapse.sh wait "$PORT" "$SYNAPSE_PID"
 log "Synapse is up"
+
+FS_RUN=$(mktemp -d "$ROOT/.test-run/freeswitch.XXXXXX")
+tests/support/freeswitch.sh init "$FS_RUN" >/dev/null
+log "starting FreeSWITCH $FS_BIN (run directory $FS_RUN)"
+tests/support/freeswitch.sh run "$FS_BIN" "$FS_RUN" &
+FS_PID=$!
+tests/support/freeswitch.sh wait "$FS_RUN" "$FS_PID"
+log "FreeSWITCH is up"
+export VERTOBOT_TEST_FS_RUN="$FS_RUN" VERTOBOT_TEST_FS_BIN="$FS_BIN"
 
 if [ $# -eq 0 ]; then
   log "packaging checks (docker/)"

@@ -71,10 +71,14 @@ struct Inner {
     tls_failures: usize,
     /// `enable-fs-events` and the channel permission: whether `verto.subscribe` succeeds.
     fs_events: bool,
-    /// A real WebRTC answerer for destination 9196, instead of the canned SDP.
-    media: Option<std::sync::Arc<super::media::MediaPeer>>,
     /// Connections subscribed to `FSevent.dtmf`.
     dtmf_subscribers: Vec<usize>,
+    /// Tap mode: the real FreeSWITCH every connection is forwarded to.
+    upstream: Option<String>,
+    /// Tap mode: the switch's event-socket port, through which `hangup` acts.
+    esl_port: Option<u16>,
+    /// Tap mode: frames the real FreeSWITCH sent, in order.
+    server_frames: Vec<Frame>,
 }
 
 /// The running fake.
@@ -125,6 +129,107 @@ impl FakeVerto {
         (Self::start_inner(password, Some(acceptor)).await, pem)
     }
 
+    /// Not a fake: a recording proxy in front of a real FreeSWITCH at `upstream` (`ws://`).
+    ///
+    /// Every connection is forwarded frame by frame; frames from the bot are recorded as in
+    /// the fake (so `wait_for`, `invites` and friends work), frames from FreeSWITCH in
+    /// [`server_frames`](Self::server_frames). [`drop_connections`](Self::drop_connections)
+    /// cuts both TCP connections, which is a verto socket drop as both sides see it.
+    pub async fn tap(switch: &super::switch::Switch) -> Self {
+        let t = Self::start_inner("", None).await;
+        let mut i = t.inner.lock().unwrap();
+        i.upstream = Some(switch.ws_url.clone());
+        i.esl_port = Some(switch.esl_port());
+        drop(i);
+        t
+    }
+
+    /// Tap mode: the frames FreeSWITCH sent so far.
+    pub fn server_frames(&self) -> Vec<Frame> {
+        self.inner.lock().unwrap().server_frames.clone()
+    }
+
+    /// Tap mode: waits for a frame from FreeSWITCH matching `pred`.
+    pub async fn wait_server(&self, what: &str, timeout: Duration, pred: impl Fn(&Frame) -> bool) -> Frame {
+        let mut rx = self.count.subscribe();
+        let fut = async {
+            loop {
+                if let Some(f) = self.server_frames().into_iter().find(|f| pred(f)) {
+                    return f;
+                }
+                if rx.changed().await.is_err() {
+                    panic!("tap stopped");
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(f) => f,
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for {what} from FreeSWITCH; its frames: {:#?}",
+                self.server_frames().iter().map(|f| summary(&f.msg)).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    async fn proxy<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>, upstream: String)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok((up, _)) = tokio_tungstenite::connect_async(upstream.as_str()).await else {
+            // FreeSWITCH down: the bot sees its connection closed, much as it would.
+            self.inner.lock().unwrap().refused += 1;
+            self.count.send_modify(|c| *c += 1);
+            return;
+        };
+        let (mut up_sink, mut up_stream) = up.split();
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let conn = {
+            let mut i = self.inner.lock().unwrap();
+            i.next_conn += 1;
+            let c = i.next_conn;
+            i.conns.insert(c, tx.clone());
+            c
+        };
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let close = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || close {
+                    break;
+                }
+            }
+        });
+        let me = self.clone();
+        let down = tokio::spawn(async move {
+            while let Some(Ok(m)) = up_stream.next().await {
+                if let Message::Text(t) = &m {
+                    let msg = serde_json::from_str(t).unwrap_or(Value::String(t.to_string()));
+                    me.inner.lock().unwrap().server_frames.push(Frame { conn, msg });
+                    me.count.send_modify(|c| *c += 1);
+                }
+                if matches!(m, Message::Close(_)) || tx.send(m).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(Message::Close(None));
+        });
+        while let Some(Ok(m)) = stream.next().await {
+            if let Message::Text(t) = &m {
+                let msg = serde_json::from_str(t).unwrap_or(Value::String(t.to_string()));
+                self.inner.lock().unwrap().frames.push(Frame { conn, msg });
+                self.count.send_modify(|c| *c += 1);
+            }
+            let close = matches!(m, Message::Close(_));
+            if up_sink.send(m).await.is_err() || close {
+                break;
+            }
+        }
+        down.abort();
+        writer.abort();
+        self.inner.lock().unwrap().conns.remove(&conn);
+        self.count.send_modify(|c| *c += 1);
+    }
+
     async fn start_inner(password: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -157,8 +262,11 @@ impl FakeVerto {
                 tokio::spawn(async move {
                     match tls {
                         None => {
-                            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                                f.serve(ws).await;
+                            let upstream = f.inner.lock().unwrap().upstream.clone();
+                            match (tokio_tungstenite::accept_async(tcp).await, upstream) {
+                                (Ok(ws), Some(up)) => f.proxy(ws, up).await,
+                                (Ok(ws), None) => f.serve(ws).await,
+                                _ => {}
                             }
                         }
                         Some(acceptor) => {
@@ -207,7 +315,21 @@ impl FakeVerto {
     }
 
     /// Sends `verto.bye` for a call, as FreeSWITCH does when the far end hangs up.
-    pub fn hangup(&self, call_id: &str, code: i64, cause: &str) {
+    pub async fn hangup(&self, call_id: &str, code: i64, cause: &str) {
+        let esl = self.inner.lock().unwrap().esl_port;
+        if let Some(port) = esl {
+            // The real switch: kill the channel (its callID is the channel UUID).
+            let reply = super::switch::esl_api(port, &format!("uuid_kill {call_id} {cause}"))
+                .await
+                .expect("ESL uuid_kill");
+            assert!(reply.starts_with("+OK"), "uuid_kill {call_id}: {reply}");
+            return;
+        }
+        self.bye_call(call_id, code, cause);
+    }
+
+    /// The fake's own `verto.bye` for a call it holds.
+    fn bye_call(&self, call_id: &str, code: i64, cause: &str) {
         let call = self.inner.lock().unwrap().calls.remove(call_id);
         let conn = call
             .unwrap_or_else(|| panic!("fake verto: hangup of unknown call {call_id}"))
@@ -260,11 +382,6 @@ impl FakeVerto {
     /// Whether FreeSWITCH still has this call.
     pub fn has_call(&self, call_id: &str) -> bool {
         self.inner.lock().unwrap().calls.contains_key(call_id)
-    }
-
-    /// Answers destination 9196 with a real WebRTC peer (echo), like FreeSWITCH's echo test.
-    pub fn set_media(&self, peer: std::sync::Arc<super::media::MediaPeer>) {
-        self.inner.lock().unwrap().media = Some(peer);
     }
 
     /// Grants (or refuses) `verto.subscribe` to FreeSWITCH event channels.
@@ -520,34 +637,14 @@ impl FakeVerto {
                     }
                     ids
                 };
-                let media = self.inner.lock().unwrap().media.clone();
-                match media {
-                    Some(peer) => {
-                        // A real re-offer from the media peer, then clientReady, in that order.
-                        let fake = self.clone();
-                        tokio::spawn(async move {
-                            for call_id in &reattach {
-                                let sdp = peer.reoffer(call_id).await;
-                                fake.request(conn, "verto.attach", json!({"callID": call_id, "sdp": sdp, "variables": {}, "display_direction": "inbound"}));
-                            }
-                            fake.request(
-                                conn,
-                                "verto.clientReady",
-                                json!({"reattached_sessions": reattach}),
-                            );
-                        });
-                    }
-                    None => {
-                        for call_id in &reattach {
-                            self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
-                        }
-                        self.request(
-                            conn,
-                            "verto.clientReady",
-                            json!({"reattached_sessions": reattach}),
-                        );
-                    }
+                for call_id in &reattach {
+                    self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
                 }
+                self.request(
+                    conn,
+                    "verto.clientReady",
+                    json!({"reattached_sessions": reattach}),
+                );
             }
             return;
         }
@@ -593,29 +690,19 @@ impl FakeVerto {
                     json!({"jsonrpc":"2.0","id":id,"result":{"message":"CALL CREATED","callID":call_id,"sessid":sessid}}),
                 );
                 if !has_usable_candidate(&sdp) {
-                    self.hangup(&call_id, 88, "INCOMPATIBLE_DESTINATION");
+                    self.bye_call(&call_id, 88, "INCOMPATIBLE_DESTINATION");
                     return;
                 }
                 let answer = answer_for(&sdp);
-                let media = self.inner.lock().unwrap().media.clone();
-                match (dest.as_str(), media) {
-                    ("9196", Some(peer)) => {
-                        let fake = self.clone();
-                        tokio::spawn(async move {
-                            let answer = peer.answer(&call_id, &sdp).await;
-                            fake.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {}}));
-                        });
-                    }
-                    (d, _) => match d {
+                match dest.as_str() {
                     "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {"Event-Name": "CHANNEL_DATA"}})),
                     "7000" => {
                         self.request(conn, "verto.media", json!({"callID": call_id, "sdp": answer, "variables": {}}));
                         self.request(conn, "verto.answer", json!({"callID": call_id, "variables": {}}));
                     }
-                    "4860" => self.hangup(&call_id, 17, "USER_BUSY"),
-                    "4040" => self.hangup(&call_id, 3, "NO_ROUTE_DESTINATION"),
+                    "4860" => self.bye_call(&call_id, 17, "USER_BUSY"),
+                    "4040" => self.bye_call(&call_id, 3, "NO_ROUTE_DESTINATION"),
                     _ => {}
-                    },
                 }
             }
             "verto.modify" => {
@@ -671,21 +758,7 @@ impl FakeVerto {
                         json!({"jsonrpc":"2.0","id":id,"error":{"message":"CODEC NEGOTIATION ERROR","code":-32002}}),
                     );
                 } else {
-                    let media = self.inner.lock().unwrap().media.clone();
-                    match media {
-                        Some(peer) => {
-                            let (tx, sdp) =
-                                (tx.clone(), p["sdp"].as_str().unwrap_or("").to_owned());
-                            tokio::spawn(async move {
-                                peer.apply_answer(&call_id, &sdp).await;
-                                let _ = tx.send(Message::text(
-                                    json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}})
-                                        .to_string(),
-                                ));
-                            });
-                        }
-                        None => reply(json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}})),
-                    }
+                    reply(json!({"jsonrpc":"2.0","id":id,"result":{"sessid":sessid}}));
                 }
             }
             "verto.info" => {

@@ -38,11 +38,11 @@ ensure() {
     exit 1
   fi
   log "building FreeSWITCH into $cache (once; about 5 minutes on 2 cores)"
-  "$ROOT/docker/freeswitch/build.sh" deps
+  "$ROOT/docker/freeswitch/build.sh" deps >&2
   rm -rf "$cache"
   mkdir -p "$cache"
   SOURCES=$src WORK=$cache/work LIB_PREFIX=$cache/lib FS_PREFIX=$cache/fs \
-    "$ROOT/docker/freeswitch/build.sh" all
+    "$ROOT/docker/freeswitch/build.sh" all >&2
   rm -rf "$cache/work"
   touch "$cache/complete"
   echo "$bin"

@@ -1,5 +1,5 @@
 //! The aiortc peer (`tests/media/peer.py`) driven over JSON lines: a real WebRTC stack for
-//! the caller side and for the answerer behind the fake FreeSWITCH.
+//! the caller side; the answerer is the real FreeSWITCH.
 
 #![allow(dead_code)]
 
@@ -85,15 +85,6 @@ impl MediaPeer {
         v
     }
 
-    /// FreeSWITCH-like answer for an offer.
-    pub async fn answer(&self, id: &str, offer: &str) -> String {
-        self.call(json!({"cmd": "answer", "id": id, "offer": offer}))
-            .await["answer"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
     /// A caller's offer; with `trickle`, the candidates separately.
     pub async fn offer(&self, id: &str, trickle: bool) -> (String, Vec<Value>) {
         let v = self
@@ -103,14 +94,6 @@ impl MediaPeer {
             v["offer"].as_str().unwrap().to_owned(),
             v["candidates"].as_array().cloned().unwrap_or_default(),
         )
-    }
-
-    /// FreeSWITCH's re-offer of a call after a reconnect (same certificate, new session).
-    pub async fn reoffer(&self, id: &str) -> String {
-        self.call(json!({"cmd": "reoffer", "id": id})).await["offer"]
-            .as_str()
-            .unwrap()
-            .to_owned()
     }
 
     /// Applies the answer the caller got.

@@ -4,6 +4,7 @@
 
 pub mod fake_verto;
 pub mod media;
+pub mod switch;
 pub mod synapse;
 
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 pub use fake_verto::FakeVerto;
+#[allow(unused_imports)]
+pub use switch::{Ringer, Switch};
 pub use synapse::TestUser;
 
 /// A generous bound for anything that crosses Synapse.
@@ -155,9 +158,22 @@ state_dir: "{state}"
     }
 }
 
-/// A fake FreeSWITCH, a bot, and a caller in a 1:1 room with the bot.
+/// The real FreeSWITCH of this run behind a recording tap, a bot, and a caller in a 1:1 room
+/// with the bot.
 pub async fn setup(opts: BotOpts) -> (FakeVerto, Bot, TestUser, String) {
-    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    let tap = FakeVerto::tap(&Switch::shared()).await;
+    setup_with(tap, opts).await
+}
+
+/// The fake verto peer, a bot, and a caller: only for what the real switch will not do on
+/// demand (hostile frames, requests left without reply, scripted far-end events); each caller
+/// says why.
+pub async fn setup_fake(opts: BotOpts) -> (FakeVerto, Bot, TestUser, String) {
+    setup_with(FakeVerto::start(VERTO_PASSWORD).await, opts).await
+}
+
+/// A bot on `fake` (a fake or a tap) and a caller in a 1:1 room with it.
+pub async fn setup_with(fake: FakeVerto, opts: BotOpts) -> (FakeVerto, Bot, TestUser, String) {
     let bot = Bot::start(&fake, opts).await;
     let mut caller = TestUser::new("caller").await;
     let room = caller.create_dm(&bot.user_id).await;

@@ -4,7 +4,7 @@ import { createClient, createNewMatrixCall } from "matrix-js-sdk";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs }) => {
+window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs, holdButtonMs }) => {
   const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
   await client.startClient({ initialSyncLimit: 1 });
   await new Promise((resolve) => {
@@ -62,6 +62,19 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
     }
   }
   await sleep(holdMs);
+  // With holdButtonMs, press the hold button (as Element does: setRemoteOnHold), wait, and
+  // resume; the series below then shows whether audio comes back.
+  const hold = [];
+  if (holdButtonMs) {
+    const onHoldEvents = [];
+    call.on("remote_hold_unhold", (h) => onHoldEvents.push(h));
+    call.setRemoteOnHold(true);
+    await sleep(holdButtonMs);
+    hold.push({ held: call.isRemoteOnHold(), state: call.state });
+    call.setRemoteOnHold(false);
+    await sleep(300);
+    hold.push({ held: call.isRemoteOnHold(), state: call.state, events: onHoldEvents });
+  }
   // With observeMs, sample the audio counters every 500 ms (to see media stop and come back,
   // e.g. across a verto reconnect and renegotiation).
   const series = [];
@@ -101,6 +114,7 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
     packetsSent,
     callId: call.callId,
     series,
+    hold,
     finalState: call.state,
   };
   call.hangup("user_hangup", false);
