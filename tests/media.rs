@@ -306,3 +306,71 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
     assert_eq!(negotiates, 2, "two renegotiation rounds");
     bot.stop().await;
 }
+
+/// Element's hold button (matrix-js-sdk `setRemoteOnHold`) on a Chromium call: the hold offer
+/// goes to FreeSWITCH as `verto.modify updateMedia`, its answers come back as complete
+/// negotiate answers (with `sdp_stream_metadata`), and after the resume audio flows again
+/// without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_hold_and_resume() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        candidate_wait_ms: 2500,
+        ..Default::default()
+    })
+    .await;
+    let opts = json!({
+        "hs": caller.homeserver(), "token": caller.token(), "userId": caller.user_id,
+        "deviceId": caller.device_id, "roomId": room, "holdMs": 1000, "holdButtonMs": 3000,
+        "observeMs": 8000,
+    });
+    let r = run_browser(opts).await;
+    let cid = r["callId"].as_str().unwrap().to_owned();
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    let id = verto_id.clone();
+    let modifies = fake
+        .frames()
+        .into_iter()
+        .filter(|f| f.msg["method"] == "verto.modify" && f.msg["params"]["dialogParams"]["callID"] == id.as_str())
+        .count();
+    assert_eq!(modifies, 2, "hold and resume each reached FreeSWITCH");
+    caller.catch_up().await;
+    for n in caller.seen_call_events("m.call.negotiate", &cid) {
+        if n["sender"] == bot.user_id.as_str() {
+            assert_eq!(n["content"]["description"]["type"], "answer");
+            assert!(n["content"]["sdp_stream_metadata"].is_object(), "complete answer: {n}");
+        }
+    }
+    assert_eq!(r["hold"][0]["held"], true, "{r}");
+    assert_eq!(r["hold"][1]["held"], false, "{r}");
+    let series = r["series"].as_array().unwrap();
+    eprintln!("Chromium audio counters every 500 ms after the resume: {series:?}");
+    let rx: Vec<u64> = series.iter().map(|s| s["rx"].as_u64().unwrap_or(0)).collect();
+    // From 1 s after the resume on, every 500 ms brings new audio: no gap.
+    for w in rx.windows(2).skip(2) {
+        assert!(w[1] > w[0], "audio stalled after the resume: {rx:?}");
+    }
+    bot.stop().await;
+}
+
+/// Runs `tests/media/js/caller.mjs` (matrix-js-sdk in Chromium) and returns its report.
+async fn run_browser(opts: Value) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(opts.to_string())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser caller finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "caller.mjs failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
+    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    r
+}

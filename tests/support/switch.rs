@@ -172,7 +172,7 @@ impl Switch {
         let cmd = serde_json::json!({"command": "mediaStats", "data": {"uuid": uuid}});
         let body = self.api(&format!("json {cmd}")).await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        v["audio"]["in_media_packet_count"].as_u64().unwrap_or(0)
+        v["response"]["audio"]["in_media_packet_count"].as_u64().unwrap_or(0)
     }
 
     /// Waits until the switch has received `more` further audio packets on a channel: proof
