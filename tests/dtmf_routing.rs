@@ -67,11 +67,10 @@ async fn typed_dtmf() {
     say(&caller, &room, "!dtmf 1").await;
     caller.wait_notice(&room, "no call", T).await;
 
-    let cid = place_call(&caller, &room).await;
+    // A real caller: the collector runs only once FreeSWITCH's media is up.
+    let peer = support::media::MediaPeer::start().await;
+    let (cid, _) = place_media_call(&mut caller, &room, &peer).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
-    caller
-        .wait_call_event(&room, "m.call.answer", &cid, T)
-        .await;
 
     let cmd = say(&caller, &room, "!dtmf 12ab#").await;
     wait_dtmf(&fake, &verto_id, "12AB#").await;

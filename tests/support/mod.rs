@@ -193,6 +193,25 @@ pub async fn place_call(caller: &TestUser, room: &str) -> String {
     cid
 }
 
+/// Places a call from a real WebRTC caller (aiortc, its offer as it makes it, candidates
+/// inside), waits for the bot's answer and applies it, so that FreeSWITCH's side has media
+/// (its dialplan applications run only then). Returns the call id and the answer event.
+pub async fn place_media_call(
+    caller: &mut TestUser,
+    room: &str,
+    peer: &media::MediaPeer,
+) -> (String, Value) {
+    let cid = call_id();
+    let (offer, _) = peer.offer(&cid, false).await;
+    caller
+        .send(room, "m.call.invite", invite_v1(&cid, &offer, 60000))
+        .await;
+    let answer = caller.wait_call_event(room, "m.call.answer", &cid, T).await;
+    let sdp = answer["content"]["answer"]["sdp"].as_str().unwrap_or_default();
+    peer.apply_answer(&cid, sdp).await;
+    (cid, answer)
+}
+
 /// Hangs up a call as matrix-js-sdk does (`user_hangup`).
 pub async fn hang_up(caller: &TestUser, room: &str, call_id: &str) {
     caller
