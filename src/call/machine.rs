@@ -371,6 +371,8 @@ impl Call {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match self.state {
             State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+            // Already ended towards Matrix: only the invite reply is awaited, no timer.
+            State::Dialling if self.cancel_after_dial.is_some() => None,
             State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
             State::Answered => None,
             State::Detached => self.detach_due,
@@ -436,22 +438,23 @@ impl Call {
                 );
                 self.flush(now)
             }
-            State::Dialling | State::Ringing | State::EarlyMedia
-                if now >= self.setup.expires_at =>
-            {
-                let mut out = Vec::new();
-                if self.state == State::Dialling {
-                    self.cancel_after_dial = Some("NO_ANSWER");
-                } else {
-                    out.push(Action::Bye { cause: "NO_ANSWER" });
-                }
+            State::Dialling if self.cancel_after_dial.is_some() => Vec::new(),
+            State::Dialling if now >= self.setup.expires_at => {
+                // The channel FreeSWITCH may be creating is hung up once the invite reply says
+                // it exists; until then the machine waits without a timer.
+                self.cancel_after_dial = Some("NO_ANSWER");
+                self.end_matrix(
+                    "invite_timeout",
+                    "nobody answered before the invite expired",
+                )
+            }
+            State::Ringing | State::EarlyMedia if now >= self.setup.expires_at => {
+                let mut out = vec![Action::Bye { cause: "NO_ANSWER" }];
                 out.extend(self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
                 ));
-                if self.state != State::Dialling {
-                    self.state = State::Ended;
-                }
+                self.finish("nobody answered before the invite expired");
                 out
             }
             _ => Vec::new(),
@@ -461,6 +464,9 @@ impl Call {
     /// Feeds one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         use State::*;
+        if let (Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
+            return self.cancel_dial(cause, input);
+        }
         match (self.state, input) {
             (Ended, input) => {
                 debug!(?input, "input for an ended call ignored");
@@ -571,26 +577,18 @@ impl Call {
                 }
             }
 
-            (Dialling, Input::InviteResult(res)) => match (res, self.cancel_after_dial) {
-                (Ok(()), Some(cause)) => {
-                    self.finish("ended while dialling");
-                    vec![Action::Bye { cause }]
-                }
-                (Err(_), Some(_)) => {
-                    self.finish("ended while dialling");
-                    Vec::new()
-                }
-                (Ok(()), None) => {
+            (Dialling, Input::InviteResult(res)) => match res {
+                Ok(()) => {
                     self.state = Ringing;
                     Vec::new()
                 }
-                (Err(f), None) if f.timed_out => {
+                Err(f) if f.timed_out => {
                     warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
                     let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
                     out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
                     out
                 }
-                (Err(f), None) => {
+                Err(f) => {
                     warn!(error = %f.message, "verto.invite failed");
                     let end = match f.cause_code {
                         Some(c) => cause::verto_to_matrix(Some(c), None, false),
@@ -620,11 +618,6 @@ impl Call {
                     out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
                     return out;
                 };
-                if let Some(cause) = self.cancel_after_dial {
-                    // A hangup raced the answer; the invite reply will see the call ended.
-                    self.finish("ended while dialling");
-                    return vec![Action::Bye { cause }];
-                }
                 self.state = Answered;
                 info!("FreeSWITCH answered");
                 self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
@@ -641,10 +634,6 @@ impl Call {
                 let answered = self.answered();
                 let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
                 info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
-                if self.cancel_after_dial.is_some() {
-                    self.finish("ended while dialling");
-                    return Vec::new();
-                }
                 if answered && end.reason == "user_hangup" {
                     // A normal hangup needs no explanation.
                     let mut out = self.flush_far_digits();
@@ -789,6 +778,26 @@ impl Call {
             }
             (state, input) => {
                 warn!(?state, ?input, "input not allowed in this state; ignored");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The call ended (caller hangup, expiry, shutdown, answered elsewhere) while
+    /// `verto.invite` was in flight. Matrix has already been told, so only FreeSWITCH's side is
+    /// left: a channel it created must be hung up, and nothing may go to the caller again.
+    fn cancel_dial(&mut self, cause: &'static str, input: Input) -> Vec<Action> {
+        match input {
+            Input::InviteResult(Ok(())) | Input::Answer { .. } => {
+                self.finish("ended while dialling");
+                vec![Action::Bye { cause }]
+            }
+            Input::InviteResult(Err(_)) | Input::Bye { .. } | Input::VertoDown => {
+                self.finish("ended while dialling");
+                Vec::new()
+            }
+            input => {
+                debug!(?input, "input ignored: the dial is being cancelled");
                 Vec::new()
             }
         }
@@ -1394,6 +1403,26 @@ mod tests {
     }
 
     #[test]
+    fn invite_expiry_while_dialling_rejects_once_then_byes_the_channel() {
+        let (mut c, _) = dialled(Version::V1);
+        let due = c.poll_timeout().unwrap();
+        let a = c.handle_timeout(due);
+        assert_eq!(sent_types(&a), ["m.call.reject"]);
+        assert!(
+            c.poll_timeout().is_none_or(|d| d > due),
+            "the expiry must not fire again"
+        );
+        assert!(c.handle_timeout(due + Duration::from_secs(1)).is_empty());
+        assert!(
+            c.handle(Input::Shutdown, due).is_empty(),
+            "no second reject"
+        );
+        let a = c.handle(Input::InviteResult(Ok(())), due);
+        assert_eq!(a, vec![Action::Bye { cause: "NO_ANSWER" }]);
+        assert!(c.is_ended());
+    }
+
+    #[test]
     fn shutdown_in_each_state() {
         let now = Instant::now();
         let mut c = Call::new(setup(Version::V1, now));
@@ -1840,5 +1869,133 @@ mod tests {
         s.max_sdp_bytes = 100;
         let mut c = Call::new(s);
         assert_eq!(sent_types(&c.start(now)), ["m.call.reject"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of a random call: an input, or time passing (after which the due timers
+        /// fire, as the actor does).
+        #[derive(Debug, Clone)]
+        enum Step {
+            Feed(Input),
+            Wait(u64),
+        }
+
+        fn dial_failure() -> impl Strategy<Value = DialFailure> {
+            (
+                prop::option::of(prop_oneof![Just(17i64), Just(88), Just(480)]),
+                any::<bool>(),
+            )
+                .prop_map(|(cause_code, timed_out)| DialFailure {
+                    cause_code,
+                    message: "x".into(),
+                    timed_out,
+                })
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            let party =
+                || prop::option::of(prop_oneof![Just("CALLER".to_owned()), Just("X".to_owned())]);
+            let kind = || prop_oneof![Just("offer".to_owned()), Just("answer".to_owned())];
+            prop_oneof![
+                (
+                    party(),
+                    prop::collection::vec(prop_oneof![(1u8..4).prop_map(udp), Just(end())], 0..3)
+                )
+                    .prop_map(|(party_id, candidates)| Input::Candidates {
+                        party_id,
+                        candidates
+                    }),
+                prop::option::of(Just("user_hangup".to_owned()))
+                    .prop_map(|reason| Input::Hangup { reason }),
+                prop_oneof![Just("BOT".to_owned()), Just("OTHER".to_owned())]
+                    .prop_map(|party_id| Input::SelectAnswer { party_id }),
+                Just(Input::InviteResult(Ok(()))),
+                dial_failure().prop_map(|f| Input::InviteResult(Err(f))),
+                Just(Input::Media {
+                    sdp: FS_ANSWER.into()
+                }),
+                prop::option::of(Just(FS_ANSWER.to_owned())).prop_map(|sdp| Input::Answer { sdp }),
+                (
+                    prop::option::of(prop_oneof![Just(16i64), Just(17)]),
+                    prop::option::of(Just("NORMAL_CLEARING".to_owned()))
+                )
+                    .prop_map(|(cause_code, cause)| Input::Bye { cause_code, cause }),
+                Just(Input::Attach { sdp: ATTACH.into() }),
+                any::<bool>().prop_map(|reattached| Input::VertoReady { reattached }),
+                (
+                    party(),
+                    kind(),
+                    prop_oneof![Just(BROWSER_ANSWER.to_owned()), Just(OFFER.to_owned())]
+                )
+                    .prop_map(|(party_id, kind, sdp)| Input::Negotiate {
+                        party_id,
+                        kind,
+                        sdp
+                    }),
+                prop_oneof![Just(Ok(())), Just(Err("x".to_owned()))].prop_map(Input::AttachResult),
+                prop_oneof![Just(Ok(FS_ANSWER.to_owned())), Just(Err("x".to_owned()))]
+                    .prop_map(Input::ModifyResult),
+                Just(Input::Detach),
+                Just(Input::Dtmf {
+                    digits: "1".into(),
+                    event_id: None
+                }),
+                Just(Input::FarDtmf { digit: "2".into() }),
+                Just(Input::VertoDown),
+                Just(Input::Shutdown),
+            ]
+        }
+
+        fn steps() -> impl Strategy<Value = Vec<Step>> {
+            let step = prop_oneof![
+                3 => input().prop_map(Step::Feed),
+                2 => prop_oneof![0u64..400, 0u64..5_000, 0u64..200_000].prop_map(Step::Wait),
+            ];
+            prop::collection::vec(step, 0..40)
+        }
+
+        fn endings(actions: &[Action]) -> usize {
+            sent_types(actions)
+                .iter()
+                .filter(|t| matches!(**t, "m.call.hangup" | "m.call.reject"))
+                .count()
+        }
+
+        proptest! {
+            /// Timers never repeat a deadline that has been handled (the actor would spin),
+            /// and every call, however its inputs come, ends once the bridge stops and
+            /// FreeSWITCH has replied to the invite (which the verto client guarantees),
+            /// having told the caller at most once.
+            #[test]
+            fn timers_advance_and_every_call_ends_once(v1 in any::<bool>(), notices in any::<bool>(), steps in steps()) {
+                let version = if v1 { Version::V1 } else { Version::V0 };
+                let mut now = Instant::now();
+                let mut s = setup(version, now);
+                s.notices = notices;
+                s.max_duration = Some(Duration::from_secs(600));
+                let mut c = Call::new(s);
+                c.set_digits_on_answer(Some(("1".into(), Duration::from_secs(1))));
+                let mut ended = endings(&c.start(now));
+                let finish = [Step::Feed(Input::Shutdown), Step::Feed(Input::InviteResult(Ok(())))];
+                for step in steps.into_iter().chain(finish) {
+                    match step {
+                        Step::Feed(i) => ended += endings(&c.handle(i, now)),
+                        Step::Wait(ms) => {
+                            now += Duration::from_millis(ms);
+                            while let Some(due) = c.poll_timeout().filter(|d| *d <= now) {
+                                ended += endings(&c.handle_timeout(now));
+                                let next = c.poll_timeout();
+                                prop_assert!(next.is_none_or(|d| d > now), "deadline {due:?} repeats as {next:?} at {now:?}");
+                            }
+                        }
+                    }
+                    prop_assert!(ended <= 1, "{ended} ending events sent");
+                }
+                prop_assert_eq!(c.state(), State::Ended);
+            }
+        }
     }
 }

@@ -217,7 +217,9 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     }
     let mut pinned = Vec::new();
     if let Some(path) = ca_file {
-        let bad = |e: &dyn std::fmt::Display| VertoError::Transport(format!("ca_file {}: {e}", path.display()));
+        let bad = |e: &dyn std::fmt::Display| {
+            VertoError::Transport(format!("ca_file {}: {e}", path.display()))
+        };
         let pem = std::fs::read(path).map_err(|e| bad(&e))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| bad(&e))?;
@@ -230,10 +232,17 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| VertoError::Transport(format!("TLS roots: {e}")))?;
-    let verifier = PinnedOrWebPki { webpki, pinned, provider: provider.clone() };
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| VertoError::Transport(format!("TLS roots: {e}")))?;
+    let verifier = PinnedOrWebPki {
+        webpki,
+        pinned,
+        provider: provider.clone(),
+    };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| VertoError::Transport(e.to_string()))?
@@ -260,7 +269,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             debug!("FreeSWITCH presented the pinned certificate from ca_file");
             return Ok(rustls::client::danger::ServerCertVerified::assertion());
         }
@@ -286,7 +299,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
