@@ -8,9 +8,11 @@
 //! - [`call`]: the per-call state machine and its task; the only translator.
 //! - [`bridge`]: routes events from both sides to the calls.
 //! - [`state`]: what survives a restart.
+//! - [`backoff`]: the retry pacing every layer shares.
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod bridge;
 pub mod call;
 pub mod config;
@@ -64,17 +66,17 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     }
 
     // Matrix login, retried while the homeserver is unreachable.
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let (matrix, session) = loop {
         match matrix::sync::login(&cfg.matrix, &store).await {
             Ok(x) => break x,
             Err(e) if e.is_transient() => {
+                let wait = backoff.next_wait();
                 warn!(error = %e, retry_in = ?wait, "Matrix login failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
-                wait = (wait * 2).min(Duration::from_secs(60));
             }
             Err(e) => return Err(e).context("Matrix login"),
         }

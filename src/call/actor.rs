@@ -17,6 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::machine::{Action, Call, DialFailure, Input};
 use super::route::{Caller, Routed, Router};
 use super::store::{CallStore, Record};
+use crate::backoff::Backoff;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
 use crate::verto::{VertoError, VertoHandle};
@@ -156,7 +157,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Checks that the room is a 1:1 with the caller, and returns the caller's display name.
 async fn admit(ctx: &Ctx) -> Option<String> {
-    let mut wait = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(800));
     for attempt in 1..=4 {
         match ctx.matrix.joined_members(&ctx.room_id).await {
             Ok(members) => {
@@ -184,8 +185,7 @@ async fn admit(ctx: &Ctx) -> Option<String> {
             }
             Err(e) if attempt < 4 && e.is_transient() => {
                 debug!(error = %e, "cannot read room members yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+                tokio::time::sleep(backoff.next_wait()).await;
             }
             Err(e) => {
                 warn!(error = %e, "invite ignored: cannot read the room's members");

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Secret;
 
 /// Errors of the Matrix layer.
@@ -425,15 +426,15 @@ impl MatrixClient {
     ) -> Result<String, MatrixError> {
         let txn = format!("vb{}", uuid::Uuid::new_v4().simple());
         let start = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
         loop {
             match self.send(room_id, event_type, &txn, content).await {
                 Ok(id) => return Ok(id),
                 Err(e) if e.is_transient() && start.elapsed() < give_up_after => {
-                    let wait = e.retry_after().unwrap_or(backoff);
+                    let ours = backoff.next_wait();
+                    let wait = e.retry_after().unwrap_or(ours);
                     warn!(%event_type, error = %e, retry_in = ?wait, "sending event failed; retrying with the same transaction id");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Err(e),
             }

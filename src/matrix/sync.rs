@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use super::client::{MatrixClient, MatrixError, Session};
 use super::events::{parse_event, EventError, TimelineEvent};
+use crate::backoff::Backoff;
 use crate::config::{MatrixConfig, Secret};
 use crate::state::StateStore;
 
@@ -187,7 +188,7 @@ pub async fn run(
     }
     let joining: Arc<Mutex<HashSet<String>>> = Arc::default();
     let timeout = Duration::from_secs(cfg.sync_timeout_secs);
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let first = since.is_none();
         let poll = if first { Duration::ZERO } else { timeout };
@@ -197,7 +198,7 @@ pub async fn run(
         };
         match res {
             Ok(resp) => {
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 let received = Instant::now();
                 for (room, invited) in &resp.rooms.invite {
                     let inviter = invited.inviter(&cfg.user_id).unwrap_or("");
@@ -258,9 +259,9 @@ pub async fn run(
                         }
                     }
                 } else {
-                    let w = e.retry_after().unwrap_or(backoff);
+                    let ours = backoff.next_wait();
+                    let w = e.retry_after().unwrap_or(ours);
                     warn!(error = %e, retry_in = ?w, "sync failed");
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                     w
                 };
                 tokio::select! {
@@ -328,7 +329,7 @@ fn spawn_join(
     let span = tracing::info_span!("join", room_id = %room);
     tokio::spawn(
         async move {
-            let mut wait = Duration::from_secs(1);
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             for attempt in 1..=8 {
                 match client.join(&room).await {
                     Ok(()) => {
@@ -355,9 +356,8 @@ fn spawn_join(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                 }
-                wait = (wait * 2).min(Duration::from_secs(60));
             }
             if let Ok(mut set) = joining.lock() {
                 set.remove(&room);

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::rpc::{self, Incoming, RpcError};
+use crate::backoff::Backoff;
 use crate::config::{Secret, VertoConfig};
 
 /// Errors of the verto layer.
@@ -366,6 +367,9 @@ fn insecure_tls_config() -> Result<Arc<rustls::ClientConfig>, VertoError> {
     Ok(Arc::new(cfg))
 }
 
+/// The first reconnect wait: short, because most drops are a FreeSWITCH reload.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+
 struct Actor {
     url: String,
     login: String,
@@ -390,7 +394,7 @@ enum End {
 
 impl Actor {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(INITIAL_BACKOFF, self.reconnect_max);
         loop {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -399,11 +403,11 @@ impl Actor {
             let ws = match outcome {
                 Ok(ws) => ws,
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH");
-                    if !self.wait(backoff, &cancel).await {
+                    let wait = backoff.next_wait();
+                    warn!(error = %e, retry_in = ?wait, "cannot connect to FreeSWITCH");
+                    if !self.wait(wait, &cancel).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.reconnect_max);
                     continue;
                 }
             };
@@ -415,11 +419,11 @@ impl Actor {
                 End::Lost(why) => {
                     self.fail_pending();
                     let _ = self.events.send(VertoEvent::Disconnected).await;
-                    warn!(reason = %why, retry_in = ?backoff, "verto connection lost; reconnecting");
-                    if !self.wait(backoff, &cancel).await {
+                    let wait = backoff.next_wait();
+                    warn!(reason = %why, retry_in = ?wait, "verto connection lost; reconnecting");
+                    if !self.wait(wait, &cancel).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.reconnect_max);
                 }
             }
         }
@@ -484,7 +488,7 @@ impl Actor {
         &mut self,
         mut ws: Ws,
         cancel: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> End {
         // Log in first. Nothing else is sent until FreeSWITCH accepts us.
         let login_id = self.alloc_id();
@@ -546,14 +550,14 @@ impl Actor {
                                     match outcome {
                                         Ok(_) => {
                                             logged_in = true;
-                                            *backoff = Duration::from_millis(500);
+                                            backoff.reset();
                                             info!(login = %self.login, "logged in to FreeSWITCH");
                                             let _ = self.events.send(VertoEvent::Connected { reattached: vec![] }).await;
                                         }
                                         Err(e) => {
                                             error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
                                             // Do not hammer FreeSWITCH with a bad password.
-                                            *backoff = self.reconnect_max;
+                                            backoff.set_next(self.reconnect_max);
                                             let _ = ws.close(None).await;
                                             return End::Lost("login refused".into());
                                         }
@@ -586,10 +590,10 @@ impl Actor {
                                     self.punts.push_back(now);
                                     if self.punts.len() > 1 {
                                         error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
-                                        *backoff = self.reconnect_max;
+                                        backoff.set_next(self.reconnect_max);
                                     } else {
                                         warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
-                                        *backoff = Duration::from_millis(200);
+                                        backoff.set_next(Duration::from_millis(200));
                                     }
                                     let _ = self.events.send(VertoEvent::Punted).await;
                                     let _ = ws.close(None).await;
