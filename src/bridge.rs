@@ -22,6 +22,7 @@ use crate::call::command::{self, Command};
 use crate::call::machine::{Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
 use crate::call::store::{self, CallStore, Record};
+use crate::chain::Chain;
 use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
@@ -733,7 +734,7 @@ impl Bridge {
                     }),
                 Err(VertoError::Rpc(_)) => false,
                 Err(e) => {
-                    debug!(error = %e, "verto.subscribe not sent");
+                    debug!(error = %Chain(&e), "verto.subscribe not sent");
                     return;
                 }
             };
@@ -762,7 +763,12 @@ async fn dial_command(
 ) -> String {
     let one_to_one = match matrix.joined_members(room).await {
         Ok(m) => m.len() == 2 && m.contains_key(sender) && m.contains_key(bot),
-        Err(e) => return format!("Cannot check this room's members right now ({e})."),
+        Err(e) => {
+            return format!(
+                "Cannot check this room's members right now ({}).",
+                Chain(&e)
+            )
+        }
     };
     if !one_to_one {
         return "!dial works only in a 1:1 room with me.".into();

@@ -9,12 +9,14 @@
 //! - [`bridge`]: routes events from both sides to the calls.
 //! - [`state`]: what survives a restart.
 //! - [`backoff`]: the retry pacing every layer shares.
+//! - [`chain`]: error messages with their causes, for the logs.
 
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod bridge;
 pub mod call;
+pub mod chain;
 pub mod config;
 pub mod matrix;
 pub mod sdp;
@@ -27,6 +29,8 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::chain::Chain;
 
 /// Libraries whose `trace`/`debug` output carries raw payloads (tungstenite logs every frame,
 /// the verto login with its password included). They are capped whatever `RUST_LOG` says, so no
@@ -72,7 +76,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
             Ok(x) => break x,
             Err(e) if e.is_transient() => {
                 let wait = backoff.next_wait();
-                warn!(error = %e, retry_in = ?wait, "Matrix login failed; retrying");
+                warn!(error = %Chain(&e), retry_in = ?wait, "Matrix login failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
@@ -144,7 +148,9 @@ fn verto_sessid(store: &state::StateStore) -> String {
     match store.read_json::<VertoSession>(FILE) {
         Ok(Some(s)) if uuid::Uuid::parse_str(&s.sessid).is_ok() => return s.sessid,
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot read the saved verto session id; using a new one"),
+        Err(e) => {
+            warn!(error = %Chain(&e), "cannot read the saved verto session id; using a new one")
+        }
     }
     let sessid = uuid::Uuid::new_v4().to_string();
     if let Err(e) = store.write_json(
@@ -153,7 +159,7 @@ fn verto_sessid(store: &state::StateStore) -> String {
             sessid: sessid.clone(),
         },
     ) {
-        warn!(error = %e, "cannot save the verto session id; a restart cannot recover calls");
+        warn!(error = %Chain(&e), "cannot save the verto session id; a restart cannot recover calls");
     }
     sessid
 }

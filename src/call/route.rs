@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::config::{CallsConfig, RouteConfig};
 
 /// The outcome of routing one call.
@@ -259,7 +260,7 @@ impl Router {
         let (id, ttl) = match self.matrix.resolve_alias(alias).await {
             Ok(id) => (Some(id), Duration::from_secs(600)),
             Err(e) => {
-                tracing::warn!(%alias, error = %e, "cannot resolve a route's room alias; the route is skipped");
+                tracing::warn!(%alias, error = %Chain(&e), "cannot resolve a route's room alias; the route is skipped");
                 (None, Duration::from_secs(60))
             }
         };

@@ -15,14 +15,24 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::Secret;
 
 /// Errors of the Matrix layer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
+    /// The HTTP client could not be built (TLS backend).
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
     /// No HTTP response (connection refused, timeout ...).
-    #[error("network: {0}")]
-    Network(String),
+    #[error("cannot reach homeserver {homeserver}")]
+    Network {
+        /// The homeserver's base URL.
+        homeserver: String,
+        /// What reqwest saw (its URL removed: the path says nothing the base does not).
+        #[source]
+        source: reqwest::Error,
+    },
     /// The homeserver answered with an error.
     #[error("{status} {errcode}: {message}")]
     Api {
@@ -44,11 +54,11 @@ impl MatrixError {
     /// Worth retrying: network failures, 5xx and rate limits.
     pub fn is_transient(&self) -> bool {
         match self {
-            MatrixError::Network(_) => true,
+            MatrixError::Network { .. } => true,
             MatrixError::Api {
                 status, errcode, ..
             } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
-            MatrixError::Decode(_) => false,
+            MatrixError::Client(_) | MatrixError::Decode(_) => false,
         }
     }
     /// The access token is no longer valid.
@@ -124,7 +134,7 @@ impl MatrixClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("vertobot/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| MatrixError::Network(e.to_string()))?;
+            .map_err(MatrixError::Client)?;
         Ok(Self {
             http,
             base: homeserver.trim_end_matches('/').to_owned(),
@@ -169,10 +179,11 @@ impl MatrixClient {
         }
         // The URL has no secrets (the token goes in a header); the path is safe to log.
         debug!(%method, %path, "matrix request");
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        let network = |e: reqwest::Error| MatrixError::Network {
+            homeserver: self.base.clone(),
+            source: e.without_url(),
+        };
+        let resp = req.send().await.map_err(network)?;
         let status = resp.status();
         let header_retry = resp
             .headers()
@@ -180,10 +191,7 @@ impl MatrixClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        let bytes = resp.bytes().await.map_err(network)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| MatrixError::Decode(e.to_string()));
         }
@@ -433,7 +441,7 @@ impl MatrixClient {
                 Err(e) if e.is_transient() && start.elapsed() < give_up_after => {
                     let ours = backoff.next_wait();
                     let wait = e.retry_after().unwrap_or(ours);
-                    warn!(%event_type, error = %e, retry_in = ?wait, "sending event failed; retrying with the same transaction id");
+                    warn!(%event_type, error = %Chain(&e), retry_in = ?wait, "sending event failed; retrying with the same transaction id");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
@@ -464,12 +472,31 @@ mod tests {
             message: String::new(),
             retry_after: None,
         };
-        assert!(MatrixError::Network("x".into()).is_transient());
         assert!(api(502, "M_UNKNOWN").is_transient());
         assert!(api(429, "M_LIMIT_EXCEEDED").is_transient());
         assert!(!api(403, "M_FORBIDDEN").is_transient());
         assert!(api(401, "M_UNKNOWN_TOKEN").is_unknown_token());
         assert!(!api(403, "M_FORBIDDEN").is_unknown_token());
+    }
+
+    /// A local port nothing listens on: connecting to it is refused at once.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local address").port()
+    }
+
+    #[tokio::test]
+    async fn unreachable_homeserver_names_the_address_and_the_cause() {
+        let homeserver = format!("http://127.0.0.1:{}", closed_port());
+        let client = MatrixClient::with_tls(&homeserver, None, false).expect("client");
+        let e = client.whoami().await.expect_err("nothing listens there");
+        assert!(e.is_transient(), "{e:?}");
+        let line = crate::chain::Chain(&e).to_string();
+        assert!(
+            line.starts_with(&format!("cannot reach homeserver {homeserver}: "))
+                && line.to_lowercase().contains("refused"),
+            "{line}"
+        );
     }
 
     #[test]

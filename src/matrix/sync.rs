@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::client::{MatrixClient, MatrixError, Session};
 use super::events::{parse_event, EventError, TimelineEvent};
 use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::{MatrixConfig, Secret};
 use crate::state::StateStore;
 
@@ -156,7 +157,7 @@ pub async fn login(
         .await?;
     client.set_token(Secret::new(&session.access_token));
     if let Err(e) = store.save_session(&session) {
-        error!(error = %e, "cannot save the Matrix session; the next start will log in again");
+        error!(error = %Chain(&e), "cannot save the Matrix session; the next start will log in again");
     }
     info!(device_id = %session.device_id, "logged in to Matrix");
     Ok((client, session))
@@ -174,7 +175,7 @@ pub async fn run(
     let mut since = match store.since() {
         Ok(s) => s,
         Err(e) => {
-            error!(error = %e, "cannot read the sync position; starting fresh");
+            error!(error = %Chain(&e), "cannot read the sync position; starting fresh");
             None
         }
     };
@@ -231,7 +232,7 @@ pub async fn run(
                     return;
                 }
                 if let Err(e) = store.save_since(&resp.next_batch) {
-                    error!(error = %e, "cannot save the sync position");
+                    error!(error = %Chain(&e), "cannot save the sync position");
                 }
                 let _ = store.touch_alive();
                 since = Some(resp.next_batch);
@@ -248,7 +249,7 @@ pub async fn run(
                                     continue;
                                 }
                                 Err(e) => {
-                                    error!(error = %e, "Matrix login failed");
+                                    error!(error = %Chain(&e), "Matrix login failed");
                                     Duration::from_secs(30)
                                 }
                             }
@@ -261,7 +262,7 @@ pub async fn run(
                 } else {
                     let ours = backoff.next_wait();
                     let w = e.retry_after().unwrap_or(ours);
-                    warn!(error = %e, retry_in = ?w, "sync failed");
+                    warn!(error = %Chain(&e), retry_in = ?w, "sync failed");
                     w
                 };
                 tokio::select! {
@@ -302,7 +303,7 @@ fn spawn_decline(
             .leave(&room, "You are not allowed to use this bridge.")
             .await
         {
-            warn!(room_id = %room, error = %e, "cannot decline invite");
+            warn!(room_id = %room, error = %Chain(&e), "cannot decline invite");
         }
         if let Ok(mut set) = joining.lock() {
             set.remove(&room);
@@ -347,10 +348,10 @@ fn spawn_join(
                                     }
                                 )) =>
                     {
-                        debug!(error = %e, attempt, "join failed; retrying");
+                        debug!(error = %Chain(&e), attempt, "join failed; retrying");
                     }
                     Err(e) => {
-                        warn!(error = %e, "cannot join room; giving up");
+                        warn!(error = %Chain(&e), "cannot join room; giving up");
                         break;
                     }
                 }

@@ -23,14 +23,36 @@ use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::rpc::{self, Incoming, RpcError};
 use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::{Secret, VertoConfig};
 
+/// A cause from another library, kept whole for the log's error chain.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the verto layer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum VertoError {
-    /// Connecting or the TLS setup failed.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// Connecting, the TLS handshake or the WebSocket upgrade failed.
+    #[error("cannot reach FreeSWITCH {url}")]
+    Connect {
+        /// The configured `verto.url`.
+        url: String,
+        /// What tungstenite saw.
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    /// `verto.ca_file` cannot be used.
+    #[error("verto.ca_file {path}")]
+    CaFile {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        #[source]
+        source: Cause,
+    },
+    /// The TLS client could not be set up.
+    #[error("cannot set up TLS")]
+    Tls(#[source] Cause),
     /// FreeSWITCH answered with an error object.
     #[error("FreeSWITCH error: {0}")]
     Rpc(RpcError),
@@ -218,18 +240,19 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     }
     let mut pinned = Vec::new();
     if let Some(path) = ca_file {
-        let bad = |e: &dyn std::fmt::Display| {
-            VertoError::Transport(format!("ca_file {}: {e}", path.display()))
+        let bad = |source: Cause| VertoError::CaFile {
+            path: path.to_owned(),
+            source,
         };
-        let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+        let pem = std::fs::read(path).map_err(|e| bad(e.into()))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| bad(&e))?;
+            let cert = cert.map_err(|e| bad(e.into()))?;
             // A CA-flagged self-signed certificate is still a valid anchor for its own chain.
-            roots.add(cert.clone()).map_err(|e| bad(&e))?;
+            roots.add(cert.clone()).map_err(|e| bad(e.into()))?;
             pinned.push(cert);
         }
         if pinned.is_empty() {
-            return Err(bad(&"no PEM certificate in it"));
+            return Err(bad("no PEM certificate in it".into()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -238,7 +261,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
         provider.clone(),
     )
     .build()
-    .map_err(|e| VertoError::Transport(format!("TLS roots: {e}")))?;
+    .map_err(|e| VertoError::Tls(e.into()))?;
     let verifier = PinnedOrWebPki {
         webpki,
         pinned,
@@ -246,7 +269,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| VertoError::Transport(e.to_string()))?
+        .map_err(|e| VertoError::Tls(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -360,11 +383,29 @@ fn insecure_tls_config() -> Result<Arc<rustls::ClientConfig>, VertoError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| VertoError::Transport(e.to_string()))?
+        .map_err(|e| VertoError::Tls(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+/// Opens the WebSocket, TLS included, within `timeout`.
+async fn connect(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Ws, VertoError> {
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let fut = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(source)) => Err(VertoError::Connect {
+            url: url.to_owned(),
+            source,
+        }),
+        Err(_) => Err(VertoError::Timeout(timeout)),
+    }
 }
 
 /// The first reconnect wait: short, because most drops are a FreeSWITCH reload.
@@ -404,7 +445,7 @@ impl Actor {
                 Ok(ws) => ws,
                 Err(e) => {
                     let wait = backoff.next_wait();
-                    warn!(error = %e, retry_in = ?wait, "cannot connect to FreeSWITCH");
+                    warn!(error = %Chain(&e), retry_in = ?wait, "cannot connect to FreeSWITCH");
                     if !self.wait(wait, &cancel).await {
                         return;
                     }
@@ -449,18 +490,7 @@ impl Actor {
     }
 
     async fn connect(&self) -> Result<Ws, VertoError> {
-        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let fut = tokio_tungstenite::connect_async_tls_with_config(
-            self.url.as_str(),
-            None,
-            false,
-            Some(connector),
-        );
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(VertoError::Transport(e.to_string())),
-            Err(_) => Err(VertoError::Timeout(self.timeout)),
-        }
+        connect(&self.url, self.tls.clone(), self.timeout).await
     }
 
     fn fail_pending(&mut self) {
@@ -475,7 +505,7 @@ impl Actor {
         trace!(frame = %rpc::redacted(frame), "verto send");
         ws.send(Message::text(frame.to_string()))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Chain(&e).to_string())
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -529,7 +559,7 @@ impl Actor {
                 msg = ws.next() => {
                     let text = match msg {
                         None => return End::Lost("socket closed".into()),
-                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Err(e)) => return End::Lost(Chain(&e).to_string()),
                         Some(Ok(Message::Text(t))) => t.to_string(),
                         Some(Ok(Message::Close(f))) => {
                             return End::Lost(format!("closed by FreeSWITCH ({f:?})"));
@@ -711,6 +741,24 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unreachable_freeswitch_names_the_address_and_the_cause() {
+        // A local port nothing listens on: connecting to it is refused at once.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("local address"));
+        drop(listener);
+        let tls = tls_config(None).expect("TLS");
+        let Err(e) = connect(&url, tls, Duration::from_secs(5)).await else {
+            panic!("nothing listens at {url}");
+        };
+        let line = Chain(&e).to_string();
+        assert!(
+            line.starts_with(&format!("cannot reach FreeSWITCH {url}: "))
+                && line.to_lowercase().contains("refused"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn events_from_requests() {
