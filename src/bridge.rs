@@ -540,7 +540,7 @@ impl Bridge {
 
     fn on_verto(&mut self, ev: VertoEvent) {
         let (call_id, input) = match ev {
-            VertoEvent::Connected { .. } => {
+            VertoEvent::Connected {} => {
                 if self.dtmf_cfg.report_far_end {
                     self.subscribe_dtmf();
                 }

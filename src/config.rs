@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -587,11 +586,6 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(p))
         }
-    }
-
-    /// The verto request timeout.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.verto.request_timeout_secs)
     }
 }
 

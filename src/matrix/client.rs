@@ -118,11 +118,6 @@ pub fn seg(s: &str) -> String {
 }
 
 impl MatrixClient {
-    /// A client without a token yet (for login).
-    pub fn new(homeserver: &str, token: Option<Secret>) -> Result<Self, MatrixError> {
-        Self::with_tls(homeserver, token, false)
-    }
-
     /// A client that, with `insecure`, accepts any certificate.
     pub fn with_tls(
         homeserver: &str,

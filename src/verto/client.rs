@@ -67,11 +67,9 @@ pub enum VertoError {
 /// What FreeSWITCH tells us, routed to the call layer by `callID`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VertoEvent {
-    /// Logged in (again). `reattached` lists calls FreeSWITCH kept across the gap.
-    Connected {
-        /// From `verto.clientReady`, if it came before we published.
-        reattached: Vec<String>,
-    },
+    /// Logged in (again). Which calls FreeSWITCH kept comes later, in [`VertoEvent::Ready`].
+    /// (Braces without fields keep `Connected { .. }` patterns in callers valid.)
+    Connected {},
     /// The socket is gone; requests fail until `Connected`.
     Disconnected,
     /// Early media: FreeSWITCH's answer SDP before the answer.
@@ -582,7 +580,7 @@ impl Actor {
                                             logged_in = true;
                                             backoff.reset();
                                             info!(login = %self.login, "logged in to FreeSWITCH");
-                                            let _ = self.events.send(VertoEvent::Connected { reattached: vec![] }).await;
+                                            let _ = self.events.send(VertoEvent::Connected {}).await;
                                         }
                                         Err(e) => {
                                             error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
