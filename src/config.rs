@@ -1,6 +1,6 @@
 //! The operator's YAML configuration.
 //!
-//! Loading is two steps: `serde_yaml` into structs that refuse unknown keys (a typo must not
+//! Loading is two steps: `serde_yaml_ng` into structs that refuse unknown keys (a typo must not
 //! silently fall back to a default), then [`Config::validate`], which collects *every* problem so
 //! that `--check` can show them all at once instead of one per run.
 //!
@@ -36,7 +36,7 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// serde_yaml's message, which names the location but never echoes values.
+        /// serde_yaml_ng's message, which names the location but never echoes values.
         message: String,
     },
     /// The values parsed but some are unusable; every problem is listed.
@@ -406,7 +406,7 @@ impl Config {
 
     /// Parses YAML text without validating it.
     pub fn parse(text: &str) -> Result<Self, String> {
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Secrets from the environment replace those in the file.
