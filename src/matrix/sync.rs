@@ -102,6 +102,9 @@ pub struct Batch {
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
 pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
 
+/// The file in `state_dir` that holds the [`Session`]. It is private: it has the token.
+const SESSION_FILE: &str = "session.json";
+
 /// Logs in (or reuses the saved session) and returns the client and the session.
 pub async fn login(
     cfg: &MatrixConfig,
@@ -125,7 +128,7 @@ pub async fn login(
         };
         return Ok((client, session));
     }
-    let saved = store.session().ok().flatten();
+    let saved = store.read_json::<Session>(SESSION_FILE).ok().flatten();
     if let Some(s) = saved
         .as_ref()
         .filter(|s| s.user_id == cfg.user_id && s.homeserver == cfg.homeserver)
@@ -156,7 +159,7 @@ pub async fn login(
         .login_password(&cfg.user_id, &password, device, &cfg.device_name)
         .await?;
     client.set_token(Secret::new(&session.access_token));
-    if let Err(e) = store.save_session(&session) {
+    if let Err(e) = store.write_private_json(SESSION_FILE, &session) {
         error!(error = %Chain(&e), "cannot save the Matrix session; the next start will log in again");
     }
     info!(device_id = %session.device_id, "logged in to Matrix");
