@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
-use crate::call::machine::{Call, Input, Recovery, Setup, Version};
+use crate::call::machine::{self, Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
 use crate::call::store::{self, CallStore, Record};
 use crate::chain::Chain;
@@ -87,7 +87,7 @@ impl Bridge {
         our_party: String,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let own_server = bot_user.split_once(':').map_or("", |(_, s)| s).to_owned();
+        let own_server = crate::matrix::server_name(&bot_user).to_owned();
         Self {
             calls_cfg: cfg.calls.clone(),
             dtmf_cfg: cfg.dtmf.clone(),
@@ -626,16 +626,8 @@ impl Bridge {
     /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
     /// a notice saying why when notices are on.
     fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
-        let (event_type, content) = match version {
-            Version::V1 => (
-                "m.call.reject",
-                json!({"call_id": call_id, "party_id": self.our_party, "version": "1", "reason": reason}),
-            ),
-            Version::V0 => (
-                "m.call.hangup",
-                json!({"call_id": call_id, "version": 0, "reason": reason}),
-            ),
-        };
+        let (event_type, content) =
+            machine::ending_event(version, false, call_id, &self.our_party, reason);
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
         let notice = self
@@ -762,7 +754,7 @@ async fn dial_command(
     cmd: Command,
 ) -> String {
     let one_to_one = match matrix.joined_members(room).await {
-        Ok(m) => m.len() == 2 && m.contains_key(sender) && m.contains_key(bot),
+        Ok(m) => route::is_one_to_one(&m, sender, bot),
         Err(e) => {
             return format!(
                 "Cannot check this room's members right now ({}).",

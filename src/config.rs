@@ -361,11 +361,15 @@ fn default_burst() -> u64 {
     1500
 }
 
-/// Checks a DTMF digit string as FreeSWITCH takes it: `0-9 * # A-D`, and `w`/`W` pauses.
+/// A DTMF digit as FreeSWITCH takes it: `0-9 * # A-D` (either case), and `w`/`W` pauses. The
+/// one definition for the configuration's digits and the `!dtmf` command alike.
+pub fn is_dtmf_digit(c: char) -> bool {
+    c.is_ascii_digit() || "*#ABCDabcdwW".contains(c)
+}
+
+/// Checks a DTMF digit string (see [`is_dtmf_digit`]).
 pub fn valid_digits(d: &str) -> bool {
-    !d.is_empty()
-        && d.chars()
-            .all(|c| c.is_ascii_digit() || "*#ABCDabcdwW".contains(c))
+    !d.is_empty() && d.chars().all(is_dtmf_digit)
 }
 
 /// Checks a caller id template: only known `{placeholders}`.

@@ -97,11 +97,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();
-    let own_server = session
-        .user_id
-        .split_once(':')
-        .map_or("", |(_, s)| s)
-        .to_owned();
+    let own_server = matrix::server_name(&session.user_id).to_owned();
     let allow = cfg.access.allow.clone();
     let accept: matrix::sync::InvitePolicy = std::sync::Arc::new(move |inviter: &str| {
         call::route::allowed(&allow, &own_server, inviter)

@@ -162,8 +162,7 @@ async fn admit(ctx: &Ctx) -> Option<String> {
     for attempt in 1..=4 {
         match ctx.matrix.joined_members(&ctx.room_id).await {
             Ok(members) => {
-                let others: Vec<&String> = members.keys().filter(|u| **u != ctx.bot_user).collect();
-                if others.len() != 1 || others[0] != &ctx.caller {
+                if !super::route::is_one_to_one(&members, &ctx.caller, &ctx.bot_user) {
                     info!(
                         joined = members.len(),
                         "invite ignored: not a 1:1 room with the caller"

@@ -836,25 +836,12 @@ impl Call {
         }]
     }
 
-    /// The Matrix event that ends the call: `m.call.reject` before our answer for a v1 caller
-    /// (matrix-js-sdk ignores a callee's hangup before the answer), else `m.call.hangup`.
+    /// Tells the caller the call is over (see [`ending_event`]).
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let (event_type, content) = match (s.version, self.answered()) {
-            (Version::V1, false) => (
-                "m.call.reject",
-                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
-            ),
-            (Version::V1, true) => (
-                "m.call.hangup",
-                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
-            ),
-            (Version::V0, _) => (
-                "m.call.hangup",
-                json!({"call_id": s.call_id, "version": 0, "reason": reason}),
-            ),
-        };
+        let (event_type, content) =
+            ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
         info!(%reason, why = %human, "ending the Matrix call");
         vec![Action::Send {
             event_type,
@@ -1069,6 +1056,33 @@ impl Call {
                 vec![Action::Dial { sdp: m.sdp }]
             }
         }
+    }
+}
+
+/// The Matrix event that ends a call, with its content: `m.call.reject` before our answer for
+/// a v1 caller (matrix-js-sdk ignores a callee's hangup before the answer), else
+/// `m.call.hangup`. Shared by the machine and by the bridge's refusals, so both end a call the
+/// same way.
+pub fn ending_event(
+    version: Version,
+    answered: bool,
+    call_id: &str,
+    our_party: &str,
+    reason: &str,
+) -> (&'static str, Value) {
+    match (version, answered) {
+        (Version::V1, answered) => (
+            if answered {
+                "m.call.hangup"
+            } else {
+                "m.call.reject"
+            },
+            json!({"call_id": call_id, "party_id": our_party, "version": "1", "reason": reason}),
+        ),
+        (Version::V0, _) => (
+            "m.call.hangup",
+            json!({"call_id": call_id, "version": 0, "reason": reason}),
+        ),
     }
 }
 
