@@ -403,23 +403,12 @@ impl Bridge {
             return;
         }
         let now = Instant::now();
-        let setup = Setup {
-            call_id: call_id.clone(),
-            caller_party: inv.party_id.as_ref().map(|p| p.to_string()),
-            version,
-            offer: inv.offer.sdp,
-            our_party: self.our_party.clone(),
-            expires_at: now + (lifetime - age),
-            candidate_deadline: now + Duration::from_millis(self.calls_cfg.candidate_wait_ms),
-            max_candidates: self.calls_cfg.max_candidates,
-            max_sdp_bytes: self.calls_cfg.max_sdp_bytes,
-            notices: self.calls_cfg.notices,
-            digits_on_answer: None,
-            max_duration: (self.calls_cfg.max_call_secs > 0)
-                .then(|| Duration::from_secs(self.calls_cfg.max_call_secs)),
-            dtmf_burst: Duration::from_millis(self.dtmf_cfg.burst_ms),
-            recovery: Recovery::default(),
-        };
+        let party = inv.party_id.as_ref().map(|p| p.to_string());
+        let mut setup = self.setup(call_id, party, version, inv.offer.sdp, now);
+        setup.expires_at = now + (lifetime - age);
+        setup.candidate_deadline = now + Duration::from_millis(self.calls_cfg.candidate_wait_ms);
+        setup.max_duration = (self.calls_cfg.max_call_secs > 0)
+            .then(|| Duration::from_secs(self.calls_cfg.max_call_secs));
         let verto_call_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(64);
         for i in early_inputs {
@@ -495,17 +484,42 @@ impl Bridge {
         }
     }
 
+    /// A recovered call keeps what the last run saved; it has no timers of a new call, and no
+    /// maximum length (its start is not known).
     fn setup_for(&self, r: &Record, now: Instant) -> Setup {
+        let version = if r.version == 0 {
+            Version::V0
+        } else {
+            Version::V1
+        };
+        let mut setup = self.setup(
+            &r.call_id,
+            r.caller_party.clone(),
+            version,
+            r.offer.clone(),
+            now,
+        );
+        setup.our_party = r.our_party.clone();
+        setup
+    }
+
+    /// The one place the operator's limits go into a call's [`Setup`], for new and recovered
+    /// calls alike. Its timers are all `now`, and it has no maximum length: new calls set
+    /// those.
+    fn setup(
+        &self,
+        call_id: &str,
+        caller_party: Option<String>,
+        version: Version,
+        offer: String,
+        now: Instant,
+    ) -> Setup {
         Setup {
-            call_id: r.call_id.clone(),
-            caller_party: r.caller_party.clone(),
-            version: if r.version == 0 {
-                Version::V0
-            } else {
-                Version::V1
-            },
-            offer: r.offer.clone(),
-            our_party: r.our_party.clone(),
+            call_id: call_id.to_owned(),
+            caller_party,
+            version,
+            offer,
+            our_party: self.our_party.clone(),
             expires_at: now,
             candidate_deadline: now,
             max_candidates: self.calls_cfg.max_candidates,

@@ -509,22 +509,12 @@ impl Call {
                     );
                     return Vec::new();
                 }
-                let end = candidates
-                    .iter()
-                    .any(TrickleCandidate::is_end_of_candidates);
-                for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
-                    if self.trickled.len() >= self.setup.max_candidates {
-                        self.ignored_candidates += 1;
-                        if self.ignored_candidates == 1 {
-                            warn!(
-                                max = self.setup.max_candidates,
-                                "too many candidates; ignoring the rest"
-                            );
-                        }
-                        continue;
-                    }
-                    self.trickled.push(c);
+                let max = self.setup.max_candidates;
+                let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
+                if ignored > 0 && self.ignored_candidates == 0 {
+                    warn!(max, "too many candidates; ignoring the rest");
                 }
+                self.ignored_candidates += ignored;
                 if end {
                     debug!(
                         candidates = self.trickled.len(),
@@ -900,14 +890,7 @@ impl Call {
         let Some(r) = self.reneg.as_mut() else {
             return Vec::new();
         };
-        let end = candidates
-            .iter()
-            .any(TrickleCandidate::is_end_of_candidates);
-        for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
-            if r.candidates.len() < max {
-                r.candidates.push(c);
-            }
-        }
+        let (end, _) = add_capped(&mut r.candidates, candidates, max);
         if r.answer.is_none() {
             // Candidates before the answer: keep them for when it comes.
             return Vec::new();
@@ -1057,6 +1040,25 @@ impl Call {
             }
         }
     }
+}
+
+/// Adds trickled candidates to `list` up to `max` (the flood guard). Returns whether the
+/// end-of-candidates marker was among them, and how many were left out.
+fn add_capped(
+    list: &mut Vec<TrickleCandidate>,
+    new: Vec<TrickleCandidate>,
+    max: usize,
+) -> (bool, usize) {
+    let end = new.iter().any(TrickleCandidate::is_end_of_candidates);
+    let mut ignored = 0;
+    for c in new.into_iter().filter(|c| !c.is_end_of_candidates()) {
+        if list.len() < max {
+            list.push(c);
+        } else {
+            ignored += 1;
+        }
+    }
+    (end, ignored)
 }
 
 /// The Matrix event that ends a call, with its content: `m.call.reject` before our answer for
