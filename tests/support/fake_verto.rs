@@ -109,9 +109,7 @@ impl FakeVerto {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
         let signing_key = rcgen::KeyPair::generate().expect("key pair");
-        let cert = params
-            .self_signed(&signing_key)
-            .expect("self-signed certificate");
+        let cert = params.self_signed(&signing_key).expect("self-signed certificate");
         let ck = rcgen::CertifiedKey { cert, signing_key };
         let pem = ck.cert.pem();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
