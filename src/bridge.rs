@@ -19,9 +19,10 @@ use tracing::{debug, info, warn};
 
 use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
-use crate::call::machine::{Call, Input, Recovery, Setup, Version};
+use crate::call::machine::{self, Call, Input, Recovery, Setup, Version};
 use crate::call::route::{self, Caller, Router};
 use crate::call::store::{self, CallStore, Record};
+use crate::chain::Chain;
 use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
@@ -86,7 +87,7 @@ impl Bridge {
         our_party: String,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let own_server = bot_user.split_once(':').map_or("", |(_, s)| s).to_owned();
+        let own_server = crate::matrix::server_name(&bot_user).to_owned();
         Self {
             calls_cfg: cfg.calls.clone(),
             dtmf_cfg: cfg.dtmf.clone(),
@@ -402,23 +403,12 @@ impl Bridge {
             return;
         }
         let now = Instant::now();
-        let setup = Setup {
-            call_id: call_id.clone(),
-            caller_party: inv.party_id.as_ref().map(|p| p.to_string()),
-            version,
-            offer: inv.offer.sdp,
-            our_party: self.our_party.clone(),
-            expires_at: now + (lifetime - age),
-            candidate_deadline: now + Duration::from_millis(self.calls_cfg.candidate_wait_ms),
-            max_candidates: self.calls_cfg.max_candidates,
-            max_sdp_bytes: self.calls_cfg.max_sdp_bytes,
-            notices: self.calls_cfg.notices,
-            digits_on_answer: None,
-            max_duration: (self.calls_cfg.max_call_secs > 0)
-                .then(|| Duration::from_secs(self.calls_cfg.max_call_secs)),
-            dtmf_burst: Duration::from_millis(self.dtmf_cfg.burst_ms),
-            recovery: Recovery::default(),
-        };
+        let party = inv.party_id.as_ref().map(|p| p.to_string());
+        let mut setup = self.setup(call_id, party, version, inv.offer.sdp, now);
+        setup.expires_at = now + (lifetime - age);
+        setup.candidate_deadline = now + Duration::from_millis(self.calls_cfg.candidate_wait_ms);
+        setup.max_duration = (self.calls_cfg.max_call_secs > 0)
+            .then(|| Duration::from_secs(self.calls_cfg.max_call_secs));
         let verto_call_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(64);
         for i in early_inputs {
@@ -494,17 +484,42 @@ impl Bridge {
         }
     }
 
+    /// A recovered call keeps what the last run saved; it has no timers of a new call, and no
+    /// maximum length (its start is not known).
     fn setup_for(&self, r: &Record, now: Instant) -> Setup {
+        let version = if r.version == 0 {
+            Version::V0
+        } else {
+            Version::V1
+        };
+        let mut setup = self.setup(
+            &r.call_id,
+            r.caller_party.clone(),
+            version,
+            r.offer.clone(),
+            now,
+        );
+        setup.our_party = r.our_party.clone();
+        setup
+    }
+
+    /// The one place the operator's limits go into a call's [`Setup`], for new and recovered
+    /// calls alike. Its timers are all `now`, and it has no maximum length: new calls set
+    /// those.
+    fn setup(
+        &self,
+        call_id: &str,
+        caller_party: Option<String>,
+        version: Version,
+        offer: String,
+        now: Instant,
+    ) -> Setup {
         Setup {
-            call_id: r.call_id.clone(),
-            caller_party: r.caller_party.clone(),
-            version: if r.version == 0 {
-                Version::V0
-            } else {
-                Version::V1
-            },
-            offer: r.offer.clone(),
-            our_party: r.our_party.clone(),
+            call_id: call_id.to_owned(),
+            caller_party,
+            version,
+            offer,
+            our_party: self.our_party.clone(),
             expires_at: now,
             candidate_deadline: now,
             max_candidates: self.calls_cfg.max_candidates,
@@ -539,7 +554,7 @@ impl Bridge {
 
     fn on_verto(&mut self, ev: VertoEvent) {
         let (call_id, input) = match ev {
-            VertoEvent::Connected { .. } => {
+            VertoEvent::Connected {} => {
                 if self.dtmf_cfg.report_far_end {
                     self.subscribe_dtmf();
                 }
@@ -625,16 +640,8 @@ impl Bridge {
     /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
     /// a notice saying why when notices are on.
     fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
-        let (event_type, content) = match version {
-            Version::V1 => (
-                "m.call.reject",
-                json!({"call_id": call_id, "party_id": self.our_party, "version": "1", "reason": reason}),
-            ),
-            Version::V0 => (
-                "m.call.hangup",
-                json!({"call_id": call_id, "version": 0, "reason": reason}),
-            ),
-        };
+        let (event_type, content) =
+            machine::ending_event(version, false, call_id, &self.our_party, reason);
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
         let notice = self
@@ -733,7 +740,7 @@ impl Bridge {
                     }),
                 Err(VertoError::Rpc(_)) => false,
                 Err(e) => {
-                    debug!(error = %e, "verto.subscribe not sent");
+                    debug!(error = %Chain(&e), "verto.subscribe not sent");
                     return;
                 }
             };
@@ -761,8 +768,13 @@ async fn dial_command(
     cmd: Command,
 ) -> String {
     let one_to_one = match matrix.joined_members(room).await {
-        Ok(m) => m.len() == 2 && m.contains_key(sender) && m.contains_key(bot),
-        Err(e) => return format!("Cannot check this room's members right now ({e})."),
+        Ok(m) => route::is_one_to_one(&m, sender, bot),
+        Err(e) => {
+            return format!(
+                "Cannot check this room's members right now ({}).",
+                Chain(&e)
+            )
+        }
     };
     if !one_to_one {
         return "!dial works only in a 1:1 room with me.".into();

@@ -1,6 +1,6 @@
 //! The operator's YAML configuration.
 //!
-//! Loading is two steps: `serde_yaml` into structs that refuse unknown keys (a typo must not
+//! Loading is two steps: `serde_yaml_ng` into structs that refuse unknown keys (a typo must not
 //! silently fall back to a default), then [`Config::validate`], which collects *every* problem so
 //! that `--check` can show them all at once instead of one per run.
 //!
@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -37,7 +36,7 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// serde_yaml's message, which names the location but never echoes values.
+        /// serde_yaml_ng's message, which names the location but never echoes values.
         message: String,
     },
     /// The values parsed but some are unusable; every problem is listed.
@@ -362,11 +361,15 @@ fn default_burst() -> u64 {
     1500
 }
 
-/// Checks a DTMF digit string as FreeSWITCH takes it: `0-9 * # A-D`, and `w`/`W` pauses.
+/// A DTMF digit as FreeSWITCH takes it: `0-9 * # A-D` (either case), and `w`/`W` pauses. The
+/// one definition for the configuration's digits and the `!dtmf` command alike.
+pub fn is_dtmf_digit(c: char) -> bool {
+    c.is_ascii_digit() || "*#ABCDabcdwW".contains(c)
+}
+
+/// Checks a DTMF digit string (see [`is_dtmf_digit`]).
 pub fn valid_digits(d: &str) -> bool {
-    !d.is_empty()
-        && d.chars()
-            .all(|c| c.is_ascii_digit() || "*#ABCDabcdwW".contains(c))
+    !d.is_empty() && d.chars().all(is_dtmf_digit)
 }
 
 /// Checks a caller id template: only known `{placeholders}`.
@@ -407,7 +410,7 @@ impl Config {
 
     /// Parses YAML text without validating it.
     pub fn parse(text: &str) -> Result<Self, String> {
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Secrets from the environment replace those in the file.
@@ -587,11 +590,6 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(p))
         }
-    }
-
-    /// The verto request timeout.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.verto.request_timeout_secs)
     }
 }
 

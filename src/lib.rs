@@ -8,11 +8,15 @@
 //! - [`call`]: the per-call state machine and its task; the only translator.
 //! - [`bridge`]: routes events from both sides to the calls.
 //! - [`state`]: what survives a restart.
+//! - [`backoff`]: the retry pacing every layer shares.
+//! - [`chain`]: error messages with their causes, for the logs.
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod bridge;
 pub mod call;
+pub mod chain;
 pub mod config;
 pub mod matrix;
 pub mod sdp;
@@ -25,6 +29,8 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::chain::Chain;
 
 /// Libraries whose `trace`/`debug` output carries raw payloads (tungstenite logs every frame,
 /// the verto login with its password included). They are capped whatever `RUST_LOG` says, so no
@@ -64,17 +70,17 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     }
 
     // Matrix login, retried while the homeserver is unreachable.
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let (matrix, session) = loop {
         match matrix::sync::login(&cfg.matrix, &store).await {
             Ok(x) => break x,
             Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?wait, "Matrix login failed; retrying");
+                let wait = backoff.next_wait();
+                warn!(error = %Chain(&e), retry_in = ?wait, "Matrix login failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
-                wait = (wait * 2).min(Duration::from_secs(60));
             }
             Err(e) => return Err(e).context("Matrix login"),
         }
@@ -91,11 +97,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();
-    let own_server = session
-        .user_id
-        .split_once(':')
-        .map_or("", |(_, s)| s)
-        .to_owned();
+    let own_server = matrix::server_name(&session.user_id).to_owned();
     let allow = cfg.access.allow.clone();
     let accept: matrix::sync::InvitePolicy = std::sync::Arc::new(move |inviter: &str| {
         call::route::allowed(&allow, &own_server, inviter)
@@ -142,7 +144,9 @@ fn verto_sessid(store: &state::StateStore) -> String {
     match store.read_json::<VertoSession>(FILE) {
         Ok(Some(s)) if uuid::Uuid::parse_str(&s.sessid).is_ok() => return s.sessid,
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot read the saved verto session id; using a new one"),
+        Err(e) => {
+            warn!(error = %Chain(&e), "cannot read the saved verto session id; using a new one")
+        }
     }
     let sessid = uuid::Uuid::new_v4().to_string();
     if let Err(e) = store.write_json(
@@ -151,7 +155,7 @@ fn verto_sessid(store: &state::StateStore) -> String {
             sessid: sessid.clone(),
         },
     ) {
-        warn!(error = %e, "cannot save the verto session id; a restart cannot recover calls");
+        warn!(error = %Chain(&e), "cannot save the verto session id; a restart cannot recover calls");
     }
     sessid
 }

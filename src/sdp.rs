@@ -453,14 +453,46 @@ mod tests {
         let mdns = "a=candidate:1 1 udp 2130706431 x.local 5000 typ host\r\n";
         let base = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
         let cases: &[(&str, String, bool)] = &[
-            ("aiortc: no trickle option, no candidates", base.to_owned(), false),
-            ("trickle option, no candidates", format!("{base}a=ice-options:trickle\r\n"), false),
-            ("trickle option with a candidate", format!("{base}a=ice-options:trickle\r\n{host}"), false),
-            ("no trickle option, a usable candidate", format!("{base}{host}"), true),
-            ("no trickle option, only mDNS", format!("{base}{mdns}"), false),
-            ("marked", format!("{base}a=ice-options:trickle\r\n{host}a=end-of-candidates\r\n"), true),
-            ("marked without candidates", format!("{base}a=end-of-candidates\r\n"), true),
-            ("trickle among other options", format!("{base}a=ice-options:ice2 trickle\r\n{host}"), false),
+            (
+                "aiortc: no trickle option, no candidates",
+                base.to_owned(),
+                false,
+            ),
+            (
+                "trickle option, no candidates",
+                format!("{base}a=ice-options:trickle\r\n"),
+                false,
+            ),
+            (
+                "trickle option with a candidate",
+                format!("{base}a=ice-options:trickle\r\n{host}"),
+                false,
+            ),
+            (
+                "no trickle option, a usable candidate",
+                format!("{base}{host}"),
+                true,
+            ),
+            (
+                "no trickle option, only mDNS",
+                format!("{base}{mdns}"),
+                false,
+            ),
+            (
+                "marked",
+                format!("{base}a=ice-options:trickle\r\n{host}a=end-of-candidates\r\n"),
+                true,
+            ),
+            (
+                "marked without candidates",
+                format!("{base}a=end-of-candidates\r\n"),
+                true,
+            ),
+            (
+                "trickle among other options",
+                format!("{base}a=ice-options:ice2 trickle\r\n{host}"),
+                false,
+            ),
             ("real Chromium offer", OFFER.to_owned(), false),
         ];
         for (name, sdp, want) in cases {

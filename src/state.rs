@@ -95,16 +95,6 @@ impl StateStore {
         std::fs::rename(&tmp, &path).map_err(io)
     }
 
-    /// The saved Matrix session.
-    pub fn session(&self) -> Result<Option<crate::matrix::Session>, StateError> {
-        self.read("session.json")
-    }
-
-    /// Saves the Matrix session (private file).
-    pub fn save_session(&self, s: &crate::matrix::Session) -> Result<(), StateError> {
-        self.write("session.json", s, true)
-    }
-
     /// The saved `/sync` position.
     pub fn since(&self) -> Result<Option<String>, StateError> {
         Ok(self.read::<SyncPos>("sync.json")?.map(|p| p.since))
@@ -148,6 +138,12 @@ impl StateStore {
     /// Writes a JSON file atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<(), StateError> {
         self.write(name, v, false)
+    }
+
+    /// Writes a JSON file atomically, readable by its owner only: for files with secrets
+    /// (the Matrix access token).
+    pub fn write_private_json<T: Serialize>(&self, name: &str, v: &T) -> Result<(), StateError> {
+        self.write(name, v, true)
     }
 }
 
@@ -215,14 +211,9 @@ mod tests {
         st.save_since("s1").unwrap();
         st.save_since("s2").unwrap();
         assert_eq!(st.since().unwrap().as_deref(), Some("s2"));
-        let s = crate::matrix::Session {
-            homeserver: "h".into(),
-            user_id: "@a:b".into(),
-            device_id: "D".into(),
-            access_token: "t".into(),
-        };
-        st.save_session(&s).unwrap();
-        assert_eq!(st.session().unwrap(), Some(s));
+        let secret = serde_json::json!({"access_token": "t"});
+        st.write_private_json("session.json", &secret).unwrap();
+        assert_eq!(st.read_json("session.json").unwrap(), Some(secret));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

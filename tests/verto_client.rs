@@ -14,7 +14,7 @@ use vertobot::verto::{self, VertoError, VertoEvent, VertoHandle};
 const T: Duration = Duration::from_secs(10);
 
 fn cfg(url: &str, password: &str, keepalive: u64) -> vertobot::config::VertoConfig {
-    serde_yaml::from_str(&format!(
+    serde_yaml_ng::from_str(&format!(
         "url: \"{url}\"\nlogin: \"1000@localhost\"\npassword: \"{password}\"\nrequest_timeout_secs: 1\nkeepalive_secs: {keepalive}\nreconnect_max_secs: 1\n"
     ))
     .unwrap()

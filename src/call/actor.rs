@@ -17,6 +17,8 @@ use tracing::{debug, info, warn, Instrument};
 use super::machine::{Action, Call, DialFailure, Input};
 use super::route::{Caller, Routed, Router};
 use super::store::{CallStore, Record};
+use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
 use crate::verto::{VertoError, VertoHandle};
@@ -156,12 +158,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Checks that the room is a 1:1 with the caller, and returns the caller's display name.
 async fn admit(ctx: &Ctx) -> Option<String> {
-    let mut wait = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(800));
     for attempt in 1..=4 {
         match ctx.matrix.joined_members(&ctx.room_id).await {
             Ok(members) => {
-                let others: Vec<&String> = members.keys().filter(|u| **u != ctx.bot_user).collect();
-                if others.len() != 1 || others[0] != &ctx.caller {
+                if !super::route::is_one_to_one(&members, &ctx.caller, &ctx.bot_user) {
                     info!(
                         joined = members.len(),
                         "invite ignored: not a 1:1 room with the caller"
@@ -183,12 +184,11 @@ async fn admit(ctx: &Ctx) -> Option<String> {
                 return Some(name);
             }
             Err(e) if attempt < 4 && e.is_transient() => {
-                debug!(error = %e, "cannot read room members yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+                debug!(error = %Chain(&e), "cannot read room members yet; retrying");
+                tokio::time::sleep(backoff.next_wait()).await;
             }
             Err(e) => {
-                warn!(error = %e, "invite ignored: cannot read the room's members");
+                warn!(error = %Chain(&e), "invite ignored: cannot read the room's members");
                 return None;
             }
         }
@@ -218,7 +218,7 @@ fn execute(
                             .and_then(Value::as_str)
                             .map(str::to_owned)
                             .ok_or_else(|| "verto.modify reply without sdp".to_owned()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(Chain(&e).to_string()),
                     };
                     let _ = tx.send(Input::ModifyResult(res)).await;
                 }
@@ -237,7 +237,7 @@ fn execute(
                         .request("verto.attach", params)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| Chain(&e).to_string());
                     let _ = tx.send(Input::AttachResult(res)).await;
                 }
                 .instrument(tracing::Span::current()),
@@ -261,10 +261,13 @@ fn execute(
                             }
                         }
                         Err(e) => {
-                            warn!(%digits, error = %e, "verto.info dtmf failed");
+                            warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
                             let _ = mtx.send((
                                 "m.room.message",
-                                notice_content(&format!("Could not send the digits {digits}: {e}")),
+                                notice_content(&format!(
+                                    "Could not send the digits {digits}: {}",
+                                    Chain(&e)
+                                )),
                             ));
                         }
                     }
@@ -292,7 +295,7 @@ fn execute(
                         };
                         DialFailure {
                             cause_code,
-                            message: e.to_string(),
+                            message: Chain(&e).to_string(),
                             timed_out: matches!(e, VertoError::Timeout(_)),
                         }
                     });
@@ -308,7 +311,7 @@ fn execute(
                 async move {
                     match verto.bye(&id, cause).await {
                         Ok(_) => debug!(%cause, "verto.bye sent"),
-                        Err(e) => debug!(%cause, error = %e, "verto.bye failed (the call may already be gone)"),
+                        Err(e) => debug!(%cause, error = %Chain(&e), "verto.bye failed (the call may already be gone)"),
                     }
                 }
                 .instrument(tracing::Span::current()),
@@ -350,7 +353,7 @@ async fn send_matrix_events(
             .await
         {
             Ok(event_id) => debug!(%event_type, %event_id, "sent"),
-            Err(e) => warn!(%event_type, error = %e, "could not send event to the caller"),
+            Err(e) => warn!(%event_type, error = %Chain(&e), "could not send event to the caller"),
         }
     }
 }

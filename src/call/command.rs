@@ -37,10 +37,7 @@ pub fn check_digits(d: &str, max: usize) -> Result<String, String> {
     if d.is_empty() {
         return Err("Usage: !dtmf DIGITS, for example !dtmf *5 or !dtmf 1234#".into());
     }
-    if let Some(bad) = d
-        .chars()
-        .find(|c| !(c.is_ascii_digit() || "*#ABCDabcdwW".contains(*c)))
-    {
+    if let Some(bad) = d.chars().find(|c| !crate::config::is_dtmf_digit(*c)) {
         return Err(format!(
             "'{bad}' is not a DTMF digit: use 0-9, *, #, A-D, and w or W for a pause."
         ));

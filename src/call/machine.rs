@@ -371,6 +371,8 @@ impl Call {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match self.state {
             State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+            // Already ended towards Matrix: only the invite reply is awaited, no timer.
+            State::Dialling if self.cancel_after_dial.is_some() => None,
             State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
             State::Answered => None,
             State::Detached => self.detach_due,
@@ -436,22 +438,23 @@ impl Call {
                 );
                 self.flush(now)
             }
-            State::Dialling | State::Ringing | State::EarlyMedia
-                if now >= self.setup.expires_at =>
-            {
-                let mut out = Vec::new();
-                if self.state == State::Dialling {
-                    self.cancel_after_dial = Some("NO_ANSWER");
-                } else {
-                    out.push(Action::Bye { cause: "NO_ANSWER" });
-                }
+            State::Dialling if self.cancel_after_dial.is_some() => Vec::new(),
+            State::Dialling if now >= self.setup.expires_at => {
+                // The channel FreeSWITCH may be creating is hung up once the invite reply says
+                // it exists; until then the machine waits without a timer.
+                self.cancel_after_dial = Some("NO_ANSWER");
+                self.end_matrix(
+                    "invite_timeout",
+                    "nobody answered before the invite expired",
+                )
+            }
+            State::Ringing | State::EarlyMedia if now >= self.setup.expires_at => {
+                let mut out = vec![Action::Bye { cause: "NO_ANSWER" }];
                 out.extend(self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
                 ));
-                if self.state != State::Dialling {
-                    self.state = State::Ended;
-                }
+                self.finish("nobody answered before the invite expired");
                 out
             }
             _ => Vec::new(),
@@ -461,6 +464,9 @@ impl Call {
     /// Feeds one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         use State::*;
+        if let (Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
+            return self.cancel_dial(cause, input);
+        }
         match (self.state, input) {
             (Ended, input) => {
                 debug!(?input, "input for an ended call ignored");
@@ -503,22 +509,12 @@ impl Call {
                     );
                     return Vec::new();
                 }
-                let end = candidates
-                    .iter()
-                    .any(TrickleCandidate::is_end_of_candidates);
-                for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
-                    if self.trickled.len() >= self.setup.max_candidates {
-                        self.ignored_candidates += 1;
-                        if self.ignored_candidates == 1 {
-                            warn!(
-                                max = self.setup.max_candidates,
-                                "too many candidates; ignoring the rest"
-                            );
-                        }
-                        continue;
-                    }
-                    self.trickled.push(c);
+                let max = self.setup.max_candidates;
+                let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
+                if ignored > 0 && self.ignored_candidates == 0 {
+                    warn!(max, "too many candidates; ignoring the rest");
                 }
+                self.ignored_candidates += ignored;
                 if end {
                     debug!(
                         candidates = self.trickled.len(),
@@ -571,26 +567,18 @@ impl Call {
                 }
             }
 
-            (Dialling, Input::InviteResult(res)) => match (res, self.cancel_after_dial) {
-                (Ok(()), Some(cause)) => {
-                    self.finish("ended while dialling");
-                    vec![Action::Bye { cause }]
-                }
-                (Err(_), Some(_)) => {
-                    self.finish("ended while dialling");
-                    Vec::new()
-                }
-                (Ok(()), None) => {
+            (Dialling, Input::InviteResult(res)) => match res {
+                Ok(()) => {
                     self.state = Ringing;
                     Vec::new()
                 }
-                (Err(f), None) if f.timed_out => {
+                Err(f) if f.timed_out => {
                     warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
                     let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
                     out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
                     out
                 }
-                (Err(f), None) => {
+                Err(f) => {
                     warn!(error = %f.message, "verto.invite failed");
                     let end = match f.cause_code {
                         Some(c) => cause::verto_to_matrix(Some(c), None, false),
@@ -620,11 +608,6 @@ impl Call {
                     out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
                     return out;
                 };
-                if let Some(cause) = self.cancel_after_dial {
-                    // A hangup raced the answer; the invite reply will see the call ended.
-                    self.finish("ended while dialling");
-                    return vec![Action::Bye { cause }];
-                }
                 self.state = Answered;
                 info!("FreeSWITCH answered");
                 self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
@@ -641,10 +624,6 @@ impl Call {
                 let answered = self.answered();
                 let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
                 info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
-                if self.cancel_after_dial.is_some() {
-                    self.finish("ended while dialling");
-                    return Vec::new();
-                }
                 if answered && end.reason == "user_hangup" {
                     // A normal hangup needs no explanation.
                     let mut out = self.flush_far_digits();
@@ -794,6 +773,26 @@ impl Call {
         }
     }
 
+    /// The call ended (caller hangup, expiry, shutdown, answered elsewhere) while
+    /// `verto.invite` was in flight. Matrix has already been told, so only FreeSWITCH's side is
+    /// left: a channel it created must be hung up, and nothing may go to the caller again.
+    fn cancel_dial(&mut self, cause: &'static str, input: Input) -> Vec<Action> {
+        match input {
+            Input::InviteResult(Ok(())) | Input::Answer { .. } => {
+                self.finish("ended while dialling");
+                vec![Action::Bye { cause }]
+            }
+            Input::InviteResult(Err(_)) | Input::Bye { .. } | Input::VertoDown => {
+                self.finish("ended while dialling");
+                Vec::new()
+            }
+            input => {
+                debug!(?input, "input ignored: the dial is being cancelled");
+                Vec::new()
+            }
+        }
+    }
+
     fn finish(&mut self, why: &str) {
         self.state = State::Ended;
         self.end_reason.get_or_insert_with(|| why.to_owned());
@@ -827,25 +826,12 @@ impl Call {
         }]
     }
 
-    /// The Matrix event that ends the call: `m.call.reject` before our answer for a v1 caller
-    /// (matrix-js-sdk ignores a callee's hangup before the answer), else `m.call.hangup`.
+    /// Tells the caller the call is over (see [`ending_event`]).
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let (event_type, content) = match (s.version, self.answered()) {
-            (Version::V1, false) => (
-                "m.call.reject",
-                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
-            ),
-            (Version::V1, true) => (
-                "m.call.hangup",
-                json!({"call_id": s.call_id, "party_id": s.our_party, "version": "1", "reason": reason}),
-            ),
-            (Version::V0, _) => (
-                "m.call.hangup",
-                json!({"call_id": s.call_id, "version": 0, "reason": reason}),
-            ),
-        };
+        let (event_type, content) =
+            ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
         info!(%reason, why = %human, "ending the Matrix call");
         vec![Action::Send {
             event_type,
@@ -904,14 +890,7 @@ impl Call {
         let Some(r) = self.reneg.as_mut() else {
             return Vec::new();
         };
-        let end = candidates
-            .iter()
-            .any(TrickleCandidate::is_end_of_candidates);
-        for c in candidates.into_iter().filter(|c| !c.is_end_of_candidates()) {
-            if r.candidates.len() < max {
-                r.candidates.push(c);
-            }
-        }
+        let (end, _) = add_capped(&mut r.candidates, candidates, max);
         if r.answer.is_none() {
             // Candidates before the answer: keep them for when it comes.
             return Vec::new();
@@ -1060,6 +1039,52 @@ impl Call {
                 vec![Action::Dial { sdp: m.sdp }]
             }
         }
+    }
+}
+
+/// Adds trickled candidates to `list` up to `max` (the flood guard). Returns whether the
+/// end-of-candidates marker was among them, and how many were left out.
+fn add_capped(
+    list: &mut Vec<TrickleCandidate>,
+    new: Vec<TrickleCandidate>,
+    max: usize,
+) -> (bool, usize) {
+    let end = new.iter().any(TrickleCandidate::is_end_of_candidates);
+    let mut ignored = 0;
+    for c in new.into_iter().filter(|c| !c.is_end_of_candidates()) {
+        if list.len() < max {
+            list.push(c);
+        } else {
+            ignored += 1;
+        }
+    }
+    (end, ignored)
+}
+
+/// The Matrix event that ends a call, with its content: `m.call.reject` before our answer for
+/// a v1 caller (matrix-js-sdk ignores a callee's hangup before the answer), else
+/// `m.call.hangup`. Shared by the machine and by the bridge's refusals, so both end a call the
+/// same way.
+pub fn ending_event(
+    version: Version,
+    answered: bool,
+    call_id: &str,
+    our_party: &str,
+    reason: &str,
+) -> (&'static str, Value) {
+    match (version, answered) {
+        (Version::V1, answered) => (
+            if answered {
+                "m.call.hangup"
+            } else {
+                "m.call.reject"
+            },
+            json!({"call_id": call_id, "party_id": our_party, "version": "1", "reason": reason}),
+        ),
+        (Version::V0, _) => (
+            "m.call.hangup",
+            json!({"call_id": call_id, "version": 0, "reason": reason}),
+        ),
     }
 }
 
@@ -1391,6 +1416,26 @@ mod tests {
         let due = c.poll_timeout().unwrap();
         let a = c.handle_timeout(due);
         assert_eq!(sent_types(&a), ["bye", "m.call.reject"]);
+    }
+
+    #[test]
+    fn invite_expiry_while_dialling_rejects_once_then_byes_the_channel() {
+        let (mut c, _) = dialled(Version::V1);
+        let due = c.poll_timeout().unwrap();
+        let a = c.handle_timeout(due);
+        assert_eq!(sent_types(&a), ["m.call.reject"]);
+        assert!(
+            c.poll_timeout().is_none_or(|d| d > due),
+            "the expiry must not fire again"
+        );
+        assert!(c.handle_timeout(due + Duration::from_secs(1)).is_empty());
+        assert!(
+            c.handle(Input::Shutdown, due).is_empty(),
+            "no second reject"
+        );
+        let a = c.handle(Input::InviteResult(Ok(())), due);
+        assert_eq!(a, vec![Action::Bye { cause: "NO_ANSWER" }]);
+        assert!(c.is_ended());
     }
 
     #[test]
@@ -1840,5 +1885,133 @@ mod tests {
         s.max_sdp_bytes = 100;
         let mut c = Call::new(s);
         assert_eq!(sent_types(&c.start(now)), ["m.call.reject"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of a random call: an input, or time passing (after which the due timers
+        /// fire, as the actor does).
+        #[derive(Debug, Clone)]
+        enum Step {
+            Feed(Input),
+            Wait(u64),
+        }
+
+        fn dial_failure() -> impl Strategy<Value = DialFailure> {
+            (
+                prop::option::of(prop_oneof![Just(17i64), Just(88), Just(480)]),
+                any::<bool>(),
+            )
+                .prop_map(|(cause_code, timed_out)| DialFailure {
+                    cause_code,
+                    message: "x".into(),
+                    timed_out,
+                })
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            let party =
+                || prop::option::of(prop_oneof![Just("CALLER".to_owned()), Just("X".to_owned())]);
+            let kind = || prop_oneof![Just("offer".to_owned()), Just("answer".to_owned())];
+            prop_oneof![
+                (
+                    party(),
+                    prop::collection::vec(prop_oneof![(1u8..4).prop_map(udp), Just(end())], 0..3)
+                )
+                    .prop_map(|(party_id, candidates)| Input::Candidates {
+                        party_id,
+                        candidates
+                    }),
+                prop::option::of(Just("user_hangup".to_owned()))
+                    .prop_map(|reason| Input::Hangup { reason }),
+                prop_oneof![Just("BOT".to_owned()), Just("OTHER".to_owned())]
+                    .prop_map(|party_id| Input::SelectAnswer { party_id }),
+                Just(Input::InviteResult(Ok(()))),
+                dial_failure().prop_map(|f| Input::InviteResult(Err(f))),
+                Just(Input::Media {
+                    sdp: FS_ANSWER.into()
+                }),
+                prop::option::of(Just(FS_ANSWER.to_owned())).prop_map(|sdp| Input::Answer { sdp }),
+                (
+                    prop::option::of(prop_oneof![Just(16i64), Just(17)]),
+                    prop::option::of(Just("NORMAL_CLEARING".to_owned()))
+                )
+                    .prop_map(|(cause_code, cause)| Input::Bye { cause_code, cause }),
+                Just(Input::Attach { sdp: ATTACH.into() }),
+                any::<bool>().prop_map(|reattached| Input::VertoReady { reattached }),
+                (
+                    party(),
+                    kind(),
+                    prop_oneof![Just(BROWSER_ANSWER.to_owned()), Just(OFFER.to_owned())]
+                )
+                    .prop_map(|(party_id, kind, sdp)| Input::Negotiate {
+                        party_id,
+                        kind,
+                        sdp
+                    }),
+                prop_oneof![Just(Ok(())), Just(Err("x".to_owned()))].prop_map(Input::AttachResult),
+                prop_oneof![Just(Ok(FS_ANSWER.to_owned())), Just(Err("x".to_owned()))]
+                    .prop_map(Input::ModifyResult),
+                Just(Input::Detach),
+                Just(Input::Dtmf {
+                    digits: "1".into(),
+                    event_id: None
+                }),
+                Just(Input::FarDtmf { digit: "2".into() }),
+                Just(Input::VertoDown),
+                Just(Input::Shutdown),
+            ]
+        }
+
+        fn steps() -> impl Strategy<Value = Vec<Step>> {
+            let step = prop_oneof![
+                3 => input().prop_map(Step::Feed),
+                2 => prop_oneof![0u64..400, 0u64..5_000, 0u64..200_000].prop_map(Step::Wait),
+            ];
+            prop::collection::vec(step, 0..40)
+        }
+
+        fn endings(actions: &[Action]) -> usize {
+            sent_types(actions)
+                .iter()
+                .filter(|t| matches!(**t, "m.call.hangup" | "m.call.reject"))
+                .count()
+        }
+
+        proptest! {
+            /// Timers never repeat a deadline that has been handled (the actor would spin),
+            /// and every call, however its inputs come, ends once the bridge stops and
+            /// FreeSWITCH has replied to the invite (which the verto client guarantees),
+            /// having told the caller at most once.
+            #[test]
+            fn timers_advance_and_every_call_ends_once(v1 in any::<bool>(), notices in any::<bool>(), steps in steps()) {
+                let version = if v1 { Version::V1 } else { Version::V0 };
+                let mut now = Instant::now();
+                let mut s = setup(version, now);
+                s.notices = notices;
+                s.max_duration = Some(Duration::from_secs(600));
+                let mut c = Call::new(s);
+                c.set_digits_on_answer(Some(("1".into(), Duration::from_secs(1))));
+                let mut ended = endings(&c.start(now));
+                let finish = [Step::Feed(Input::Shutdown), Step::Feed(Input::InviteResult(Ok(())))];
+                for step in steps.into_iter().chain(finish) {
+                    match step {
+                        Step::Feed(i) => ended += endings(&c.handle(i, now)),
+                        Step::Wait(ms) => {
+                            now += Duration::from_millis(ms);
+                            while let Some(due) = c.poll_timeout().filter(|d| *d <= now) {
+                                ended += endings(&c.handle_timeout(now));
+                                let next = c.poll_timeout();
+                                prop_assert!(next.is_none_or(|d| d > now), "deadline {due:?} repeats as {next:?} at {now:?}");
+                            }
+                        }
+                    }
+                    prop_assert!(ended <= 1, "{ended} ending events sent");
+                }
+                prop_assert_eq!(c.state(), State::Ended);
+            }
+        }
     }
 }

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::config::{CallsConfig, RouteConfig};
+use crate::matrix::client::MemberInfo;
+use crate::matrix::server_name;
 
 /// The outcome of routing one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +44,7 @@ impl Caller<'_> {
             .unwrap_or_default()
     }
     fn server(&self) -> &str {
-        self.user_id.split_once(':').map_or("", |(_, s)| s)
+        server_name(self.user_id)
     }
 }
 
@@ -78,9 +81,15 @@ pub fn user_matches(pattern: &str, user_id: &str) -> bool {
     if pattern.starts_with('@') {
         glob_match(pattern, user_id)
     } else {
-        let server = user_id.split_once(':').map_or("", |(_, s)| s);
-        glob_match(pattern, server)
+        glob_match(pattern, server_name(user_id))
     }
+}
+
+/// A 1:1 room, the only kind the bot takes calls and `!dial` in: exactly `user` and the bot are
+/// joined (README, "How a call goes"). Element offers a legacy call only in such a room, and
+/// anyone else joined could watch or answer the signalling.
+pub fn is_one_to_one(members: &HashMap<String, MemberInfo>, user: &str, bot: &str) -> bool {
+    members.len() == 2 && members.contains_key(user) && members.contains_key(bot)
 }
 
 /// Whether `user_id` may use the bridge. An empty list means: users of `own_server`.
@@ -259,7 +268,7 @@ impl Router {
         let (id, ttl) = match self.matrix.resolve_alias(alias).await {
             Ok(id) => (Some(id), Duration::from_secs(600)),
             Err(e) => {
-                tracing::warn!(%alias, error = %e, "cannot resolve a route's room alias; the route is skipped");
+                tracing::warn!(%alias, error = %Chain(&e), "cannot resolve a route's room alias; the route is skipped");
                 (None, Duration::from_secs(60))
             }
         };
@@ -273,6 +282,26 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_to_one_means_exactly_the_user_and_the_bot() {
+        let room = |ids: &[&str]| -> HashMap<String, MemberInfo> {
+            ids.iter()
+                .map(|u| ((*u).to_owned(), MemberInfo { display_name: None }))
+                .collect()
+        };
+        let (alice, bot) = ("@alice:a.org", "@bot:b.org");
+        assert!(is_one_to_one(&room(&[alice, bot]), alice, bot));
+        assert!(!is_one_to_one(
+            &room(&[alice, bot, "@eve:c.org"]),
+            alice,
+            bot
+        ));
+        assert!(!is_one_to_one(&room(&[alice, "@eve:c.org"]), alice, bot));
+        assert!(!is_one_to_one(&room(&[bot, "@eve:c.org"]), alice, bot));
+        assert_eq!(server_name("@alice:example.org:8448"), "example.org:8448");
+        assert_eq!(server_name("alice"), "");
+    }
 
     #[test]
     fn glob_table() {

@@ -14,14 +14,25 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::Secret;
 
 /// Errors of the Matrix layer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
+    /// The HTTP client could not be built (TLS backend).
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
     /// No HTTP response (connection refused, timeout ...).
-    #[error("network: {0}")]
-    Network(String),
+    #[error("cannot reach homeserver {homeserver}")]
+    Network {
+        /// The homeserver's base URL.
+        homeserver: String,
+        /// What reqwest saw (its URL removed: the path says nothing the base does not).
+        #[source]
+        source: reqwest::Error,
+    },
     /// The homeserver answered with an error.
     #[error("{status} {errcode}: {message}")]
     Api {
@@ -43,11 +54,11 @@ impl MatrixError {
     /// Worth retrying: network failures, 5xx and rate limits.
     pub fn is_transient(&self) -> bool {
         match self {
-            MatrixError::Network(_) => true,
+            MatrixError::Network { .. } => true,
             MatrixError::Api {
                 status, errcode, ..
             } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
-            MatrixError::Decode(_) => false,
+            MatrixError::Client(_) | MatrixError::Decode(_) => false,
         }
     }
     /// The access token is no longer valid.
@@ -107,11 +118,6 @@ pub fn seg(s: &str) -> String {
 }
 
 impl MatrixClient {
-    /// A client without a token yet (for login).
-    pub fn new(homeserver: &str, token: Option<Secret>) -> Result<Self, MatrixError> {
-        Self::with_tls(homeserver, token, false)
-    }
-
     /// A client that, with `insecure`, accepts any certificate.
     pub fn with_tls(
         homeserver: &str,
@@ -123,7 +129,7 @@ impl MatrixClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("vertobot/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| MatrixError::Network(e.to_string()))?;
+            .map_err(MatrixError::Client)?;
         Ok(Self {
             http,
             base: homeserver.trim_end_matches('/').to_owned(),
@@ -168,10 +174,11 @@ impl MatrixClient {
         }
         // The URL has no secrets (the token goes in a header); the path is safe to log.
         debug!(%method, %path, "matrix request");
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        let network = |e: reqwest::Error| MatrixError::Network {
+            homeserver: self.base.clone(),
+            source: e.without_url(),
+        };
+        let resp = req.send().await.map_err(network)?;
         let status = resp.status();
         let header_retry = resp
             .headers()
@@ -179,10 +186,7 @@ impl MatrixClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| MatrixError::Network(e.without_url().to_string()))?;
+        let bytes = resp.bytes().await.map_err(network)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| MatrixError::Decode(e.to_string()));
         }
@@ -425,15 +429,15 @@ impl MatrixClient {
     ) -> Result<String, MatrixError> {
         let txn = format!("vb{}", uuid::Uuid::new_v4().simple());
         let start = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
         loop {
             match self.send(room_id, event_type, &txn, content).await {
                 Ok(id) => return Ok(id),
                 Err(e) if e.is_transient() && start.elapsed() < give_up_after => {
-                    let wait = e.retry_after().unwrap_or(backoff);
-                    warn!(%event_type, error = %e, retry_in = ?wait, "sending event failed; retrying with the same transaction id");
+                    let ours = backoff.next_wait();
+                    let wait = e.retry_after().unwrap_or(ours);
+                    warn!(%event_type, error = %Chain(&e), retry_in = ?wait, "sending event failed; retrying with the same transaction id");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Err(e),
             }
@@ -463,12 +467,31 @@ mod tests {
             message: String::new(),
             retry_after: None,
         };
-        assert!(MatrixError::Network("x".into()).is_transient());
         assert!(api(502, "M_UNKNOWN").is_transient());
         assert!(api(429, "M_LIMIT_EXCEEDED").is_transient());
         assert!(!api(403, "M_FORBIDDEN").is_transient());
         assert!(api(401, "M_UNKNOWN_TOKEN").is_unknown_token());
         assert!(!api(403, "M_FORBIDDEN").is_unknown_token());
+    }
+
+    /// A local port nothing listens on: connecting to it is refused at once.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local address").port()
+    }
+
+    #[tokio::test]
+    async fn unreachable_homeserver_names_the_address_and_the_cause() {
+        let homeserver = format!("http://127.0.0.1:{}", closed_port());
+        let client = MatrixClient::with_tls(&homeserver, None, false).expect("client");
+        let e = client.whoami().await.expect_err("nothing listens there");
+        assert!(e.is_transient(), "{e:?}");
+        let line = crate::chain::Chain(&e).to_string();
+        assert!(
+            line.starts_with(&format!("cannot reach homeserver {homeserver}: "))
+                && line.to_lowercase().contains("refused"),
+            "{line}"
+        );
     }
 
     #[test]

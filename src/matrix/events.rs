@@ -40,8 +40,6 @@ pub enum EventKind {
     },
     /// `m.room.message` (commands such as `!dtmf`).
     Message {
-        /// `msgtype`.
-        msgtype: String,
         /// `body`.
         body: String,
     },
@@ -170,8 +168,6 @@ pub fn parse_event(raw: &RawValue) -> Result<TimelineEvent, EventError> {
             #[derive(Deserialize)]
             struct M {
                 #[serde(default)]
-                msgtype: String,
-                #[serde(default)]
                 body: String,
             }
             let m: M = p(c).map_err(|e| EventError::Envelope(e.to_string()))?;
@@ -179,10 +175,7 @@ pub fn parse_event(raw: &RawValue) -> Result<TimelineEvent, EventError> {
                 event_id: env.event_id,
                 sender: env.sender,
                 age_ms: env.unsigned.age,
-                kind: EventKind::Message {
-                    msgtype: m.msgtype,
-                    body: m.body,
-                },
+                kind: EventKind::Message { body: m.body },
             });
         }
         _ => return Err(EventError::Irrelevant),

@@ -9,3 +9,10 @@ pub mod events;
 pub mod sync;
 
 pub use client::{MatrixClient, MatrixError, Session};
+
+/// The server name of a user id: `@local:server` → `server`. Only the first colon splits, as
+/// the server name may carry a port. A malformed id has none (empty), so it matches no server
+/// pattern.
+pub fn server_name(user_id: &str) -> &str {
+    user_id.split_once(':').map_or("", |(_, s)| s)
+}

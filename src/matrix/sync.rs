@@ -18,6 +18,8 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use super::client::{MatrixClient, MatrixError, Session};
 use super::events::{parse_event, EventError, TimelineEvent};
+use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::{MatrixConfig, Secret};
 use crate::state::StateStore;
 
@@ -100,6 +102,9 @@ pub struct Batch {
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
 pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
 
+/// The file in `state_dir` that holds the [`Session`]. It is private: it has the token.
+const SESSION_FILE: &str = "session.json";
+
 /// Logs in (or reuses the saved session) and returns the client and the session.
 pub async fn login(
     cfg: &MatrixConfig,
@@ -123,7 +128,7 @@ pub async fn login(
         };
         return Ok((client, session));
     }
-    let saved = store.session().ok().flatten();
+    let saved = store.read_json::<Session>(SESSION_FILE).ok().flatten();
     if let Some(s) = saved
         .as_ref()
         .filter(|s| s.user_id == cfg.user_id && s.homeserver == cfg.homeserver)
@@ -154,8 +159,8 @@ pub async fn login(
         .login_password(&cfg.user_id, &password, device, &cfg.device_name)
         .await?;
     client.set_token(Secret::new(&session.access_token));
-    if let Err(e) = store.save_session(&session) {
-        error!(error = %e, "cannot save the Matrix session; the next start will log in again");
+    if let Err(e) = store.write_private_json(SESSION_FILE, &session) {
+        error!(error = %Chain(&e), "cannot save the Matrix session; the next start will log in again");
     }
     info!(device_id = %session.device_id, "logged in to Matrix");
     Ok((client, session))
@@ -173,7 +178,7 @@ pub async fn run(
     let mut since = match store.since() {
         Ok(s) => s,
         Err(e) => {
-            error!(error = %e, "cannot read the sync position; starting fresh");
+            error!(error = %Chain(&e), "cannot read the sync position; starting fresh");
             None
         }
     };
@@ -187,7 +192,7 @@ pub async fn run(
     }
     let joining: Arc<Mutex<HashSet<String>>> = Arc::default();
     let timeout = Duration::from_secs(cfg.sync_timeout_secs);
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let first = since.is_none();
         let poll = if first { Duration::ZERO } else { timeout };
@@ -197,7 +202,7 @@ pub async fn run(
         };
         match res {
             Ok(resp) => {
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 let received = Instant::now();
                 for (room, invited) in &resp.rooms.invite {
                     let inviter = invited.inviter(&cfg.user_id).unwrap_or("");
@@ -230,7 +235,7 @@ pub async fn run(
                     return;
                 }
                 if let Err(e) = store.save_since(&resp.next_batch) {
-                    error!(error = %e, "cannot save the sync position");
+                    error!(error = %Chain(&e), "cannot save the sync position");
                 }
                 let _ = store.touch_alive();
                 since = Some(resp.next_batch);
@@ -247,7 +252,7 @@ pub async fn run(
                                     continue;
                                 }
                                 Err(e) => {
-                                    error!(error = %e, "Matrix login failed");
+                                    error!(error = %Chain(&e), "Matrix login failed");
                                     Duration::from_secs(30)
                                 }
                             }
@@ -258,9 +263,9 @@ pub async fn run(
                         }
                     }
                 } else {
-                    let w = e.retry_after().unwrap_or(backoff);
-                    warn!(error = %e, retry_in = ?w, "sync failed");
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    let ours = backoff.next_wait();
+                    let w = e.retry_after().unwrap_or(ours);
+                    warn!(error = %Chain(&e), retry_in = ?w, "sync failed");
                     w
                 };
                 tokio::select! {
@@ -301,7 +306,7 @@ fn spawn_decline(
             .leave(&room, "You are not allowed to use this bridge.")
             .await
         {
-            warn!(room_id = %room, error = %e, "cannot decline invite");
+            warn!(room_id = %room, error = %Chain(&e), "cannot decline invite");
         }
         if let Ok(mut set) = joining.lock() {
             set.remove(&room);
@@ -328,7 +333,7 @@ fn spawn_join(
     let span = tracing::info_span!("join", room_id = %room);
     tokio::spawn(
         async move {
-            let mut wait = Duration::from_secs(1);
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             for attempt in 1..=8 {
                 match client.join(&room).await {
                     Ok(()) => {
@@ -346,18 +351,17 @@ fn spawn_join(
                                     }
                                 )) =>
                     {
-                        debug!(error = %e, attempt, "join failed; retrying");
+                        debug!(error = %Chain(&e), attempt, "join failed; retrying");
                     }
                     Err(e) => {
-                        warn!(error = %e, "cannot join room; giving up");
+                        warn!(error = %Chain(&e), "cannot join room; giving up");
                         break;
                     }
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                 }
-                wait = (wait * 2).min(Duration::from_secs(60));
             }
             if let Ok(mut set) = joining.lock() {
                 set.remove(&room);

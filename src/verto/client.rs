@@ -22,14 +22,37 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::rpc::{self, Incoming, RpcError};
+use crate::backoff::Backoff;
+use crate::chain::Chain;
 use crate::config::{Secret, VertoConfig};
 
+/// A cause from another library, kept whole for the log's error chain.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the verto layer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum VertoError {
-    /// Connecting or the TLS setup failed.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// Connecting, the TLS handshake or the WebSocket upgrade failed.
+    #[error("cannot reach FreeSWITCH {url}")]
+    Connect {
+        /// The configured `verto.url`.
+        url: String,
+        /// What tungstenite saw.
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    /// `verto.ca_file` cannot be used.
+    #[error("verto.ca_file {path}")]
+    CaFile {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        #[source]
+        source: Cause,
+    },
+    /// The TLS client could not be set up.
+    #[error("cannot set up TLS")]
+    Tls(#[source] Cause),
     /// FreeSWITCH answered with an error object.
     #[error("FreeSWITCH error: {0}")]
     Rpc(RpcError),
@@ -44,11 +67,9 @@ pub enum VertoError {
 /// What FreeSWITCH tells us, routed to the call layer by `callID`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VertoEvent {
-    /// Logged in (again). `reattached` lists calls FreeSWITCH kept across the gap.
-    Connected {
-        /// From `verto.clientReady`, if it came before we published.
-        reattached: Vec<String>,
-    },
+    /// Logged in (again). Which calls FreeSWITCH kept comes later, in [`VertoEvent::Ready`].
+    /// (Braces without fields keep `Connected { .. }` patterns in callers valid.)
+    Connected {},
     /// The socket is gone; requests fail until `Connected`.
     Disconnected,
     /// Early media: FreeSWITCH's answer SDP before the answer.
@@ -217,26 +238,36 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     }
     let mut pinned = Vec::new();
     if let Some(path) = ca_file {
-        let bad = |e: &dyn std::fmt::Display| VertoError::Transport(format!("ca_file {}: {e}", path.display()));
-        let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+        let bad = |source: Cause| VertoError::CaFile {
+            path: path.to_owned(),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.into()))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| bad(&e))?;
+            let cert = cert.map_err(|e| bad(e.into()))?;
             // A CA-flagged self-signed certificate is still a valid anchor for its own chain.
-            roots.add(cert.clone()).map_err(|e| bad(&e))?;
+            roots.add(cert.clone()).map_err(|e| bad(e.into()))?;
             pinned.push(cert);
         }
         if pinned.is_empty() {
-            return Err(bad(&"no PEM certificate in it"));
+            return Err(bad("no PEM certificate in it".into()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| VertoError::Transport(format!("TLS roots: {e}")))?;
-    let verifier = PinnedOrWebPki { webpki, pinned, provider: provider.clone() };
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| VertoError::Tls(e.into()))?;
+    let verifier = PinnedOrWebPki {
+        webpki,
+        pinned,
+        provider: provider.clone(),
+    };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| VertoError::Transport(e.to_string()))?
+        .map_err(|e| VertoError::Tls(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -260,7 +291,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             debug!("FreeSWITCH presented the pinned certificate from ca_file");
             return Ok(rustls::client::danger::ServerCertVerified::assertion());
         }
@@ -286,7 +321,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
         rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -344,12 +381,33 @@ fn insecure_tls_config() -> Result<Arc<rustls::ClientConfig>, VertoError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| VertoError::Transport(e.to_string()))?
+        .map_err(|e| VertoError::Tls(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
+
+/// Opens the WebSocket, TLS included, within `timeout`.
+async fn connect(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Ws, VertoError> {
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let fut = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(source)) => Err(VertoError::Connect {
+            url: url.to_owned(),
+            source,
+        }),
+        Err(_) => Err(VertoError::Timeout(timeout)),
+    }
+}
+
+/// The first reconnect wait: short, because most drops are a FreeSWITCH reload.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 
 struct Actor {
     url: String,
@@ -375,7 +433,7 @@ enum End {
 
 impl Actor {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(INITIAL_BACKOFF, self.reconnect_max);
         loop {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -384,11 +442,11 @@ impl Actor {
             let ws = match outcome {
                 Ok(ws) => ws,
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH");
-                    if !self.wait(backoff, &cancel).await {
+                    let wait = backoff.next_wait();
+                    warn!(error = %Chain(&e), retry_in = ?wait, "cannot connect to FreeSWITCH");
+                    if !self.wait(wait, &cancel).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.reconnect_max);
                     continue;
                 }
             };
@@ -400,11 +458,11 @@ impl Actor {
                 End::Lost(why) => {
                     self.fail_pending();
                     let _ = self.events.send(VertoEvent::Disconnected).await;
-                    warn!(reason = %why, retry_in = ?backoff, "verto connection lost; reconnecting");
-                    if !self.wait(backoff, &cancel).await {
+                    let wait = backoff.next_wait();
+                    warn!(reason = %why, retry_in = ?wait, "verto connection lost; reconnecting");
+                    if !self.wait(wait, &cancel).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.reconnect_max);
                 }
             }
         }
@@ -430,18 +488,7 @@ impl Actor {
     }
 
     async fn connect(&self) -> Result<Ws, VertoError> {
-        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let fut = tokio_tungstenite::connect_async_tls_with_config(
-            self.url.as_str(),
-            None,
-            false,
-            Some(connector),
-        );
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(VertoError::Transport(e.to_string())),
-            Err(_) => Err(VertoError::Timeout(self.timeout)),
-        }
+        connect(&self.url, self.tls.clone(), self.timeout).await
     }
 
     fn fail_pending(&mut self) {
@@ -456,7 +503,7 @@ impl Actor {
         trace!(frame = %rpc::redacted(frame), "verto send");
         ws.send(Message::text(frame.to_string()))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Chain(&e).to_string())
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -469,7 +516,7 @@ impl Actor {
         &mut self,
         mut ws: Ws,
         cancel: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> End {
         // Log in first. Nothing else is sent until FreeSWITCH accepts us.
         let login_id = self.alloc_id();
@@ -510,7 +557,7 @@ impl Actor {
                 msg = ws.next() => {
                     let text = match msg {
                         None => return End::Lost("socket closed".into()),
-                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Err(e)) => return End::Lost(Chain(&e).to_string()),
                         Some(Ok(Message::Text(t))) => t.to_string(),
                         Some(Ok(Message::Close(f))) => {
                             return End::Lost(format!("closed by FreeSWITCH ({f:?})"));
@@ -531,14 +578,14 @@ impl Actor {
                                     match outcome {
                                         Ok(_) => {
                                             logged_in = true;
-                                            *backoff = Duration::from_millis(500);
+                                            backoff.reset();
                                             info!(login = %self.login, "logged in to FreeSWITCH");
-                                            let _ = self.events.send(VertoEvent::Connected { reattached: vec![] }).await;
+                                            let _ = self.events.send(VertoEvent::Connected {}).await;
                                         }
                                         Err(e) => {
                                             error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
                                             // Do not hammer FreeSWITCH with a bad password.
-                                            *backoff = self.reconnect_max;
+                                            backoff.set_next(self.reconnect_max);
                                             let _ = ws.close(None).await;
                                             return End::Lost("login refused".into());
                                         }
@@ -571,10 +618,10 @@ impl Actor {
                                     self.punts.push_back(now);
                                     if self.punts.len() > 1 {
                                         error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
-                                        *backoff = self.reconnect_max;
+                                        backoff.set_next(self.reconnect_max);
                                     } else {
                                         warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
-                                        *backoff = Duration::from_millis(200);
+                                        backoff.set_next(Duration::from_millis(200));
                                     }
                                     let _ = self.events.send(VertoEvent::Punted).await;
                                     let _ = ws.close(None).await;
@@ -692,6 +739,24 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unreachable_freeswitch_names_the_address_and_the_cause() {
+        // A local port nothing listens on: connecting to it is refused at once.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("local address"));
+        drop(listener);
+        let tls = tls_config(None).expect("TLS");
+        let Err(e) = connect(&url, tls, Duration::from_secs(5)).await else {
+            panic!("nothing listens at {url}");
+        };
+        let line = Chain(&e).to_string();
+        assert!(
+            line.starts_with(&format!("cannot reach FreeSWITCH {url}: "))
+                && line.to_lowercase().contains("refused"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn events_from_requests() {
