@@ -190,6 +190,31 @@ fn mid_of(section: &[&str]) -> Option<String> {
         .map(|m| m.trim().to_owned())
 }
 
+/// The candidates written inside an SDP, as if they had been trickled (with the `a=mid` and
+/// index of their section), so that an offer's own candidates can be reused like trickled ones.
+pub fn candidates_of(sdp: &str) -> Vec<TrickleCandidate> {
+    let Ok(lines) = split(sdp) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, section) in lines.media.iter().enumerate() {
+        let mid = mid_of(section);
+        for line in section {
+            if let Some(value) = line
+                .strip_prefix("a=")
+                .filter(|v| v.starts_with("candidate:"))
+            {
+                out.push(TrickleCandidate {
+                    candidate: value.to_owned(),
+                    sdp_mid: mid.clone(),
+                    sdp_m_line_index: Some(i as u64),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Puts trickled candidates into the offer and drops the ones FreeSWITCH cannot use.
 ///
 /// Each candidate goes into the section whose `a=mid` equals its `sdpMid`, else the section at
@@ -445,6 +470,27 @@ mod tests {
         sdp.lines()
             .filter(|l| l.starts_with("a=candidate"))
             .collect()
+    }
+
+    #[test]
+    fn candidates_inside_an_sdp() {
+        let sdp = "v=0\r\nm=audio 9 RTP/SAVPF 111\r\na=mid:a\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host\r\nm=video 9 RTP/SAVPF 96\r\na=candidate:2 1 udp 1 10.0.0.1 6 typ host\r\n";
+        let c = candidates_of(sdp);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].candidate, "candidate:1 1 udp 1 10.0.0.1 5 typ host");
+        assert_eq!(
+            (c[0].sdp_mid.as_deref(), c[0].sdp_m_line_index),
+            (Some("a"), Some(0))
+        );
+        assert_eq!(
+            (c[1].sdp_mid.as_deref(), c[1].sdp_m_line_index),
+            (None, Some(1))
+        );
+        assert!(candidates_of("not sdp").is_empty());
+        assert!(
+            candidates_of(OFFER).is_empty(),
+            "the Chromium capture trickles all of them"
+        );
     }
 
     #[test]

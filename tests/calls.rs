@@ -66,7 +66,8 @@ async fn answered_call_with_trickled_candidates_and_marker() {
         "{asdp}"
     );
     assert!(
-        asdp.lines().any(|l| l.starts_with("a=candidate:") && l.contains(" 127.0.0.1 ")),
+        asdp.lines()
+            .any(|l| l.starts_with("a=candidate:") && l.contains(" 127.0.0.1 ")),
         "FreeSWITCH's candidate is kept: {asdp}"
     );
     let switch = Switch::shared();
@@ -106,7 +107,11 @@ async fn candidates_without_marker_dial_after_the_wait() {
         caller.send(&room, "m.call.candidates", ev).await;
     }
     let (_, invite) = wait_dialled(&fake, &cid).await;
-    assert!(sent.elapsed() >= wait, "dialled {:?} after the invite", sent.elapsed());
+    assert!(
+        sent.elapsed() >= wait,
+        "dialled {:?} after the invite",
+        sent.elapsed()
+    );
     let sdp = invite["params"]["sdp"].as_str().unwrap();
     assert_eq!(sdp.matches("a=candidate:").count(), 4, "{sdp}");
     caller

@@ -20,15 +20,26 @@ fn fingerprint(sdp: &str) -> String {
         .to_owned()
 }
 
+/// An answered call from a real aiortc caller. FreeSWITCH counts a WebRTC call as answered,
+/// and keeps it across a socket drop, only once its media is up. The caller's later
+/// renegotiation answers are scripted (`NEG_ANSWER`): these tests are about signalling, and
+/// tests/media.rs renegotiates with a real browser.
 async fn answered_call(
+    switch: &Switch,
     fake: &FakeVerto,
     caller: &mut TestUser,
     room: &str,
-) -> (String, String, Value) {
-    let cid = place_call(caller, room).await;
+) -> (
+    String,
+    String,
+    Value,
+    std::sync::Arc<support::media::MediaPeer>,
+) {
+    let peer = support::media::MediaPeer::start().await;
+    let (cid, answer) = place_media_call(caller, room, &peer).await;
     let (verto_id, _) = wait_dialled(fake, &cid).await;
-    let answer = caller.wait_call_event(room, "m.call.answer", &cid, T).await;
-    (cid, verto_id, answer)
+    switch.wait_audio_in(&verto_id, 10, T).await;
+    (cid, verto_id, answer, peer)
 }
 
 async fn negotiate_answer(caller: &TestUser, room: &str, cid: &str) {
@@ -56,7 +67,10 @@ async fn wait_switch_attach(fake: &FakeVerto, verto_id: &str) -> String {
             f.msg["method"] == "verto.attach" && f.msg["params"]["callID"] == id.as_str()
         })
         .await;
-    f.msg["params"]["sdp"].as_str().unwrap_or_default().to_owned()
+    f.msg["params"]["sdp"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// 1: the socket drops during an answered call; FreeSWITCH re-offers it with new ICE
@@ -65,12 +79,20 @@ async fn wait_switch_attach(fake: &FakeVerto, verto_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_drop_reattaches_with_two_negotiate_rounds() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let (cid, verto_id, answer) = answered_call(&fake, &mut caller, &room).await;
-    let answer_sdp = answer["content"]["answer"]["sdp"].as_str().unwrap().to_owned();
+    let (cid, verto_id, answer, _peer) =
+        answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
+    let answer_sdp = answer["content"]["answer"]["sdp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     fake.drop_connections();
 
     let reoffer = wait_switch_attach(&fake, &verto_id).await;
-    assert_ne!(fingerprint(&reoffer), fingerprint(&answer_sdp), "FreeSWITCH's new session");
+    assert_ne!(
+        fingerprint(&reoffer),
+        fingerprint(&answer_sdp),
+        "FreeSWITCH's new session"
+    );
     let n1 = caller
         .wait_call_event(&room, "m.call.negotiate", &cid, T)
         .await;
@@ -84,14 +106,22 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
         sdp1.contains("a=mid:0\r\n") && sdp1.contains("a=group:BUNDLE 0\r\n"),
         "{sdp1}"
     );
-    assert_ne!(fingerprint(&sdp1), fingerprint(&reoffer), "first round: altered fingerprint");
+    assert_ne!(
+        fingerprint(&sdp1),
+        fingerprint(&reoffer),
+        "first round: altered fingerprint"
+    );
     negotiate_answer(&caller, &room, &cid).await;
 
     let n2 = caller
         .wait_call_event(&room, "m.call.negotiate", &cid, T)
         .await;
     let sdp2 = n2["content"]["description"]["sdp"].as_str().unwrap();
-    assert_eq!(fingerprint(sdp2), fingerprint(&reoffer), "second round: FreeSWITCH's own");
+    assert_eq!(
+        fingerprint(sdp2),
+        fingerprint(&reoffer),
+        "second round: FreeSWITCH's own"
+    );
     for ice in ["a=ice-ufrag:", "a=ice-pwd:"] {
         let of = |s: &str| s.lines().find(|l| l.starts_with(ice)).map(str::to_owned);
         assert_eq!(of(sdp2), of(&reoffer), "{ice} passed on");
@@ -109,7 +139,7 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
     let attach = wait_client_attach(&fake, &verto_id).await;
     let sdp = attach["params"]["sdp"].as_str().unwrap();
     assert!(
-        sdp.contains("a=setup:passive") && sdp.matches("a=candidate:").count() == 4,
+        sdp.contains("a=setup:passive") && sdp.contains("a=candidate:"),
         "{sdp}"
     );
     let logins: Vec<Value> = fake
@@ -139,7 +169,8 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reattach_falls_back_to_a_single_round() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    let (cid, verto_id, _, _peer) =
+        answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
     fake.drop_connections();
     caller
         .wait_call_event(&room, "m.call.negotiate", &cid, T)
@@ -149,15 +180,17 @@ async fn reattach_falls_back_to_a_single_round() {
         .await;
     negotiate_answer(&caller, &room, &cid).await;
     let attach = wait_client_attach(&fake, &verto_id).await;
-    // No new candidates came: the original ones are used.
-    assert_eq!(
-        attach["params"]["sdp"]
-            .as_str()
-            .unwrap()
-            .matches("a=candidate:")
-            .count(),
-        4
-    );
+    // No new candidates came: the caller's original ones are used.
+    let (_, invite) = wait_dialled(&fake, &cid).await;
+    let cands = |sdp: &str| -> Vec<String> {
+        sdp.lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let original = cands(invite["params"]["sdp"].as_str().unwrap());
+    assert!(!original.is_empty());
+    assert_eq!(cands(attach["params"]["sdp"].as_str().unwrap()), original);
     assert!(n2["content"]["description"]["sdp"].as_str().is_some());
     bot.stop().await;
 }
@@ -166,11 +199,10 @@ async fn reattach_falls_back_to_a_single_round() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_drop_ends_v0_and_ringing_calls() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let cid = place_v0_call(&caller, &room).await;
+    let peer = support::media::MediaPeer::start().await;
+    let (cid, _) = place_media_call_as(&mut caller, &room, &peer, true).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
-    caller
-        .wait_call_event(&room, "m.call.answer", &cid, T)
-        .await;
+    Switch::shared().wait_audio_in(&verto_id, 10, T).await;
     fake.drop_connections();
     let h = caller
         .wait_call_event(&room, "m.call.hangup", &cid, T)
@@ -206,8 +238,11 @@ async fn socket_drop_ends_v0_and_ringing_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punt_reconnects_and_recovers() {
     let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
-    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
-    let login = fake.wait_for("the login", T, |f| f.msg["method"] == "login").await;
+    let (cid, verto_id, _, _peer) =
+        answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
+    let login = fake
+        .wait_for("the login", T, |f| f.msg["method"] == "login")
+        .await;
     let sessid = login.msg["params"]["sessid"].as_str().unwrap().to_owned();
     let intruder = Ringer::start_as(&Switch::shared(), "1000@localhost", &sessid).await;
     fake.wait_server("verto.punt", T, |f| f.msg["method"] == "verto.punt")
@@ -226,16 +261,49 @@ async fn punt_reconnects_and_recovers() {
     bot.stop().await;
 }
 
-/// 3: FreeSWITCH restarts: its calls are gone; the bridge reconnects with backoff, ends the
-/// Matrix call with a reason once FreeSWITCH is back, and new calls work.
+/// 3: FreeSWITCH stops (SIGTERM) and starts again. A stopping FreeSWITCH ends its calls itself
+/// (`verto.bye` 701 SYSTEM_SHUTDOWN): the caller gets a hangup and a notice that says so; the
+/// bridge reconnects with backoff, and new calls work once the switch is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freeswitch_restart() {
     let mut switch = Switch::start_own(None).await;
     let tap = FakeVerto::tap(&switch).await;
     let (fake, bot, mut caller, room) = setup_with(tap, BotOpts::default()).await;
-    let (cid, _, _) = answered_call(&fake, &mut caller, &room).await;
+    let (cid, _, _, _peer) = answered_call(&switch, &fake, &mut caller, &room).await;
     switch.stop().await;
+    let h = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(h["content"]["reason"], "unknown_error");
+    caller
+        .wait_notice(&room, "FreeSWITCH is shutting down", T)
+        .await;
     fake.wait_until("two refused reconnects", T, |f| f.refused() >= 2)
+        .await;
+    switch.run().await;
+    let cid2 = place_call(&caller, &room).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid2, T)
+        .await;
+    assert!(
+        fake.refused() < 15,
+        "backoff, not a spin: {} attempts",
+        fake.refused()
+    );
+    bot.stop().await;
+    switch.stop().await;
+}
+
+/// 3: FreeSWITCH crashes (SIGKILL): no goodbyes. The bridge reconnects once it is back, sees
+/// that the new switch does not have the call, and ends the Matrix call with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeswitch_crash() {
+    let mut switch = Switch::start_own(None).await;
+    let tap = FakeVerto::tap(&switch).await;
+    let (fake, bot, mut caller, room) = setup_with(tap, BotOpts::default()).await;
+    let (cid, _, _, _peer) = answered_call(&switch, &fake, &mut caller, &room).await;
+    switch.kill().await;
+    fake.wait_until("a refused reconnect", T, |f| f.refused() >= 1)
         .await;
     switch.run().await;
     let h = caller
@@ -245,14 +313,31 @@ async fn freeswitch_restart() {
     caller
         .wait_notice(&room, "FreeSWITCH no longer has the call", T)
         .await;
-    assert!(
-        fake.refused() < 15,
-        "backoff, not a spin: {} attempts",
-        fake.refused()
-    );
-    let cid2 = place_call(&caller, &room).await;
+    bot.stop().await;
+    switch.stop().await;
+}
+
+/// 4: the bot stops with `on_shutdown: detach` and stays away longer than FreeSWITCH's
+/// `detach-timeout-sec`: FreeSWITCH ends the call itself, and the bot, once back, ends the
+/// Matrix call with a reason instead of leaving it hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_timeout_ends_the_call() {
+    let mut switch = Switch::start_own(Some(3)).await;
+    let tap = FakeVerto::tap(&switch).await;
+    let opts = BotOpts {
+        calls_extra: "  on_shutdown: detach".into(),
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup_with(tap, opts.clone()).await;
+    let (cid, verto_id, _, _peer) = answered_call(&switch, &fake, &mut caller, &room).await;
+    let (_, user, pw, dir) = bot.stop().await;
+    switch.wait_channel(&verto_id, false, T).await;
+    let bot = Bot::start_with(user, pw, dir, &fake, opts).await;
     caller
-        .wait_call_event(&room, "m.call.answer", &cid2, T)
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    caller
+        .wait_notice(&room, "FreeSWITCH no longer has the call", T)
         .await;
     bot.stop().await;
     switch.stop().await;
@@ -267,7 +352,8 @@ async fn vertobot_restart_keeps_a_v1_call() {
         ..Default::default()
     };
     let (fake, bot, mut caller, room) = setup(opts.clone()).await;
-    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    let (cid, verto_id, _, _peer) =
+        answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
     let (_, user, pw, dir) = bot.stop().await;
     let switch = Switch::shared();
     assert!(
@@ -313,7 +399,8 @@ async fn vertobot_restart_ends_unrecoverable_calls() {
         ..Default::default()
     };
     let (fake, bot, mut caller, room) = setup(opts.clone()).await;
-    let (cid, verto_id, _) = answered_call(&fake, &mut caller, &room).await;
+    let (cid, verto_id, _, _peer) =
+        answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
     let (_, user, pw, dir) = bot.stop().await;
     // While the bot is away, the call ends on the switch.
     fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
@@ -375,8 +462,11 @@ async fn hostile_verto_frames_are_survived() {
         f.msg["id"] == 78 && f.msg["result"]["method"] == "verto.nosuchmethod"
     })
     .await;
-    let (cid, _, _) = answered_call(&fake, &mut caller, &room).await;
-    assert!(!cid.is_empty());
+    let cid = place_call(&caller, &room).await;
+    wait_dialled(&fake, &cid).await;
+    caller
+        .wait_call_event(&room, "m.call.answer", &cid, T)
+        .await;
     assert_eq!(fake.logins(), 1, "the connection survived");
     bot.stop().await;
 }

@@ -82,7 +82,9 @@ async fn call_with_audio(pattern: Pattern, destination: &str) {
     let switch = Switch::shared();
     let fs_in = switch.wait_audio_in(&verto_id, 50, MEDIA_T).await;
     let codec = switch.getvar(&verto_id, "read_codec").await;
-    eprintln!("{pattern:?} to {destination}: caller {c}, FreeSWITCH got {fs_in} packets, reads {codec:?}");
+    eprintln!(
+        "{pattern:?} to {destination}: caller {c}, FreeSWITCH got {fs_in} packets, reads {codec:?}"
+    );
     assert_eq!(codec.as_deref(), Some("opus"), "FreeSWITCH negotiated opus");
     hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
@@ -236,7 +238,11 @@ async fn chromium_matrix_js_sdk_call_with_audio_and_keypad() {
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
     // FreeSWITCH decoded the keypad's RFC 4733 events into digits and collected them.
     let digits = Switch::shared().collected_digits(&verto_id);
-    assert_eq!(digits.as_deref(), Some("12#"), "digits FreeSWITCH collected");
+    assert_eq!(
+        digits.as_deref(),
+        Some("12#"),
+        "digits FreeSWITCH collected"
+    );
     bot.stop().await;
 }
 
@@ -330,21 +336,30 @@ async fn chromium_hold_and_resume() {
     let modifies = fake
         .frames()
         .into_iter()
-        .filter(|f| f.msg["method"] == "verto.modify" && f.msg["params"]["dialogParams"]["callID"] == id.as_str())
+        .filter(|f| {
+            f.msg["method"] == "verto.modify"
+                && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+        })
         .count();
     assert_eq!(modifies, 2, "hold and resume each reached FreeSWITCH");
     caller.catch_up().await;
     for n in caller.seen_call_events("m.call.negotiate", &cid) {
         if n["sender"] == bot.user_id.as_str() {
             assert_eq!(n["content"]["description"]["type"], "answer");
-            assert!(n["content"]["sdp_stream_metadata"].is_object(), "complete answer: {n}");
+            assert!(
+                n["content"]["sdp_stream_metadata"].is_object(),
+                "complete answer: {n}"
+            );
         }
     }
     assert_eq!(r["hold"][0]["held"], true, "{r}");
     assert_eq!(r["hold"][1]["held"], false, "{r}");
     let series = r["series"].as_array().unwrap();
     eprintln!("Chromium audio counters every 500 ms after the resume: {series:?}");
-    let rx: Vec<u64> = series.iter().map(|s| s["rx"].as_u64().unwrap_or(0)).collect();
+    let rx: Vec<u64> = series
+        .iter()
+        .map(|s| s["rx"].as_u64().unwrap_or(0))
+        .collect();
     // From 1 s after the resume on, every 500 ms brings new audio: no gap.
     for w in rx.windows(2).skip(2) {
         assert!(w[1] > w[0], "audio stalled after the resume: {rx:?}");

@@ -265,9 +265,17 @@ async fn wss_with_pinned_ca_flagged_self_signed_certificate() {
     let (other, other_pem) = FakeVerto::start_tls_with(VERTO_PASSWORD, true).await;
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let (_h, _t) = verto::spawn(&tls_cfg(&other.url, Some(&pin)), "s5".into(), tx, cancel.clone()).unwrap();
+    let (_h, _t) = verto::spawn(
+        &tls_cfg(&other.url, Some(&pin)),
+        "s5".into(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
     other
-        .wait_until("the unpinned certificate to be refused", T, |f| f.tls_failures() > 0)
+        .wait_until("the unpinned certificate to be refused", T, |f| {
+            f.tls_failures() > 0
+        })
         .await;
     assert_eq!(other.logins(), 0);
     assert!(rx.try_recv().is_err(), "no Connected event");

@@ -61,6 +61,7 @@ pub fn verto_to_matrix(cause_code: Option<i64>, cause: Option<&str>, answered: b
             "FreeSWITCH lost the connection to the bridge",
         ),
         Some(102) => e("unknown_error", "the call could not be recovered"),
+        Some(701) => e("unknown_error", "FreeSWITCH is shutting down"),
         _ => e("unknown_error", "the call failed in FreeSWITCH"),
     }
 }
@@ -78,6 +79,7 @@ fn code_of_name(name: &str) -> Option<i64> {
         "SUBSCRIBER_ABSENT" => 20,
         "CALL_REJECTED" => 21,
         "DESTINATION_OUT_OF_ORDER" => 27,
+        "SYSTEM_SHUTDOWN" => 701,
         "INVALID_NUMBER_FORMAT" => 28,
         "NORMAL_UNSPECIFIED" => 31,
         "BEARERCAPABILITY_NOTAVAIL" => 58,
@@ -144,6 +146,7 @@ mod tests {
             (None, Some("incompatible_destination"), false, "ice_failed"),
             (None, Some("WHATEVER"), true, "unknown_error"),
             (None, None, true, "user_hangup"),
+            (Some(701), None, true, "unknown_error"),
         ];
         for (code, name, answered, want) in cases {
             assert_eq!(
@@ -152,5 +155,9 @@ mod tests {
                 "{code:?} {name:?} {answered}"
             );
         }
+        // What a stopping FreeSWITCH sends for each of its calls (seen on 1.10.12).
+        let end = verto_to_matrix(Some(701), Some("SYSTEM_SHUTDOWN"), true);
+        assert_eq!(end.human, "FreeSWITCH is shutting down");
+        assert_eq!(verto_to_matrix(None, Some("SYSTEM_SHUTDOWN"), true), end);
     }
 }

@@ -357,6 +357,11 @@ impl Call {
 
     /// Checks the offer, and dials at once if it cannot expect trickled candidates.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        // A recovered call starts Detached: it was dialled in the last run, never again.
+        if self.state != State::Collecting {
+            debug!(state = ?self.state, "start of a call that is not new: nothing to dial");
+            return Vec::new();
+        }
         if self.setup.offer.len() > self.setup.max_sdp_bytes {
             return self.fail("unknown_error", "the offer SDP is too large");
         }
@@ -940,8 +945,12 @@ impl Call {
         let Some(answer) = r.answer else {
             return Vec::new();
         };
+        // A caller that sent no new candidates still listens where it did: its trickled ones
+        // and those inside its original offer (aiortc and v0 clients put them there).
         let cands = if r.candidates.is_empty() {
-            self.trickled.clone()
+            let mut c = sdp::candidates_of(&self.setup.offer);
+            c.extend(self.trickled.iter().cloned());
+            c
         } else {
             r.candidates
         };
@@ -1774,6 +1783,51 @@ mod tests {
             panic!("{a:?}")
         };
         assert!(sdp.contains("127.0.0.1 5000"), "{sdp}");
+    }
+
+    #[test]
+    fn reattach_falls_back_to_the_candidates_inside_the_offer() {
+        // aiortc's offer: candidates inside, none trickled.
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.offer = OFFER.replace("a=ice-options:trickle\r\n", "").replace(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=candidate:1 1 udp 1 10.0.0.9 4444 typ host\r\n",
+        );
+        let mut c = Call::new(s);
+        assert_eq!(sent_types(&c.start(now)), ["dial"]);
+        c.handle(Input::InviteResult(Ok(())), now);
+        c.handle(
+            Input::Answer {
+                sdp: Some(FS_ANSWER.into()),
+            },
+            now,
+        );
+        c.handle(Input::VertoDown, now);
+        c.handle(Input::Attach { sdp: ATTACH.into() }, now);
+        c.handle_timeout(c.poll_timeout().unwrap());
+        c.handle(neg_answer(), now);
+        let a = c.handle_timeout(c.poll_timeout().unwrap());
+        let [Action::Attach { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert!(sdp.contains("10.0.0.9 4444"), "{sdp}");
+    }
+
+    #[test]
+    fn recovered_call_with_a_complete_offer_is_not_dialled_again() {
+        let now = Instant::now();
+        let mut s = setup(Version::V1, now);
+        s.offer = OFFER.replace("a=ice-options:trickle\r\n", "").replace(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=candidate:1 1 udp 1 10.0.0.9 4444 typ host\r\n",
+        );
+        let mut c = Call::recovered(s, Vec::new(), now);
+        assert!(
+            c.start(now).is_empty(),
+            "a recovered call waits for the re-offer"
+        );
+        assert_eq!(c.state(), State::Detached);
     }
 
     #[test]

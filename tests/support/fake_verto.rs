@@ -113,7 +113,9 @@ impl FakeVerto {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
         let signing_key = rcgen::KeyPair::generate().expect("key pair");
-        let cert = params.self_signed(&signing_key).expect("self-signed certificate");
+        let cert = params
+            .self_signed(&signing_key)
+            .expect("self-signed certificate");
         let ck = rcgen::CertifiedKey { cert, signing_key };
         let pem = ck.cert.pem();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
@@ -150,7 +152,12 @@ impl FakeVerto {
     }
 
     /// Tap mode: waits for a frame from FreeSWITCH matching `pred`.
-    pub async fn wait_server(&self, what: &str, timeout: Duration, pred: impl Fn(&Frame) -> bool) -> Frame {
+    pub async fn wait_server(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Frame) -> bool,
+    ) -> Frame {
         let mut rx = self.count.subscribe();
         let fut = async {
             loop {
@@ -164,10 +171,12 @@ impl FakeVerto {
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(f) => f,
-            Err(_) => panic!(
+            Err(_) => {
+                panic!(
                 "timed out after {timeout:?} waiting for {what} from FreeSWITCH; its frames: {:#?}",
                 self.server_frames().iter().map(|f| summary(&f.msg)).collect::<Vec<_>>()
-            ),
+            )
+            }
         }
     }
 
@@ -204,7 +213,11 @@ impl FakeVerto {
             while let Some(Ok(m)) = up_stream.next().await {
                 if let Message::Text(t) = &m {
                     let msg = serde_json::from_str(t).unwrap_or(Value::String(t.to_string()));
-                    me.inner.lock().unwrap().server_frames.push(Frame { conn, msg });
+                    me.inner
+                        .lock()
+                        .unwrap()
+                        .server_frames
+                        .push(Frame { conn, msg });
                     me.count.send_modify(|c| *c += 1);
                 }
                 if matches!(m, Message::Close(_)) || tx.send(m).is_err() {

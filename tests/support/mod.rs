@@ -201,13 +201,28 @@ pub async fn place_media_call(
     room: &str,
     peer: &media::MediaPeer,
 ) -> (String, Value) {
+    place_media_call_as(caller, room, peer, false).await
+}
+
+/// [`place_media_call`] as a version 0 caller (`version: 0`, no `party_id`) when `v0`.
+pub async fn place_media_call_as(
+    caller: &mut TestUser,
+    room: &str,
+    peer: &media::MediaPeer,
+    v0: bool,
+) -> (String, Value) {
     let cid = call_id();
     let (offer, _) = peer.offer(&cid, false).await;
-    caller
-        .send(room, "m.call.invite", invite_v1(&cid, &offer, 60000))
-        .await;
+    let invite = if v0 {
+        json!({"call_id": cid, "version": 0, "lifetime": 60000, "offer": {"type": "offer", "sdp": offer}})
+    } else {
+        invite_v1(&cid, &offer, 60000)
+    };
+    caller.send(room, "m.call.invite", invite).await;
     let answer = caller.wait_call_event(room, "m.call.answer", &cid, T).await;
-    let sdp = answer["content"]["answer"]["sdp"].as_str().unwrap_or_default();
+    let sdp = answer["content"]["answer"]["sdp"]
+        .as_str()
+        .unwrap_or_default();
     peer.apply_answer(&cid, sdp).await;
     (cid, answer)
 }

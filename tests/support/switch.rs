@@ -32,7 +32,8 @@ pub struct Switch {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run.sh"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run.sh"))
 }
 
 fn script() -> String {
@@ -100,16 +101,29 @@ impl Switch {
             .status()
             .await
             .expect("freeswitch.sh wait");
-        assert!(ok.success(), "FreeSWITCH did not come up; see {}", self.run_dir.display());
+        assert!(
+            ok.success(),
+            "FreeSWITCH did not come up; see {}",
+            self.run_dir.display()
+        );
     }
 
     /// Stops an own switch by its process id (SIGTERM, then waits).
     pub async fn stop(&mut self) {
-        let mut child = self.child.take().expect("only an own switch can be stopped");
+        let mut child = self
+            .child
+            .take()
+            .expect("only an own switch can be stopped");
         if let Some(pid) = child.id() {
             let _ = Command::new("kill").arg(pid.to_string()).status().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        let _ = child.kill().await;
+    }
+
+    /// Kills an own switch by its process id with SIGKILL: a crash, no goodbyes.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("only an own switch can be killed");
         let _ = child.kill().await;
     }
 
@@ -131,7 +145,8 @@ impl Switch {
     pub async fn getvar(&self, uuid: &str, var: &str) -> Option<String> {
         let body = self.api(&format!("uuid_getvar {uuid} {var}")).await;
         let body = body.trim();
-        (!body.is_empty() && body != "_undef_" && !body.starts_with("-ERR")).then(|| body.to_owned())
+        (!body.is_empty() && body != "_undef_" && !body.starts_with("-ERR"))
+            .then(|| body.to_owned())
     }
 
     /// Polls `cond` on the switch's state until it holds; FreeSWITCH pushes nothing to us for
@@ -172,7 +187,9 @@ impl Switch {
         let cmd = serde_json::json!({"command": "mediaStats", "data": {"uuid": uuid}});
         let body = self.api(&format!("json {cmd}")).await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        v["response"]["audio"]["in_media_packet_count"].as_u64().unwrap_or(0)
+        v["response"]["audio"]["in_media_packet_count"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Waits until the switch has received `more` further audio packets on a channel: proof
@@ -180,8 +197,10 @@ impl Switch {
     pub async fn wait_audio_in(&self, uuid: &str, more: u64, timeout: Duration) -> u64 {
         let start = self.audio_in_packets(uuid).await;
         let what = format!("{more} more audio packets from the caller on {uuid} (had {start})");
-        self.wait_until(&what, timeout, || async { self.audio_in_packets(uuid).await >= start + more })
-            .await;
+        self.wait_until(&what, timeout, || async {
+            self.audio_in_packets(uuid).await >= start + more
+        })
+        .await;
         self.audio_in_packets(uuid).await
     }
 
@@ -212,7 +231,9 @@ pub async fn esl_api(port: u16, cmd: &str) -> std::io::Result<String> {
     r.get_mut().write_all(b"auth ClueCon\n\n").await?;
     let (headers, _) = read_msg(&mut r).await?;
     if !headers.contains("+OK") {
-        return Err(std::io::Error::other(format!("ESL auth refused: {headers}")));
+        return Err(std::io::Error::other(format!(
+            "ESL auth refused: {headers}"
+        )));
     }
     r.get_mut()
         .write_all(format!("api {cmd}\n\n").as_bytes())
@@ -275,9 +296,13 @@ impl Ringer {
         let (mut sink, mut stream) = ws.split();
         let login = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "login", "params": {
             "login": login, "passwd": "1234", "sessid": sessid}});
-        sink.send(Message::text(login.to_string())).await.expect("ringer login");
+        sink.send(Message::text(login.to_string()))
+            .await
+            .expect("ringer login");
         loop {
-            let Some(Ok(Message::Text(t))) = stream.next().await else { panic!("ringer: socket closed") };
+            let Some(Ok(Message::Text(t))) = stream.next().await else {
+                panic!("ringer: socket closed")
+            };
             let v: Value = serde_json::from_str(&t).unwrap_or_default();
             if v["id"] == 1 {
                 assert!(v.get("result").is_some(), "ringer login refused: {v}");
@@ -290,9 +315,14 @@ impl Ringer {
             while let Some(Ok(m)) = stream.next().await {
                 let Message::Text(t) = m else { continue };
                 let v: Value = serde_json::from_str(&t).unwrap_or_default();
-                let Some(method) = v["method"].as_str() else { continue };
+                let Some(method) = v["method"].as_str() else {
+                    continue;
+                };
                 if method == "verto.invite" {
-                    let id = v["params"]["callID"].as_str().unwrap_or_default().to_owned();
+                    let id = v["params"]["callID"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     seen.lock().unwrap().push(id);
                 }
                 // Acknowledge every request (invite, bye, ping) as a browser client does.
