@@ -215,6 +215,33 @@ pub fn candidates_of(sdp: &str) -> Vec<TrickleCandidate> {
     out
 }
 
+/// The media stream ids an SDP announces, in order and without repeats: `a=msid:<stream>`,
+/// `a=ssrc:<n> msid:<stream>`, or (FreeSWITCH's answers) `a=msid-semantic: WMS <stream>`.
+/// matrix-js-sdk keys its `sdp_stream_metadata` by these ids.
+pub fn stream_ids(sdp: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        let id = if let Some(v) = line.strip_prefix("a=msid:") {
+            v.split_ascii_whitespace().next()
+        } else if let Some(v) = line.strip_prefix("a=ssrc:") {
+            v.split_once(" msid:")
+                .and_then(|(_, m)| m.split_ascii_whitespace().next())
+        } else if let Some(v) = line.strip_prefix("a=msid-semantic:") {
+            v.trim()
+                .strip_prefix("WMS")
+                .and_then(|w| w.split_ascii_whitespace().next())
+        } else {
+            None
+        };
+        if let Some(id) = id.filter(|i| *i != "-" && *i != "*") {
+            if !ids.iter().any(|x| x == id) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
 /// Puts trickled candidates into the offer and drops the ones FreeSWITCH cannot use.
 ///
 /// Each candidate goes into the section whose `a=mid` equals its `sdpMid`, else the section at
@@ -371,6 +398,150 @@ pub fn repair_answer(answer: &str, offer: &str) -> String {
     join(a.eol, &session, &media)
 }
 
+/// A media direction attribute (RFC 3264).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `a=sendrecv` (also the default when none is given).
+    SendRecv,
+    /// `a=sendonly`: the sender holds the other side (RFC 3264 section 8.4).
+    SendOnly,
+    /// `a=recvonly`.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+impl Direction {
+    fn parse(line: &str) -> Option<Self> {
+        Some(match line {
+            "a=sendrecv" => Self::SendRecv,
+            "a=sendonly" => Self::SendOnly,
+            "a=recvonly" => Self::RecvOnly,
+            "a=inactive" => Self::Inactive,
+            _ => return None,
+        })
+    }
+
+    fn line(self) -> &'static str {
+        match self {
+            Self::SendRecv => "a=sendrecv",
+            Self::SendOnly => "a=sendonly",
+            Self::RecvOnly => "a=recvonly",
+            Self::Inactive => "a=inactive",
+        }
+    }
+
+    /// The direction an answer takes to an offer with this one.
+    pub fn answer(self) -> Self {
+        match self {
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            other => other,
+        }
+    }
+
+    /// True when the offerer puts the call on hold.
+    pub fn is_hold(self) -> bool {
+        matches!(self, Self::SendOnly | Self::Inactive)
+    }
+}
+
+/// The direction of the first media section (its own line, else the session's, else sendrecv).
+pub fn direction(sdp: &str) -> Direction {
+    let Ok(lines) = split(sdp) else {
+        return Direction::SendRecv;
+    };
+    let first = lines.media.first().into_iter().flatten();
+    first
+        .chain(lines.session.iter())
+        .find_map(|l| Direction::parse(l.trim()))
+        .unwrap_or(Direction::SendRecv)
+}
+
+/// The lines that name a media session's transport and media: the sections (without their
+/// port), ICE credentials, DTLS fingerprints, mids, bundling and codecs. What else changes
+/// between a browser's offers does not matter for a hold: the default address and candidates
+/// it fills in after gathering, and header extensions the first answer dropped.
+fn transport_lines(sdp: &str) -> Option<Vec<String>> {
+    let lines = split(sdp).ok()?;
+    let kept = [
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=fingerprint:",
+        "a=mid:",
+        "a=group:",
+        "a=rtpmap:",
+        "a=fmtp:",
+    ];
+    let mut out = Vec::new();
+    for l in lines
+        .session
+        .iter()
+        .chain(lines.media.iter().flatten())
+        .map(|l| l.trim())
+    {
+        if let Some(m) = l.strip_prefix("m=") {
+            let f: Vec<&str> = m.split_ascii_whitespace().collect();
+            let rest = f.get(2..).unwrap_or_default().join(" ");
+            out.push(format!("m={} {rest}", f.first().unwrap_or(&"")));
+        } else if kept.iter().any(|k| l.starts_with(k)) {
+            out.push(l.to_owned());
+        }
+    }
+    Some(out)
+}
+
+/// If `new` differs from `current` only in its direction (the same ICE credentials, DTLS
+/// fingerprint, sections and codecs: a hold or a resume, as Element's hold button sends),
+/// returns the new direction.
+pub fn direction_change(current: &str, new: &str) -> Option<Direction> {
+    let (a, b) = (transport_lines(current)?, transport_lines(new)?);
+    (a == b && !a.is_empty()).then(|| direction(new))
+}
+
+/// `sdp` with every direction line set to `dir` (added after each `m=` line that has none)
+/// and the origin's session version incremented, as a changed answer needs (RFC 3264 §8).
+pub fn with_direction(sdp: &str, dir: Direction) -> String {
+    let Ok(lines) = split(sdp) else {
+        return sdp.to_owned();
+    };
+    let session: Vec<String> = lines
+        .session
+        .iter()
+        .filter(|l| Direction::parse(l.trim()).is_none())
+        .map(|l| bump_origin(l))
+        .collect();
+    let media: Vec<Vec<String>> = lines
+        .media
+        .iter()
+        .map(|section| {
+            let mut out: Vec<String> = section
+                .iter()
+                .filter(|l| Direction::parse(l.trim()).is_none())
+                .map(|l| (*l).to_owned())
+                .collect();
+            out.insert(1.min(out.len()), dir.line().to_owned());
+            out
+        })
+        .collect();
+    join(lines.eol, &session, &media)
+}
+
+/// `o=<user> <id> <version> ...` with the version plus one; other lines unchanged.
+fn bump_origin(line: &str) -> String {
+    let Some(rest) = line.strip_prefix("o=") else {
+        return line.to_owned();
+    };
+    let mut f: Vec<String> = rest.split(' ').map(str::to_owned).collect();
+    if let Some(v) = f
+        .get_mut(2)
+        .and_then(|v| v.parse::<u64>().ok().map(|n| (v, n)))
+    {
+        *v.0 = v.1.wrapping_add(1).to_string();
+    }
+    format!("o={}", f.join(" "))
+}
+
 /// Changes the last byte of every `a=fingerprint` (session or media level).
 ///
 /// After `verto.attach`, FreeSWITCH starts a new DTLS handshake with the *same* certificate;
@@ -491,6 +662,118 @@ mod tests {
             candidates_of(OFFER).is_empty(),
             "the Chromium capture trickles all of them"
         );
+    }
+
+    #[test]
+    fn stream_ids_of_sdps() {
+        let fs = "v=0\r\na=msid-semantic: WMS XkvxA\r\nm=audio 1 RTP/SAVPF 96\r\na=ssrc:1 msid:XkvxA a0\r\n";
+        assert_eq!(stream_ids(fs), ["XkvxA"]);
+        let chrome =
+            "v=0\r\na=msid-semantic: WMS *\r\nm=audio 1 RTP/SAVPF 96\r\na=msid:c823 t1\r\n";
+        assert_eq!(stream_ids(chrome), ["c823"]);
+        assert!(stream_ids(
+            "v=0\r\na=msid-semantic: WMS\r\nm=audio 1 RTP/SAVPF 96\r\na=msid:- t\r\n"
+        )
+        .is_empty());
+        assert_eq!(
+            stream_ids(OFFER).len(),
+            1,
+            "the Chromium capture has one stream"
+        );
+    }
+
+    #[test]
+    fn hold_and_resume_are_direction_changes() {
+        let with_cands = OFFER.replace(
+            "a=mid:0\r\n",
+            "a=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host\r\n",
+        );
+        let hold = OFFER
+            .replace("a=sendrecv", "a=sendonly")
+            .replace(" 2 IN IP4", " 3 IN IP4");
+        let cases: &[(&str, &str, Option<Direction>)] = &[
+            ("hold", &hold, Some(Direction::SendOnly)),
+            ("resume", OFFER, Some(Direction::SendRecv)),
+            (
+                "inactive",
+                &OFFER.replace("a=sendrecv", "a=inactive"),
+                Some(Direction::Inactive),
+            ),
+            (
+                "candidates do not matter",
+                &with_cands,
+                Some(Direction::SendRecv),
+            ),
+            (
+                "nor the default address Chromium fills in later",
+                &hold
+                    .replace("m=audio 9 ", "m=audio 55085 ")
+                    .replace("c=IN IP4 0.0.0.0", "c=IN IP4 127.0.0.1")
+                    .replace("a=rtcp:9 IN IP4 0.0.0.0", "a=rtcp:55085 IN IP4 127.0.0.1"),
+                Some(Direction::SendOnly),
+            ),
+            (
+                "another codec list",
+                &OFFER.replace(
+                    "m=audio 9 UDP/TLS/RTP/SAVPF 111 ",
+                    "m=audio 9 UDP/TLS/RTP/SAVPF ",
+                ),
+                None,
+            ),
+            (
+                "header extensions dropped",
+                &OFFER
+                    .lines()
+                    .filter(|l| !l.starts_with("a=extmap"))
+                    .collect::<Vec<_>>()
+                    .join("\r\n"),
+                Some(Direction::SendRecv),
+            ),
+            (
+                "ICE restart",
+                &OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:x"),
+                None,
+            ),
+            (
+                "new fingerprint",
+                &OFFER.replace("a=fingerprint:sha-256 ", "a=fingerprint:sha-256 00:"),
+                None,
+            ),
+            (
+                "codec change",
+                &OFFER.replace("a=rtpmap:111 opus", "a=rtpmap:111 OPUS"),
+                None,
+            ),
+            ("not SDP", "hello", None),
+        ];
+        for (name, new, want) in cases {
+            assert_eq!(direction_change(OFFER, new), *want, "{name}");
+        }
+        assert!(Direction::SendOnly.is_hold() && Direction::Inactive.is_hold());
+        assert!(!Direction::SendRecv.is_hold() && !Direction::RecvOnly.is_hold());
+        assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
+        assert_eq!(Direction::Inactive.answer(), Direction::Inactive);
+    }
+
+    #[test]
+    fn answers_with_a_new_direction() {
+        let fs = "v=0\r\no=FreeSWITCH 17 18 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nt=0 0\r\nm=audio 1 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\na=setup:active\r\n";
+        let held = with_direction(fs, Direction::RecvOnly);
+        assert_eq!(direction(&held), Direction::RecvOnly);
+        assert_eq!(held.matches("a=recvonly").count(), 1);
+        assert!(!held.contains("a=sendrecv"));
+        assert!(held.contains("o=FreeSWITCH 17 19 IN IP4"), "{held}");
+        let back = with_direction(&held, Direction::SendRecv);
+        assert_eq!(direction(&back), Direction::SendRecv);
+        assert!(back.contains("o=FreeSWITCH 17 20 IN IP4"));
+        // No direction line at all: one is added to the section.
+        let bare = fs.replace("a=sendrecv\r\n", "");
+        assert_eq!(direction(&bare), Direction::SendRecv);
+        assert_eq!(
+            direction(&with_direction(&bare, Direction::Inactive)),
+            Direction::Inactive
+        );
+        assert_eq!(with_direction("junk", Direction::Inactive), "junk");
     }
 
     #[test]

@@ -225,6 +225,23 @@ fn execute(
                 .instrument(tracing::Span::current()),
             );
         }
+        Action::Hold { on } => {
+            let verto = ctx.verto.clone();
+            let id = ctx.verto_call_id.clone();
+            side.spawn(
+                async move {
+                    let action = if on { "hold" } else { "unhold" };
+                    let params = json!({"action": action, "dialogParams": {"callID": id}});
+                    match verto.request("verto.modify", params).await {
+                        Ok(v) => {
+                            debug!(%action, hold_state = %v["holdState"], "FreeSWITCH hold state")
+                        }
+                        Err(e) => warn!(%action, error = %Chain(&e), "verto.modify hold failed"),
+                    }
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
         Action::Attach { sdp } => {
             let verto = ctx.verto.clone();
             let id = ctx.verto_call_id.clone();

@@ -239,6 +239,12 @@ pub enum Action {
         /// The offer, with candidates.
         sdp: String,
     },
+    /// Send `verto.modify {action: hold}` (or `unhold`): FreeSWITCH's own hold, as verto.js
+    /// does it, without renegotiating media. Fire and forget.
+    Hold {
+        /// Hold (true) or resume (false).
+        on: bool,
+    },
     /// Send `verto.attach` with the caller's answer; report as [`Input::AttachResult`].
     Attach {
         /// The complete answer.
@@ -277,6 +283,9 @@ pub struct Call {
     reneg: Option<Reneg>,
     /// The caller's renegotiation offer while `verto.modify` is in flight.
     caller_offer: Option<String>,
+    /// The Matrix side's current offer and our answer to it, while our side is an answer:
+    /// what a hold or resume is compared with and answered from.
+    matrix_media: Option<(String, String)>,
     /// Set when the call was left running for the next start ([`Input::Detach`]).
     pub kept: bool,
     /// Why it ended, for the final log line.
@@ -300,6 +309,7 @@ impl Call {
             detach_due: None,
             reneg: None,
             caller_offer: None,
+            matrix_media: None,
             kept: false,
             end_reason: None,
         }
@@ -649,6 +659,7 @@ impl Call {
             (Answered | Renegotiating | Detached, Input::VertoDown) => {
                 info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
                 self.reneg = None;
+                self.matrix_media = None;
                 self.state = Detached;
                 self.detach_due = Some(now + self.setup.recovery.detach_timeout);
                 Vec::new()
@@ -697,6 +708,9 @@ impl Call {
                     warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
                     return Vec::new();
                 }
+                if let Some(out) = self.local_hold(&sdp) {
+                    return out;
+                }
                 // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
                 // candidates in the SDP: new ones if the offer has them, else the call's own
                 // (without an ICE restart they are unchanged).
@@ -719,7 +733,12 @@ impl Call {
             (Answered, Input::ModifyResult(res)) => {
                 let Some(offer) = self.caller_offer.take() else { return Vec::new() };
                 match res {
-                    Ok(fs_sdp) => vec![self.negotiate("answer", &sdp::repair_answer(&fs_sdp, &offer))],
+                    Ok(fs_sdp) => {
+                        let answer = sdp::repair_answer(&fs_sdp, &offer);
+                        let out = vec![self.negotiate("answer", &answer)];
+                        self.matrix_media = Some((offer, answer));
+                        out
+                    }
                     Err(e) => {
                         // FreeSWITCH hangs the call up itself when it cannot renegotiate.
                         warn!(error = %e, "verto.modify updateMedia failed");
@@ -844,6 +863,26 @@ impl Call {
         }]
     }
 
+    /// A hold or resume from the caller (an offer that changes nothing but the direction) is
+    /// answered here, from our current answer, and becomes FreeSWITCH's own hold. Passing it
+    /// on as `updateMedia` makes FreeSWITCH reset ICE (`switch_core_media_clear_ice`), and its
+    /// media then stops until the browser's next connectivity check, up to 2.5 s.
+    fn local_hold(&mut self, offer: &str) -> Option<Vec<Action>> {
+        let (current, ours) = self.matrix_media.as_ref()?;
+        let dir = sdp::direction_change(current, offer)?;
+        let answer = sdp::with_direction(ours, dir.answer());
+        info!(
+            hold = dir.is_hold(),
+            "caller holds or resumes; answering it and telling FreeSWITCH"
+        );
+        let out = vec![
+            self.negotiate("answer", &answer),
+            Action::Hold { on: dir.is_hold() },
+        ];
+        self.matrix_media = Some((offer.to_owned(), answer));
+        Some(out)
+    }
+
     fn negotiate_offer(&self, sdp: String) -> Action {
         self.negotiate("offer", &sdp)
     }
@@ -859,6 +898,7 @@ impl Call {
                 "version": "1",
                 "lifetime": s.recovery.answer_timeout.as_millis() as u64,
                 "description": {"type": kind, "sdp": sdp},
+                "sdp_stream_metadata": stream_metadata(sdp),
             }),
         }
     }
@@ -983,9 +1023,10 @@ impl Call {
         }
     }
 
-    fn answer(&self, fs_sdp: &str) -> Vec<Action> {
+    fn answer(&mut self, fs_sdp: &str) -> Vec<Action> {
+        let sdp = sdp::repair_answer(fs_sdp, &self.setup.offer);
+        self.matrix_media = Some((self.setup.offer.clone(), sdp.clone()));
         let s = &self.setup;
-        let sdp = sdp::repair_answer(fs_sdp, &s.offer);
         let mut out = Vec::new();
         match s.version {
             Version::V1 => {
@@ -997,6 +1038,7 @@ impl Call {
                         "version": "1",
                         "answer": {"type": "answer", "sdp": sdp},
                         "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                        "sdp_stream_metadata": stream_metadata(&sdp),
                     }),
                 });
                 // FreeSWITCH's answer already holds all its candidates; the spec still wants
@@ -1100,6 +1142,18 @@ pub fn ending_event(
 /// The default pause a caller gets to trickle candidates, exposed for tests.
 pub const DEFAULT_CANDIDATE_WAIT: Duration = Duration::from_millis(2500);
 
+/// `sdp_stream_metadata` for FreeSWITCH's side of the call: one audio stream, user media.
+/// matrix-js-sdk warns without it and cannot tell what a stream is for.
+fn stream_metadata(sdp: &str) -> Value {
+    let meta = json!({"purpose": "m.usermedia", "audio_muted": false, "video_muted": true});
+    Value::Object(
+        sdp::stream_ids(sdp)
+            .into_iter()
+            .map(|id| (id, meta.clone()))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1157,6 +1211,7 @@ mod tests {
                 Action::Notice { .. } => "notice",
                 Action::Attach { .. } => "attach",
                 Action::Modify { .. } => "modify",
+                Action::Hold { .. } => "hold",
             })
             .collect()
     }
@@ -1859,37 +1914,84 @@ mod tests {
         );
     }
 
-    #[test]
-    fn caller_hold_goes_through_verto_modify() {
-        let (mut c, now) = answered_call(Version::V1);
-        let hold = OFFER.replace("a=sendrecv", "a=sendonly");
-        let offer = Input::Negotiate {
+    fn caller_offer(sdp: &str) -> Input {
+        Input::Negotiate {
             party_id: Some("CALLER".into()),
             kind: "offer".into(),
-            sdp: hold.clone(),
+            sdp: sdp.into(),
+        }
+    }
+
+    fn negotiate_answer_of(a: &Action) -> &Value {
+        match a {
+            Action::Send {
+                event_type: "m.call.negotiate",
+                content,
+            } => {
+                assert_eq!(content["description"]["type"], "answer");
+                assert!(content["sdp_stream_metadata"].is_object(), "{content}");
+                content
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn caller_hold_and_resume_are_answered_here_and_held_in_freeswitch() {
+        let (mut c, now) = answered_call(Version::V1);
+        let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+        let a = c.handle(caller_offer(&hold), now);
+        let [answer, Action::Hold { on: true }] = a.as_slice() else {
+            panic!("{a:?}")
         };
-        let a = c.handle(offer.clone(), now);
+        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
+            .as_str()
+            .unwrap();
+        assert_eq!(sdp::direction(sdp), sdp::Direction::RecvOnly, "{sdp}");
+        assert!(sdp.contains("a=mid:0"));
+        let a = c.handle(caller_offer(OFFER), now);
+        let [answer, Action::Hold { on: false }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
+            .as_str()
+            .unwrap();
+        assert_eq!(sdp::direction(sdp), sdp::Direction::SendRecv);
+    }
+
+    #[test]
+    fn other_caller_renegotiations_go_through_verto_modify() {
+        let (mut c, now) = answered_call(Version::V1);
+        // An ICE restart: new credentials, so FreeSWITCH must see the new offer.
+        let restart = OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:new");
+        let a = c.handle(caller_offer(&restart), now);
         let [Action::Modify { sdp }] = a.as_slice() else {
             panic!("{a:?}")
         };
         assert!(
-            sdp.contains("a=sendonly") && sdp.contains("127.0.0.1 5000"),
+            sdp.contains("127.0.0.1 5000"),
             "the call's candidates: {sdp}"
         );
-        assert!(c.handle(offer, now).is_empty(), "one at a time");
+        assert!(
+            c.handle(caller_offer(&restart), now).is_empty(),
+            "one at a time"
+        );
         let a = c.handle(Input::ModifyResult(Ok(FS_ANSWER.into())), now);
-        let [Action::Send {
-            event_type: "m.call.negotiate",
-            content,
-        }] = a.as_slice()
-        else {
+        let [answer] = a.as_slice() else {
             panic!("{a:?}")
         };
-        assert_eq!(content["description"]["type"], "answer");
-        assert!(content["description"]["sdp"]
+        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
             .as_str()
-            .unwrap()
-            .contains("a=mid:0"));
+            .unwrap();
+        assert!(sdp.contains("a=mid:0"));
+        // After the modify, a hold compares with the restarted session and stays local.
+        let hold = restart.replace("a=sendrecv", "a=sendonly");
+        let a = c.handle(caller_offer(&hold), now);
+        assert!(
+            matches!(a.as_slice(), [_, Action::Hold { on: true }]),
+            "{a:?}"
+        );
+        let hold = OFFER.replace("a=sendrecv", "a=sendonly");
         // Version 0 callers do not renegotiate.
         let (mut c, now) = answered_call(Version::V0);
         assert!(c

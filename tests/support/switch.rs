@@ -210,10 +210,11 @@ impl Switch {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let key = format!("HARNESS_DTMF uuid={uuid} ");
         log.lines()
+            .rev()
             .filter(|l| l.contains(&key))
             .filter_map(|l| l.split("total=[").nth(1))
             .filter_map(|t| t.split(']').next())
-            .last()
+            .next()
             .map(str::to_owned)
     }
 
