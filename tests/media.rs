@@ -390,3 +390,37 @@ async fn run_browser(opts: Value) -> Value {
     assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
     r
 }
+
+/// The conference (3000): the Matrix caller joins, a second member (a loopback leg playing a
+/// tone, started over the event socket) joins too; FreeSWITCH lists both, and the conference's
+/// audio keeps reaching the caller. (aiortc reports packets, not levels: that the caller hears
+/// the tone itself is not checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conference_with_a_second_member() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "3000".into(),
+        ..Default::default()
+    })
+    .await;
+    let switch = Switch::shared();
+    let peer = MediaPeer::start().await;
+    let (cid, _) = place_media_call(&mut caller, &room, &peer).await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    switch.wait_audio_in(&verto_id, 20, MEDIA_T).await;
+    let other = switch
+        .api("originate {origination_caller_id_number=tone}loopback/3000/verto &playback(tone_stream://%(1000,0,440);loops=-1)")
+        .await;
+    let other_id = other.trim().strip_prefix("+OK ").expect("originate +OK").to_owned();
+    switch
+        .wait_until("two members in conference 3000", MEDIA_T, || async {
+            let list = switch.api("conference 3000 list").await;
+            list.contains(&verto_id) && list.lines().filter(|l| l.contains(';')).count() >= 2
+        })
+        .await;
+    let before = peer.stats(&cid).await["packets_received"].as_u64().unwrap_or(0);
+    peer.wait_media(&cid, before + 50, MEDIA_T).await;
+    switch.api(&format!("uuid_kill {other_id}")).await;
+    hang_up(&caller, &room, &cid).await;
+    assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    bot.stop().await;
+}
