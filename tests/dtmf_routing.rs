@@ -397,3 +397,39 @@ async fn access_allow_list() {
         .await;
     bot.stop().await;
 }
+
+/// 5 on the real switch: the bot calls 1001, a verto phone (aiortc) answers the bridged leg
+/// and presses keys there; FreeSWITCH raises `FSevent.dtmf` on that B leg only
+/// (fs_events_dtmf_bridged.jsonl), and the caller gets one notice for the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_end_digits_from_a_bridged_leg() {
+    let switch = Switch::shared();
+    // The phone's own media is not checked: only its keys matter here.
+    let phone_media = support::media::MediaPeer::start().await;
+    let phone = Ringer::answering(&switch, phone_media).await;
+    let opts = BotOpts {
+        destination: "1001".into(),
+        extra: "dtmf:\n  report_far_end: true\n  burst_ms: 300\n".into(),
+        ..Default::default()
+    };
+    let (fake, bot, mut caller, room) = setup(opts).await;
+    fake.wait_server("the granted FSevent.dtmf subscription", T, |f| {
+        f.msg["result"]["subscribedChannels"]
+            .to_string()
+            .contains("FSevent.dtmf")
+    })
+    .await;
+    let peer = support::media::MediaPeer::start().await;
+    let (cid, _) = place_media_call(&mut caller, &room, &peer).await;
+    let (verto_id, _) = wait_dialled(&fake, &cid).await;
+    let b_leg = {
+        let invites = phone.invites.lock().unwrap().clone();
+        invites.last().cloned().expect("the phone was rung")
+    };
+    // The caller got FreeSWITCH's answer (place_media_call waited for it): the phone answered.
+    phone.press(&b_leg, "123#");
+    let n = caller.wait_notice(&room, "pressed", T).await;
+    assert_eq!(n, "🔢 The other side pressed: 123#");
+    assert!(!verto_id.is_empty());
+    bot.stop().await;
+}

@@ -410,14 +410,20 @@ async fn conference_with_a_second_member() {
     let other = switch
         .api("originate {origination_caller_id_number=tone}loopback/3000/verto &playback(tone_stream://%(1000,0,440);loops=-1)")
         .await;
-    let other_id = other.trim().strip_prefix("+OK ").expect("originate +OK").to_owned();
+    let other_id = other
+        .trim()
+        .strip_prefix("+OK ")
+        .expect("originate +OK")
+        .to_owned();
     switch
         .wait_until("two members in conference 3000", MEDIA_T, || async {
             let list = switch.api("conference 3000 list").await;
             list.contains(&verto_id) && list.lines().filter(|l| l.contains(';')).count() >= 2
         })
         .await;
-    let before = peer.stats(&cid).await["packets_received"].as_u64().unwrap_or(0);
+    let before = peer.stats(&cid).await["packets_received"]
+        .as_u64()
+        .unwrap_or(0);
     peer.wait_media(&cid, before + 50, MEDIA_T).await;
     switch.api(&format!("uuid_kill {other_id}")).await;
     hang_up(&caller, &room, &cid).await;

@@ -13,7 +13,11 @@ use vertobot::verto::{self, VertoEvent};
 
 const T: Duration = Duration::from_secs(15);
 
-fn cfg(url: &str, password: &str, ca_file: Option<&std::path::Path>) -> vertobot::config::VertoConfig {
+fn cfg(
+    url: &str,
+    password: &str,
+    ca_file: Option<&std::path::Path>,
+) -> vertobot::config::VertoConfig {
     let mut c: vertobot::config::VertoConfig = serde_yaml_ng::from_str(&format!(
         "url: \"{url}\"\nlogin: \"1000@localhost\"\npassword: \"{password}\"\nrequest_timeout_secs: 2\nkeepalive_secs: 600\nreconnect_max_secs: 1\n"
     ))
@@ -22,7 +26,11 @@ fn cfg(url: &str, password: &str, ca_file: Option<&std::path::Path>) -> vertobot
     c
 }
 
-type Client = (mpsc::Receiver<VertoEvent>, CancellationToken, verto::VertoHandle);
+type Client = (
+    mpsc::Receiver<VertoEvent>,
+    CancellationToken,
+    verto::VertoHandle,
+);
 
 fn start(cfg: &vertobot::config::VertoConfig) -> Client {
     support::init_logs();
@@ -59,7 +67,9 @@ async fn wss_to_freeswitch_with_its_own_certificate_pinned() {
     let mut ok = start(&pinned);
     connected(&mut ok).await;
     // A second round trip on the pinned socket gives the other handshake more time still.
-    ok.2.request("verto.ping", serde_json::json!({})).await.expect("ping over wss");
+    ok.2.request("verto.ping", serde_json::json!({}))
+        .await
+        .expect("ping over wss");
     never_connected(&mut unpinned, "connected to an unverified certificate");
     ok.1.cancel();
     unpinned.1.cancel();
@@ -72,7 +82,9 @@ async fn ws_login_and_wrong_password() {
     let mut wrong = start(&cfg(&switch.ws_url, "wrong", None));
     let mut ok = start(&cfg(&switch.ws_url, "1234", None));
     connected(&mut ok).await;
-    ok.2.request("verto.ping", serde_json::json!({})).await.expect("ping over ws");
+    ok.2.request("verto.ping", serde_json::json!({}))
+        .await
+        .expect("ping over ws");
     never_connected(&mut wrong, "logged in with a wrong password");
     ok.1.cancel();
     wrong.1.cancel();

@@ -3,6 +3,9 @@ FreeSWITCH. Offers go out as aiortc makes them.
 
 It speaks JSON lines on stdin/stdout, one request per line, one reply per request:
 
+  {"req": 1, "cmd": "answer", "id": "x", "offer": SDP}
+      A callee: the answer as aiortc makes it (candidates inside), sending a tone.
+      Reply: {"answer": SDP}.
   {"req": 2, "cmd": "offer", "id": "x", "trickle": true}
       An offer with an audio track (a tone). With "trickle", the candidates are taken out of the
       SDP and returned separately, for the test to send in m.call.candidates events; nothing is
@@ -80,6 +83,13 @@ def sending_peer(key):
 
 async def handle(msg):
     cmd, key = msg["cmd"], msg.get("id", "")
+    if cmd == "answer":
+        # A callee: answers an offer as aiortc does, and sends a tone.
+        pc = sending_peer(key)
+        await pc.setRemoteDescription(RTCSessionDescription(msg["offer"], "offer"))
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        return {"answer": pc.localDescription.sdp}
     if cmd == "offer":
         pc = sending_peer(key)
         offer = await pc.createOffer()

@@ -85,6 +85,15 @@ impl MediaPeer {
         v
     }
 
+    /// A callee's answer to `offer`, as aiortc makes it.
+    pub async fn answer(&self, id: &str, offer: &str) -> String {
+        self.call(json!({"cmd": "answer", "id": id, "offer": offer}))
+            .await["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// A caller's offer; with `trickle`, the candidates separately.
     pub async fn offer(&self, id: &str, trickle: bool) -> (String, Vec<Value>) {
         let v = self

@@ -273,11 +273,14 @@ async fn read_msg(r: &mut BufReader<TcpStream>) -> std::io::Result<(String, Stri
     Ok((headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A second verto client, logged in as `1001@localhost`, that lets calls to extension 1001
-/// ring and never answers them: the real switch's way to keep a call ringing on demand.
+/// A second verto client, logged in as `1001@localhost` by default: it lets calls to
+/// extension 1001 ring and never answers them (the real switch's way to keep a call ringing
+/// on demand), or, with [`Ringer::answering`], answers them with a real WebRTC peer and can
+/// press keys on its leg.
 pub struct Ringer {
     /// The `callID`s of the invites it has received (the B legs).
     pub invites: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    out: tokio::sync::mpsc::UnboundedSender<Value>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -289,6 +292,35 @@ impl Ringer {
 
     /// Logs in as `login` with `sessid` (the bot's own sessid makes FreeSWITCH punt the bot).
     pub async fn start_as(switch: &Switch, login: &str, sessid: &str) -> Ringer {
+        Self::run(switch, login, sessid, None).await
+    }
+
+    /// Logs in as 1001 and answers every call with `peer` (aiortc), as a verto phone would.
+    pub async fn answering(
+        switch: &Switch,
+        peer: std::sync::Arc<super::media::MediaPeer>,
+    ) -> Ringer {
+        Self::run(
+            switch,
+            "1001@localhost",
+            &uuid::Uuid::new_v4().to_string(),
+            Some(peer),
+        )
+        .await
+    }
+
+    /// Presses keys on one of its calls (`verto.info {dtmf}`, as verto.js sends them).
+    pub fn press(&self, call_id: &str, digits: &str) {
+        let _ = self.out.send(serde_json::json!({"jsonrpc": "2.0", "id": 900_000 + digits.len(), "method": "verto.info",
+            "params": {"dtmf": digits, "dialogParams": {"callID": call_id}}}));
+    }
+
+    async fn run(
+        switch: &Switch,
+        login: &str,
+        sessid: &str,
+        peer: Option<std::sync::Arc<super::media::MediaPeer>>,
+    ) -> Ringer {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         let (ws, _) = tokio_tungstenite::connect_async(switch.ws_url.as_str())
@@ -311,7 +343,15 @@ impl Ringer {
             }
         }
         let invites: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-        let seen = invites.clone();
+        let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let (seen, me) = (invites.clone(), out.clone());
+        let writer = tokio::spawn(async move {
+            while let Some(v) = out_rx.recv().await {
+                if sink.send(Message::text(v.to_string())).await.is_err() {
+                    break;
+                }
+            }
+        });
         let task = tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
                 let Message::Text(t) = m else { continue };
@@ -319,24 +359,28 @@ impl Ringer {
                 let Some(method) = v["method"].as_str() else {
                     continue;
                 };
-                if method == "verto.invite" {
-                    let id = v["params"]["callID"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    seen.lock().unwrap().push(id);
-                }
                 // Acknowledge every request (invite, bye, ping) as a browser client does.
-                let ack = serde_json::json!({"jsonrpc": "2.0", "id": v["id"], "result": {"method": method}});
-                if sink.send(Message::text(ack.to_string())).await.is_err() {
-                    break;
+                let _ = me.send(serde_json::json!({"jsonrpc": "2.0", "id": v["id"], "result": {"method": method}}));
+                if method != "verto.invite" {
+                    continue;
+                }
+                let id = v["params"]["callID"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(id.clone());
+                if let Some(peer) = &peer {
+                    let offer = v["params"]["sdp"].as_str().unwrap_or_default();
+                    let sdp = peer.answer(&id, offer).await;
+                    let _ = me.send(serde_json::json!({"jsonrpc": "2.0", "id": 800_000, "method": "verto.answer",
+                        "params": {"sdp": sdp, "dialogParams": {"callID": id}}}));
                 }
             }
+            writer.abort();
         });
-        Ringer { invites, task }
+        Ringer { invites, out, task }
     }
 }
-
 impl Drop for Ringer {
     fn drop(&mut self) {
         self.task.abort();
