@@ -3,6 +3,7 @@
 #  - docker/compose.yaml parses (with `docker compose config` when the plugin exists), binds
 #    every published port to 127.0.0.1, and takes every secret from the environment;
 #  - docker/Dockerfile builds with the README's cargo command;
+#  - docker/freeswitch/Dockerfile and the test command build FreeSWITCH with the same build.sh;
 #  - docker/vertobot.yaml passes `vertobot --check`;
 #  - the FreeSWITCH configuration is well-formed XML with no built-in passwords;
 #  - docker/vertobot.service passes `systemd-analyze verify` (when available).
@@ -44,6 +45,15 @@ cmd='cargo build --release --locked'
 grep -q "RUN $cmd" docker/Dockerfile || { log "docker/Dockerfile does not build with '$cmd'"; exit 1; }
 grep -q "$cmd" README.md || { log "README.md does not show '$cmd'"; exit 1; }
 log "Dockerfile and README use '$cmd': ok"
+
+# The FreeSWITCH image and the test command build with one script (tests/support/freeswitch.sh
+# runs it on every cold cache), so the Dockerfile must use it and not a copy of its steps.
+bash -n docker/freeswitch/build.sh
+grep -q '/usr/src/build.sh all' docker/freeswitch/Dockerfile \
+  || { log "docker/freeswitch/Dockerfile does not build with build.sh"; exit 1; }
+grep -q 'docker/freeswitch/build.sh' tests/support/freeswitch.sh \
+  || { log "tests/support/freeswitch.sh does not build with docker/freeswitch/build.sh"; exit 1; }
+log "docker/freeswitch/Dockerfile and the test command share build.sh: ok"
 
 cargo build --quiet
 VERTOBOT_MATRIX_PASSWORD=x VERTOBOT_VERTO_PASSWORD=x target/debug/vertobot --config docker/vertobot.yaml --check >/dev/null
