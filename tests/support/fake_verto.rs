@@ -1072,6 +1072,9 @@ pub fn attach_offer(answer: &str) -> String {
             out.push(format!("o=FreeSWITCH {o} {} IN IP4 127.0.0.1", o + 1));
         } else if l.starts_with("a=fingerprint:") {
             out.push(format!("a=fingerprint:{FS_FINGERPRINT_SHA512}"));
+        } else if matches!(l, "a=sendonly" | "a=recvonly" | "a=inactive") {
+            // The captures re-offer sendrecv; the fake does not model a held call's re-offer.
+            out.push("a=sendrecv".into());
         } else if l == "a=setup:active" {
             out.push("a=setup:actpass".into());
         } else if l.starts_with("a=ice-ufrag:") {
@@ -1160,9 +1163,12 @@ fn answer_for(offer: &str) -> String {
         )
         .replace(
             "a=rtpmap:96 opus/48000/2\r\n",
-            &format!("a=rtpmap:{opus} opus/48000/2\r\n{te_lines}"),
+            &format!("a=rtpmap:{opus} opus/48000/2\r\n"),
         )
-        .replace("a=fmtp:96 ", &format!("a=fmtp:{opus} "))
+        .replace(
+            "a=fmtp:96 useinbandfec=1; minptime=10; maxptime=40\r\n",
+            &format!("a=fmtp:{opus} useinbandfec=1; minptime=10; maxptime=40\r\n{te_lines}"),
+        )
         .replace(
             "a=sendrecv\r\n",
             &format!("a={}\r\n", answer_direction(offer)),
