@@ -1,4 +1,14 @@
-//! A fake FreeSWITCH mod_verto peer that behaves like the captures in `tests/fixtures/verto/`.
+//! A fake FreeSWITCH mod_verto peer that behaves like the real captures in
+//! `/work/shared/fixtures/verto/` (copies of some in `tests/fixtures/verto/`), and the recording
+//! [`tap`](FakeVerto::tap) in front of the real test switch.
+//!
+//! The suite runs against a real FreeSWITCH (`tests/support/switch.rs`). The fake
+//! ([`start`](FakeVerto::start)) is kept only for what the real switch will not do on demand:
+//! malformed or hostile frames ([`send_raw`](FakeVerto::send_raw)), server ids colliding with
+//! the client's on purpose ([`ping`](FakeVerto::ping)), requests left without reply
+//! (`silent`), scripted far-end events ([`far_dtmf`](FakeVerto::far_dtmf)), a refused
+//! subscription ([`set_fs_events`](FakeVerto::set_fs_events) off), and a password or TLS setup
+//! the test switch does not have. Every test that uses it says why.
 //!
 //! It listens on `127.0.0.1:0`, requires a `login` (wrong password → `-32001`), numbers its own
 //! requests from a counter that starts at 1 (so its ids collide with the client's, as real
@@ -11,12 +21,28 @@
 //! | `7000` | `verto.media` with SDP, then `verto.answer` without (`early_media_7000.jsonl`) |
 //! | `4860` | `verto.bye` 17 USER_BUSY (`busy_4860.jsonl`) |
 //! | `4040` | `verto.bye` 3 NO_ROUTE_DESTINATION (`no_route_4040.jsonl`) |
-//! | `ring` | nothing: rings until someone hangs up |
-//! | `silent` | never replies to `verto.invite` |
+//! | `ring` | nothing: rings until someone hangs up (not a real extension) |
+//! | `silent` | never replies to `verto.invite` (the real switch always replies) |
 //!
 //! An offer without a usable candidate (UDP, literal IP) is hung up with 88
 //! INCOMPATIBLE_DESTINATION right after `CALL CREATED` (`no_candidates.jsonl`), whatever the
 //! destination. Every frame received is recorded, so tests can wait for one.
+//!
+//! Everything else follows the captures:
+//!
+//! | request or event | behaviour (capture) |
+//! |---|---|
+//! | answer SDP | FreeSWITCH's answer with the offer's opus payload type, the answered direction (sendrecv, sendonly → recvonly, recvonly → sendonly, inactive), `telephone-event` only when offered, at the offer's type (`invite_echo_9196.jsonl`) |
+//! | socket drop | unanswered (ringing, early media) calls end, 27 DESTINATION_OUT_OF_ORDER; answered ones are detached for `detach-timeout-sec` ([`set_detach_timeout`](FakeVerto::set_detach_timeout), default 120 s), then dropped (`reconnect_attach.jsonl`) |
+//! | `login` with a detached call's sessid | `verto.attach` re-offer (new ufrag/pwd, `a=fingerprint:sha-512`, `actpass`, component 1 and 2 candidates), then `verto.clientReady {reattached_sessions}` (`reconnect_attach.jsonl`) |
+//! | `login` with a sessid open on another socket | the OLD socket gets `verto.punt {}` and is closed, then the login reply and the re-attach on the new one (`punt_attach.jsonl`); never unprompted |
+//! | `verto.modify` hold/unhold/toggleHold | `result {callID, action, holdState}`; an unknown action reports the current state; unknown call → -32002 CALL DOES NOT EXIST (`fs_events_modify_hold.jsonl`) |
+//! | `verto.modify` updateMedia | the answer to the new offer (as above); on an unanswered call -32002 "Cannot update a call that has not been answered." and a hang-up, 27 DESTINATION_OUT_OF_ORDER |
+//! | `verto.subscribe` / `unsubscribe` | user 1000's channels (`demo`, `conference`, `presence`, own callIDs; `FSevent*` only with [`set_fs_events`](FakeVerto::set_fs_events)); mixed `subscribedChannels` / `alreadySubscribedChannels` / `unauthorizedChannels`, or `error {unauthorizedChannels}` when nothing is granted (`fs_events_subscribe.jsonl`, `fs_events_subscribe_disabled.jsonl`) |
+//! | `FSevent.dtmf` | `verto.event` to every `FSevent.dtmf` or `FSevent` subscriber; far-end digits on a B leg with `Other-Leg-Unique-ID` = the call (`fs_events_dtmf_bridged.jsonl`) |
+//!
+//! Not modelled: the real switch's delays (about 250 ms for hold, 100 ms before
+//! `verto.clientReady`), its event headers beyond the few tests read, and media.
 
 #![allow(dead_code)]
 
