@@ -90,7 +90,8 @@ fn health_reflects_the_last_sync() {
 /// SIGTERM on the real process: every active call is hung up on both sides, then it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hangs_up_and_exits() {
-    let fake = FakeVerto::start(VERTO_PASSWORD).await;
+    // The real switch behind the recording tap: nothing here needs the fake.
+    let fake = FakeVerto::tap(&Switch::shared()).await;
     let (hs, secret) = support::synapse::homeserver();
     let (bot_user, bot_pw) =
         support::synapse::register_on(&hs, &secret, &support::synapse::unique("bot")).await;

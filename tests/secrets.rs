@@ -31,6 +31,7 @@ async fn no_secret_in_trace_logs() {
         .with_writer(move || c.clone())
         .init();
     let verto_password = "verto-Secret-9e1f";
+    // The fake: the check needs a distinctive verto password, and the test switch's is "1234".
     let fake = FakeVerto::start(verto_password).await;
     let bot = Bot::start(
         &fake,

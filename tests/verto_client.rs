@@ -1,5 +1,16 @@
 //! The verto client against the fake FreeSWITCH alone (no Matrix): login, server requests
 //! with colliding ids, keepalive, timeouts, disconnect and reconnect with the same sessid.
+//!
+//! Why the fake and not the real test switch (each test repeats its reason in one line):
+//! - server request ids that collide with the client's on purpose, and a server `verto.ping`
+//!   on demand (the real switch's ids come from a server-wide counter, and it pings only after
+//!   30 s idle, `ping.jsonl`);
+//! - requests left without reply (`silent`): the real switch always replies at once;
+//! - a count of logins and of WebSocket control frames, which only the fake records (the tap
+//!   records text frames);
+//! - fresh TLS certificates per test (a trusted one, an untrusted one, a second CA-flagged one
+//!   with the same name) and a count of failed TLS handshakes: the test switch has one fixed
+//!   wss certificate.
 
 mod support;
 
@@ -62,6 +73,7 @@ async fn next_event(
 
 #[tokio::test]
 async fn login_and_replies_to_server_requests_with_colliding_ids() {
+    // The fake: ids colliding with ours on purpose, and a server verto.ping on demand.
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     let (h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 600).await;
     next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
@@ -98,6 +110,7 @@ async fn login_and_replies_to_server_requests_with_colliding_ids() {
 
 #[tokio::test]
 async fn wrong_password_never_connects_and_requests_fail_fast() {
+    // The fake: counts connection attempts and successful logins (the tap does not count logins).
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     let (h, mut rx, cancel, _) = start(&fake, "wrong", 600).await;
     fake.wait_for("a login attempt", T, |f| f.msg["method"] == "login")
@@ -121,6 +134,7 @@ async fn wrong_password_never_connects_and_requests_fail_fast() {
 
 #[tokio::test]
 async fn request_without_reply_times_out() {
+    // The fake: `silent` leaves verto.invite without reply; the real switch always replies.
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     let (h, mut rx, cancel, _) = start(&fake, VERTO_PASSWORD, 600).await;
     next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
@@ -136,6 +150,7 @@ async fn request_without_reply_times_out() {
 
 #[tokio::test]
 async fn disconnect_fails_pending_and_reconnects_with_the_same_sessid() {
+    // The fake: a request must still be pending when the socket drops (`silent`).
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     let (h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 600).await;
     next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
@@ -173,6 +188,7 @@ async fn disconnect_fails_pending_and_reconnects_with_the_same_sessid() {
 
 #[tokio::test]
 async fn keepalive_uses_verto_ping_not_websocket_pings() {
+    // The fake: only it records WebSocket ping frames (the tap records text frames).
     let fake = FakeVerto::start(VERTO_PASSWORD).await;
     let (_h, mut rx, cancel, sessid) = start(&fake, VERTO_PASSWORD, 1).await;
     next_event(&mut rx, |e| matches!(e, VertoEvent::Connected { .. })).await;
@@ -203,6 +219,7 @@ fn tls_cfg(url: &str, ca: Option<&std::path::Path>) -> vertobot::config::VertoCo
 /// `wss://` with a private CA: verified against `ca_file`; refused without it.
 #[tokio::test]
 async fn wss_with_custom_ca_file_and_verification() {
+    // The fake: a fresh certificate per test and a count of failed TLS handshakes.
     support::init_logs();
     let (fake, pem) = FakeVerto::start_tls(VERTO_PASSWORD).await;
     let ca = std::env::temp_dir().join(format!("vertobot-ca-{}.pem", uuid::Uuid::new_v4()));
@@ -245,6 +262,7 @@ async fn wss_with_custom_ca_file_and_verification() {
 /// accepted when the server presents exactly it, with verification on.
 #[tokio::test]
 async fn wss_with_pinned_ca_flagged_self_signed_certificate() {
+    // The fake: two CA-flagged certificates with the same name, and failed TLS handshakes counted.
     support::init_logs();
     let (fake, pem) = FakeVerto::start_tls_with(VERTO_PASSWORD, true).await;
     let pin = std::env::temp_dir().join(format!("vertobot-pin-{}.pem", uuid::Uuid::new_v4()));
@@ -287,6 +305,7 @@ async fn wss_with_pinned_ca_flagged_self_signed_certificate() {
 /// `tls_insecure_skip_verify` is an explicit opt-out: it connects to an untrusted certificate.
 #[tokio::test]
 async fn insecure_option_skips_verification() {
+    // The fake: a fresh certificate no CA file names.
     support::init_logs();
     let (fake, _pem) = FakeVerto::start_tls(VERTO_PASSWORD).await;
     let mut c = tls_cfg(&fake.url, None);

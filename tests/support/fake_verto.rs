@@ -1,4 +1,14 @@
-//! A fake FreeSWITCH mod_verto peer that behaves like the captures in `tests/fixtures/verto/`.
+//! A fake FreeSWITCH mod_verto peer that behaves like the real captures in
+//! `/work/shared/fixtures/verto/` (copies of some in `tests/fixtures/verto/`), and the recording
+//! [`tap`](FakeVerto::tap) in front of the real test switch.
+//!
+//! The suite runs against a real FreeSWITCH (`tests/support/switch.rs`). The fake
+//! ([`start`](FakeVerto::start)) is kept only for what the real switch will not do on demand:
+//! malformed or hostile frames ([`send_raw`](FakeVerto::send_raw)), server ids colliding with
+//! the client's on purpose ([`ping`](FakeVerto::ping)), requests left without reply
+//! (`silent`), scripted far-end events ([`far_dtmf`](FakeVerto::far_dtmf)), a refused
+//! subscription ([`set_fs_events`](FakeVerto::set_fs_events) off), and a password or TLS setup
+//! the test switch does not have. Every test that uses it says why.
 //!
 //! It listens on `127.0.0.1:0`, requires a `login` (wrong password → `-32001`), numbers its own
 //! requests from a counter that starts at 1 (so its ids collide with the client's, as real
@@ -11,12 +21,28 @@
 //! | `7000` | `verto.media` with SDP, then `verto.answer` without (`early_media_7000.jsonl`) |
 //! | `4860` | `verto.bye` 17 USER_BUSY (`busy_4860.jsonl`) |
 //! | `4040` | `verto.bye` 3 NO_ROUTE_DESTINATION (`no_route_4040.jsonl`) |
-//! | `ring` | nothing: rings until someone hangs up |
-//! | `silent` | never replies to `verto.invite` |
+//! | `ring` | nothing: rings until someone hangs up (not a real extension) |
+//! | `silent` | never replies to `verto.invite` (the real switch always replies) |
 //!
 //! An offer without a usable candidate (UDP, literal IP) is hung up with 88
 //! INCOMPATIBLE_DESTINATION right after `CALL CREATED` (`no_candidates.jsonl`), whatever the
 //! destination. Every frame received is recorded, so tests can wait for one.
+//!
+//! Everything else follows the captures:
+//!
+//! | request or event | behaviour (capture) |
+//! |---|---|
+//! | answer SDP | FreeSWITCH's answer with the offer's opus payload type, the answered direction (sendrecv, sendonly → recvonly, recvonly → sendonly, inactive), `telephone-event` only when offered, at the offer's type (`invite_echo_9196.jsonl`) |
+//! | socket drop | unanswered (ringing, early media) calls end, 27 DESTINATION_OUT_OF_ORDER; answered ones are detached for `detach-timeout-sec` ([`set_detach_timeout`](FakeVerto::set_detach_timeout), default 120 s), then dropped (`reconnect_attach.jsonl`) |
+//! | `login` with a detached call's sessid | `verto.attach` re-offer (new ufrag/pwd, `a=fingerprint:sha-512`, `actpass`, component 1 and 2 candidates), then `verto.clientReady {reattached_sessions}` (`reconnect_attach.jsonl`) |
+//! | `login` with a sessid open on another socket | the OLD socket gets `verto.punt {}` and is closed, then the login reply and the re-attach on the new one (`punt_attach.jsonl`); never unprompted |
+//! | `verto.modify` hold/unhold/toggleHold | `result {callID, action, holdState}`; an unknown action reports the current state; unknown call → -32002 CALL DOES NOT EXIST (`fs_events_modify_hold.jsonl`) |
+//! | `verto.modify` updateMedia | the answer to the new offer (as above); on an unanswered call -32002 "Cannot update a call that has not been answered." and a hang-up, 27 DESTINATION_OUT_OF_ORDER |
+//! | `verto.subscribe` / `unsubscribe` | user 1000's channels (`demo`, `conference`, `presence`, own callIDs; `FSevent*` only with [`set_fs_events`](FakeVerto::set_fs_events)); mixed `subscribedChannels` / `alreadySubscribedChannels` / `unauthorizedChannels`, or `error {unauthorizedChannels}` when nothing is granted (`fs_events_subscribe.jsonl`, `fs_events_subscribe_disabled.jsonl`) |
+//! | `FSevent.dtmf` | `verto.event` to every `FSevent.dtmf` or `FSevent` subscriber; far-end digits on a B leg with `Other-Leg-Unique-ID` = the call (`fs_events_dtmf_bridged.jsonl`) |
+//!
+//! Not modelled: the real switch's delays (about 250 ms for hold, 100 ms before
+//! `verto.clientReady`), its event headers beyond the few tests read, and media.
 
 #![allow(dead_code)]
 
@@ -42,6 +68,9 @@ pub struct Frame {
     pub msg: Value,
 }
 
+/// FreeSWITCH's default `detach-timeout-sec` in the capture configuration.
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A call as FreeSWITCH keeps it.
 #[derive(Debug, Clone)]
 struct FakeCall {
@@ -50,6 +79,16 @@ struct FakeCall {
     answered: bool,
     /// The socket went away; waiting for a login with the same sessid (`detach_calls`).
     detached: bool,
+    /// Bumped on every detach, so that a stale detach timer leaves a re-detached call alone.
+    detach_gen: u64,
+    /// `verto.modify` hold state.
+    held: bool,
+    /// The answer FreeSWITCH sent (the base of its `verto.attach` re-offer).
+    answer: String,
+    /// From the invite's dialogParams, echoed in `verto.attach` as FreeSWITCH does.
+    caller_id_name: String,
+    caller_id_number: String,
+    destination: String,
 }
 
 #[derive(Default)]
@@ -69,10 +108,12 @@ struct Inner {
     refused: usize,
     logins: usize,
     tls_failures: usize,
-    /// `enable-fs-events` and the channel permission: whether `verto.subscribe` succeeds.
+    /// `enable-fs-events` and the channel permission: whether `FSevent*` channels are granted.
     fs_events: bool,
-    /// Connections subscribed to `FSevent.dtmf`.
-    dtmf_subscribers: Vec<usize>,
+    /// connection → the event channels it subscribed to.
+    subscriptions: HashMap<usize, Vec<String>>,
+    /// How long a detached call waits for its sessid before FreeSWITCH hangs it up.
+    detach_timeout: Duration,
     /// Tap mode: the real FreeSWITCH every connection is forwarded to.
     upstream: Option<String>,
     /// Tap mode: the switch's event-socket port, through which `hangup` acts.
@@ -252,6 +293,7 @@ impl FakeVerto {
             url,
             inner: Arc::new(Mutex::new(Inner {
                 next_id: 1,
+                detach_timeout: DETACH_TIMEOUT,
                 ..Default::default()
             })),
             count,
@@ -375,13 +417,57 @@ impl FakeVerto {
         self.inner.lock().unwrap().refused
     }
 
-    /// Punts a connection (as when another client logs in with its sessid) and closes it.
-    pub fn punt(&self, conn: usize) {
+    /// `attach_jsock`: another socket logged in with this connection's sessid. FreeSWITCH
+    /// sends `verto.punt {}` and closes the old socket (1000), whose calls are detached
+    /// (`punt_attach.jsonl`). Only the login path calls this: real FreeSWITCH never punts
+    /// unprompted.
+    fn punt(&self, conn: usize) {
         self.request(conn, "verto.punt", json!({}));
         let tx = self.inner.lock().unwrap().conns.remove(&conn);
         if let Some(tx) = tx {
             let _ = tx.send(Message::Close(None));
         }
+        self.detach(conn);
+    }
+
+    /// `detach_calls` when a socket goes away: calls that were never answered (ringing or
+    /// early media) are hung up with 27 DESTINATION_OUT_OF_ORDER (no frame: the socket is
+    /// gone); answered ones wait for a login with the same sessid, for at most the detach
+    /// timeout (`reconnect_attach.jsonl`; `detach-timeout-sec` 120 in the capture config).
+    fn detach(&self, conn: usize) {
+        let mut i = self.inner.lock().unwrap();
+        i.calls
+            .retain(|_, c| c.conn != conn || c.detached || c.answered);
+        let timeout = i.detach_timeout;
+        let mut timers = Vec::new();
+        for (id, c) in i.calls.iter_mut() {
+            if c.conn == conn && !c.detached {
+                c.detached = true;
+                c.detach_gen += 1;
+                timers.push((id.clone(), c.detach_gen));
+            }
+        }
+        drop(i);
+        for (id, gen) in timers {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let mut i = inner.lock().unwrap();
+                if i.calls
+                    .get(&id)
+                    .is_some_and(|c| c.detached && c.detach_gen == gen)
+                {
+                    i.calls.remove(&id);
+                }
+            });
+        }
+    }
+
+    /// Sets FreeSWITCH's `detach-timeout-sec` (default [`DETACH_TIMEOUT`]): a detached call
+    /// not re-attached by then is hung up, and a later login with its sessid gets no
+    /// `verto.attach` for it. Applies to calls detached from now on.
+    pub fn set_detach_timeout(&self, timeout: Duration) {
+        self.inner.lock().unwrap().detach_timeout = timeout;
     }
 
     /// Sends a raw text frame on a connection.
@@ -397,7 +483,9 @@ impl FakeVerto {
         self.inner.lock().unwrap().calls.contains_key(call_id)
     }
 
-    /// Grants (or refuses) `verto.subscribe` to FreeSWITCH event channels.
+    /// Grants (or refuses) `verto.subscribe` to `FSevent*` channels: `enable-fs-events` with
+    /// `FSevent` in the user's `jsonrpc-allowed-event-channels`, as in `fs_events_subscribe.jsonl`
+    /// (on) and `fs_events_subscribe_disabled.jsonl` (off, the default).
     pub fn set_fs_events(&self, on: bool) {
         self.inner.lock().unwrap().fs_events = on;
     }
@@ -411,15 +499,109 @@ impl FakeVerto {
         }
     }
 
+    /// A DTMF event to every connection subscribed to `FSevent.dtmf` or to the main channel
+    /// `FSevent` (which gets every event). Nothing is filtered per user, as in
+    /// `fs_events_subscribe.jsonl`.
     fn dtmf_event(&self, unique_id: &str, other_leg: Option<&str>, digit: char) {
-        let subs = self.inner.lock().unwrap().dtmf_subscribers.clone();
-        for conn in subs {
+        let subs: Vec<(usize, &str)> = {
+            let i = self.inner.lock().unwrap();
+            let mut v: Vec<(usize, &str)> = i
+                .subscriptions
+                .iter()
+                .filter(|(c, _)| i.conns.contains_key(c))
+                .flat_map(|(c, chans)| {
+                    ["FSevent.dtmf", "FSevent"]
+                        .into_iter()
+                        .filter(|want| chans.iter().any(|h| h == want))
+                        .map(|want| (*c, want))
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        for (conn, subscribed) in subs {
             let mut data = json!({"Event-Name": "DTMF", "DTMF-Digit": digit.to_string(), "DTMF-Source": "APP", "Unique-ID": unique_id, "Channel-Call-UUID": unique_id});
             if let Some(o) = other_leg {
                 data["Other-Leg-Unique-ID"] = json!(o);
+                data["Other-Type"] = json!("originator");
+                data["Channel-Call-UUID"] = json!(o);
+                data["Call-Direction"] = json!("outbound");
             }
-            self.request(conn, "verto.event", json!({"eventChannel": "FSevent.dtmf", "data": data, "eventSerno": 0, "subscribedChannel": "FSevent.dtmf"}));
+            self.request(conn, "verto.event", json!({"eventChannel": "FSevent.dtmf", "data": data, "eventSerno": 0, "subscribedChannel": subscribed}));
         }
+    }
+
+    /// `verto.subscribe` as user 1000 of the capture configuration (allowed channels
+    /// `demo,conference,presence,FSevent`): `FSevent*` needs [`set_fs_events`](Self::set_fs_events);
+    /// the caller's own callIDs are allowed; anything else is unauthorized. Granted: the lists
+    /// that are not empty; nothing granted: `Err({unauthorizedChannels})`
+    /// (`fs_events_subscribe.jsonl`, `fs_events_subscribe_disabled.jsonl`).
+    fn subscribe(&self, conn: usize, sessid: &str, chans: Vec<String>) -> Result<Value, Value> {
+        let mut i = self.inner.lock().unwrap();
+        let fs_events = i.fs_events;
+        let own_calls: Vec<String> = i
+            .calls
+            .iter()
+            .filter(|(_, c)| c.sessid == sessid)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let have = i.subscriptions.entry(conn).or_default();
+        let (mut subscribed, mut already, mut unauthorized) = (vec![], vec![], vec![]);
+        for chan in chans {
+            let prefix = chan.split('.').next().unwrap_or("");
+            let allowed = match prefix {
+                "demo" | "conference" | "presence" => true,
+                "FSevent" => fs_events,
+                _ => own_calls.contains(&chan),
+            };
+            if have.contains(&chan) {
+                already.push(chan);
+            } else if allowed {
+                have.push(chan.clone());
+                subscribed.push(chan);
+            } else {
+                unauthorized.push(chan);
+            }
+        }
+        if subscribed.is_empty() && already.is_empty() {
+            return Err(json!({ "unauthorizedChannels": unauthorized }));
+        }
+        let mut r = json!({});
+        for (k, v) in [
+            ("subscribedChannels", subscribed),
+            ("unauthorizedChannels", unauthorized),
+            ("alreadySubscribedChannels", already),
+        ] {
+            if !v.is_empty() {
+                r[k] = json!(v);
+            }
+        }
+        Ok(r)
+    }
+
+    /// `verto.unsubscribe`: `unsubscribedChannels` / `notSubscribedChannels`; an error with
+    /// only `notSubscribedChannels` when none was subscribed (`fs_events_subscribe*.jsonl`).
+    fn unsubscribe(&self, conn: usize, chans: Vec<String>) -> Result<Value, Value> {
+        let mut i = self.inner.lock().unwrap();
+        let have = i.subscriptions.entry(conn).or_default();
+        let (mut gone, mut not) = (vec![], vec![]);
+        for chan in chans {
+            match have.iter().position(|h| *h == chan) {
+                Some(at) => {
+                    have.remove(at);
+                    gone.push(chan);
+                }
+                None => not.push(chan),
+            }
+        }
+        if gone.is_empty() {
+            return Err(json!({ "notSubscribedChannels": not }));
+        }
+        let mut r = json!({ "unsubscribedChannels": gone });
+        if !not.is_empty() {
+            r["notSubscribedChannels"] = json!(not);
+        }
+        Ok(r)
     }
 
     /// Sends a server `verto.ping` on the newest connection (with a counter id).
@@ -579,13 +761,13 @@ impl FakeVerto {
             self.count.send_modify(|c| *c += 1);
         }
         writer.abort();
-        let mut i = self.inner.lock().unwrap();
-        i.conns.remove(&conn);
-        // detach_calls: unanswered calls die (27), answered ones wait for the same sessid.
-        i.calls.retain(|_, c| c.conn != conn || c.answered);
-        for c in i.calls.values_mut().filter(|c| c.conn == conn) {
-            c.detached = true;
+        {
+            let mut i = self.inner.lock().unwrap();
+            i.conns.remove(&conn);
+            i.subscriptions.remove(&conn);
         }
+        // detach_calls: unanswered calls die (27), answered ones wait for the same sessid.
+        self.detach(conn);
     }
 
     fn handle(
@@ -622,37 +804,47 @@ impl FakeVerto {
                         .map(|(c, _)| *c)
                         .collect()
                 };
-                // attach_jsock: the same sessid on a new socket punts the old one.
+                // attach_jsock: the same sessid on a new socket punts the old one, before the
+                // login reply (punt_attach.jsonl).
                 for old in older {
                     self.punt(old);
-                    let mut i = self.inner.lock().unwrap();
-                    for c in i.calls.values_mut().filter(|c| c.conn == old) {
-                        c.detached = true;
-                    }
                 }
                 reply(
                     json!({"jsonrpc":"2.0","id":id,"result":{"message":"logged in","sessid":sessid}}),
                 );
                 // attach_calls: re-offer every detached call of this sessid, then clientReady.
-                let reattach: Vec<String> = {
+                let reattach: Vec<(String, FakeCall)> = {
                     let mut i = self.inner.lock().unwrap();
-                    let ids: Vec<String> = i
+                    let mut calls: Vec<(String, FakeCall)> = i
                         .calls
-                        .iter()
+                        .iter_mut()
                         .filter(|(_, c)| c.detached && c.sessid == sessid)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in &ids {
-                        if let Some(c) = i.calls.get_mut(id) {
+                        .map(|(id, c)| {
                             c.conn = conn;
                             c.detached = false;
-                        }
-                    }
-                    ids
+                            (id.clone(), c.clone())
+                        })
+                        .collect();
+                    calls.sort_by(|a, b| a.0.cmp(&b.0));
+                    calls
                 };
-                for call_id in &reattach {
-                    self.request(conn, "verto.attach", json!({"callID": call_id, "sdp": attach_offer(), "variables": {}, "display_direction": "inbound"}));
+                for (call_id, c) in &reattach {
+                    self.request(
+                        conn,
+                        "verto.attach",
+                        json!({
+                            "callID": call_id,
+                            "sdp": attach_offer(&c.answer),
+                            "variables": {"Event-Name": "CHANNEL_DATA"},
+                            "caller_id_name": c.caller_id_name,
+                            "caller_id_number": c.caller_id_number,
+                            "callee_id_name": "Outbound Call",
+                            "callee_id_number": c.destination,
+                            "display_direction": "inbound",
+                        }),
+                    );
                 }
+                let reattach: Vec<&String> = reattach.iter().map(|(id, _)| id).collect();
                 self.request(
                     conn,
                     "verto.clientReady",
@@ -690,6 +882,8 @@ impl FakeVerto {
                 }
                 let answers =
                     matches!(dest.as_str(), "9196" | "7000") && has_usable_candidate(&sdp);
+                let answer = answer_for(&sdp);
+                let dp = &p["dialogParams"];
                 self.inner.lock().unwrap().calls.insert(
                     call_id.clone(),
                     FakeCall {
@@ -697,6 +891,12 @@ impl FakeVerto {
                         sessid: sessid.clone(),
                         answered: answers,
                         detached: false,
+                        detach_gen: 0,
+                        held: false,
+                        answer: answer.clone(),
+                        caller_id_name: dp["caller_id_name"].as_str().unwrap_or("").to_owned(),
+                        caller_id_number: dp["caller_id_number"].as_str().unwrap_or("").to_owned(),
+                        destination: dest.clone(),
                     },
                 );
                 reply(
@@ -706,7 +906,6 @@ impl FakeVerto {
                     self.bye_call(&call_id, 88, "INCOMPATIBLE_DESTINATION");
                     return;
                 }
-                let answer = answer_for(&sdp);
                 match dest.as_str() {
                     "9196" => self.request(conn, "verto.answer", json!({"callID": call_id, "sdp": answer, "variables": {"Event-Name": "CHANNEL_DATA"}})),
                     "7000" => {
@@ -719,40 +918,61 @@ impl FakeVerto {
                 }
             }
             "verto.modify" => {
+                // fs_events_modify_hold.jsonl: replies carry callID and action; hold state is
+                // kept per call; an unknown action reports the current state.
                 let call_id = p["dialogParams"]["callID"]
                     .as_str()
                     .unwrap_or("")
                     .to_owned();
-                let answered = self
+                let action = p["action"].as_str().unwrap_or("").to_owned();
+                let modify_err = |message: &str| json!({"jsonrpc":"2.0","id":id,"error":{"callID":call_id,"action":action,"message":message,"code":-32002}});
+                let state = self
                     .inner
                     .lock()
                     .unwrap()
                     .calls
                     .get(&call_id)
-                    .map(|c| c.answered);
-                match (answered, p["action"].as_str()) {
-                    (None, _) => reply(
-                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"CALL DOES NOT EXIST","code":-32002}}),
-                    ),
-                    (Some(false), _) => reply(
-                        json!({"jsonrpc":"2.0","id":id,"error":{"message":"Cannot update a call that has not been answered.","code":-32002}}),
-                    ),
-                    (Some(true), Some("updateMedia")) => {
-                        let offer = p["sdp"].as_str().unwrap_or("");
-                        if has_usable_candidate(offer) {
-                            reply(
-                                json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"action":"updateMedia","sdp":answer_for(offer),"sessid":sessid}}),
-                            );
-                        } else {
-                            reply(
-                                json!({"jsonrpc":"2.0","id":id,"error":{"message":"CODEC NEGOTIATION ERROR","code":-32002}}),
-                            );
-                        }
+                    .map(|c| (c.answered, c.held));
+                let Some((answered, held)) = state else {
+                    reply(modify_err("CALL DOES NOT EXIST"));
+                    return;
+                };
+                if action == "updateMedia" {
+                    if !answered {
+                        // FreeSWITCH refuses and hangs the channel up.
+                        reply(modify_err(
+                            "Cannot update a call that has not been answered.",
+                        ));
+                        self.bye_call(&call_id, 27, "DESTINATION_OUT_OF_ORDER");
+                        return;
                     }
-                    (Some(true), _) => reply(
-                        json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"holdState":"active","sessid":sessid}}),
-                    ),
+                    let offer = p["sdp"].as_str().unwrap_or("");
+                    if has_usable_candidate(offer) {
+                        let answer = answer_for(offer);
+                        if let Some(c) = self.inner.lock().unwrap().calls.get_mut(&call_id) {
+                            c.answer = answer.clone();
+                        }
+                        reply(
+                            json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"action":action,"sdp":answer,"sessid":sessid}}),
+                        );
+                    } else {
+                        reply(modify_err("CODEC NEGOTIATION ERROR"));
+                    }
+                    return;
                 }
+                let held = match action.as_str() {
+                    "hold" => true,
+                    "unhold" => false,
+                    "toggleHold" => !held,
+                    _ => held,
+                };
+                if let Some(c) = self.inner.lock().unwrap().calls.get_mut(&call_id) {
+                    c.held = held;
+                }
+                let hold_state = if held { "held" } else { "active" };
+                reply(
+                    json!({"jsonrpc":"2.0","id":id,"result":{"callID":call_id,"action":action,"holdState":hold_state,"sessid":sessid}}),
+                );
             }
             "verto.attach" => {
                 let call_id = p["dialogParams"]["callID"]
@@ -787,23 +1007,27 @@ impl FakeVerto {
                     }
                 }
             }
-            "verto.subscribe" => {
-                let chans: Vec<Value> = match &p["eventChannel"] {
-                    Value::Array(a) => a.clone(),
-                    v => vec![v.clone()],
+            "verto.subscribe" | "verto.unsubscribe" => {
+                let chans: Vec<String> = match &p["eventChannel"] {
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(|c| c.as_str())
+                        .map(String::from)
+                        .collect(),
+                    v => v.as_str().map(String::from).into_iter().collect(),
                 };
-                let mut i = self.inner.lock().unwrap();
-                if i.fs_events {
-                    if chans.iter().any(|c| c == "FSevent.dtmf") {
-                        i.dtmf_subscribers.push(conn);
-                    }
-                    drop(i);
-                    reply(
-                        json!({"jsonrpc":"2.0","id":id,"result":{"subscribedChannels": chans, "sessid": sessid}}),
-                    );
+                let body = if method == "verto.subscribe" {
+                    self.subscribe(conn, &sessid, chans)
                 } else {
-                    drop(i);
-                    reply(json!({"jsonrpc":"2.0","id":id,"error":{"unauthorizedChannels": chans}}));
+                    self.unsubscribe(conn, chans)
+                };
+                match body {
+                    Ok(mut r) => {
+                        r["sessid"] = json!(sessid);
+                        reply(json!({"jsonrpc":"2.0","id":id,"result":r}));
+                    }
+                    // Nothing granted: an error with no code and no message.
+                    Err(e) => reply(json!({"jsonrpc":"2.0","id":id,"error":e})),
                 }
             }
             "verto.bye" => {
@@ -830,35 +1054,151 @@ impl FakeVerto {
     }
 }
 
-/// FreeSWITCH's `verto.attach` offer after a reconnect: a new offer (`actpass`), the same
-/// certificate fingerprint as its first answer, candidates for both components
-/// (`reconnect_attach.jsonl`).
-pub fn attach_offer() -> String {
-    FS_ANSWER
-        .replace("a=setup:active", "a=setup:actpass")
-        .replace(
-            "a=end-of-candidates",
-            "a=candidate:9101603196 2 udp 2130706430 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates",
-        )
+/// The sha-512 fingerprint of the test switch's DTLS certificate, the same one whose sha-256
+/// is in [`FS_ANSWER`] (`reconnect_attach.jsonl`, `punt_attach.jsonl`).
+const FS_FINGERPRINT_SHA512: &str = "sha-512 E8:D2:B0:B5:09:F7:29:85:54:88:8D:47:31:71:4C:C9:3A:E7:4C:78:F3:1C:9D:C6:48:C6:37:0F:C2:5A:5B:B9:26:3E:5A:09:9C:0F:22:4A:30:C2:26:25:FF:AB:BC:A1:70:E1:76:61:1E:C8:96:97:7A:65:30:F5:33:FD:1B:60";
+
+/// Fresh random letters and digits, as FreeSWITCH makes ICE credentials and msids.
+fn fresh_token(len: usize) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for b in uuid::Uuid::new_v4().as_bytes() {
+            if out.len() < len {
+                out.push(ABC[*b as usize % ABC.len()] as char);
+            }
+        }
+    }
+    out
 }
 
-/// FreeSWITCH's answer; like FreeSWITCH it negotiates `telephone-event` when the offer has
-/// it (at the offer's 48 kHz payload type for opus, as seen with Chromium).
-fn answer_for(offer: &str) -> String {
-    let te = offer
+/// A fresh decimal number below `10^digits` (o= versions, candidate foundations).
+fn fresh_number(digits: u32) -> u64 {
+    let b = uuid::Uuid::new_v4().as_u128();
+    (b % 10u128.pow(digits)) as u64
+}
+
+/// FreeSWITCH's `verto.attach` offer after a reconnect, built from the call's `answer`: the
+/// same port, codecs and SSRC, but a new `o=` version, new msid, NEW `ice-ufrag`/`ice-pwd`,
+/// the certificate's `a=fingerprint:sha-512`, `a=setup:actpass`, and candidates for
+/// components 1 and 2 under a new foundation (`reconnect_attach.jsonl`, `punt_attach.jsonl`).
+pub fn attach_offer(answer: &str) -> String {
+    let o = fresh_number(9) + 1_000_000_000;
+    let msid = fresh_token(32);
+    let old_msid = answer
         .lines()
-        .find(|l| l.starts_with("a=rtpmap:") && l.contains("telephone-event/48000"))
-        .and_then(|l| l.strip_prefix("a=rtpmap:"))
-        .and_then(|l| l.split_whitespace().next());
-    match te {
-        Some(pt) => FS_ANSWER
-            .replace("UDP/TLS/RTP/SAVPF 96\r\n", &format!("UDP/TLS/RTP/SAVPF 96 {pt}\r\n"))
-            .replace(
-                "a=rtpmap:96 opus/48000/2\r\n",
-                &format!("a=rtpmap:96 opus/48000/2\r\na=rtpmap:{pt} telephone-event/48000\r\na=fmtp:{pt} 0-15\r\n"),
-            ),
-        None => FS_ANSWER.to_owned(),
+        .find_map(|l| l.strip_prefix("a=msid-semantic: WMS "))
+        .unwrap_or("")
+        .to_owned();
+    let foundation = fresh_number(10);
+    let cname = fresh_token(16);
+    let mut out = Vec::new();
+    for l in answer.split("\r\n").filter(|l| !l.is_empty()) {
+        if l.starts_with("o=") {
+            out.push(format!("o=FreeSWITCH {o} {} IN IP4 127.0.0.1", o + 1));
+        } else if l.starts_with("a=fingerprint:") {
+            out.push(format!("a=fingerprint:{FS_FINGERPRINT_SHA512}"));
+        } else if matches!(l, "a=sendonly" | "a=recvonly" | "a=inactive") {
+            // The captures re-offer sendrecv; the fake does not model a held call's re-offer.
+            out.push("a=sendrecv".into());
+        } else if l == "a=setup:active" {
+            out.push("a=setup:actpass".into());
+        } else if l.starts_with("a=ice-ufrag:") {
+            out.push(format!("a=ice-ufrag:{}", fresh_token(16)));
+        } else if l.starts_with("a=ice-pwd:") {
+            out.push(format!("a=ice-pwd:{}", fresh_token(24)));
+        } else if let Some(c) = l.strip_prefix("a=candidate:") {
+            // "<foundation> 1 udp 2130706431 <ip> <port> typ host generation 0"
+            let f: Vec<&str> = c.split_whitespace().collect();
+            if f.len() >= 6 && f[1] == "1" {
+                let (ip, port) = (f[4], f[5]);
+                out.push(format!(
+                    "a=candidate:{foundation} 1 udp 2130706431 {ip} {port} typ host generation 0"
+                ));
+                out.push(format!(
+                    "a=candidate:{foundation} 2 udp 2130706430 {ip} {port} typ host generation 0"
+                ));
+            }
+        } else if l.starts_with("a=ssrc:") && l.contains(" cname:") {
+            let ssrc = l.split_whitespace().next().unwrap_or("a=ssrc:0");
+            out.push(format!("{ssrc} cname:{cname}"));
+        } else if !old_msid.is_empty() && l.contains(&old_msid) {
+            out.push(l.replace(&old_msid, &msid));
+        } else {
+            out.push(l.to_owned());
+        }
     }
+    out.join("\r\n") + "\r\n"
+}
+
+/// The direction FreeSWITCH answers an offer with: sendrecv → sendrecv, sendonly →
+/// recvonly, recvonly → sendonly, inactive → inactive (the first direction attribute wins).
+fn answer_direction(offer: &str) -> &'static str {
+    offer
+        .lines()
+        .map(str::trim_end)
+        .find_map(|l| match l {
+            "a=sendrecv" => Some("sendrecv"),
+            "a=sendonly" => Some("recvonly"),
+            "a=recvonly" => Some("sendonly"),
+            "a=inactive" => Some("inactive"),
+            _ => None,
+        })
+        .unwrap_or("sendrecv")
+}
+
+/// FreeSWITCH's answer to `offer` (`invite_echo_9196.jsonl`): opus at the OFFER's payload type
+/// (96 if the offer has no opus: the fake knows no other codec), the direction answered as
+/// FreeSWITCH does, and `telephone-event` only when offered, at the offer's payload type (the
+/// 48 kHz one, matching opus, when there are several).
+fn answer_for(offer: &str) -> String {
+    let rtpmap = |codec: &str| -> Vec<String> {
+        offer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|l| {
+                let (pt, enc) = l.trim_end().split_once(' ')?;
+                enc.to_ascii_lowercase()
+                    .starts_with(codec)
+                    .then(|| (pt.to_owned(), enc.to_owned()))
+            })
+            .map(|(pt, enc)| format!("{pt} {enc}"))
+            .collect()
+    };
+    let opus = rtpmap("opus/48000")
+        .first()
+        .and_then(|l| l.split(' ').next().map(String::from))
+        .unwrap_or_else(|| "96".into());
+    let tes = rtpmap("telephone-event/");
+    let te = tes
+        .iter()
+        .find(|l| l.ends_with("/48000"))
+        .or(tes.first())
+        .and_then(|l| l.split_once(' '));
+    let (pts, te_lines) = match te {
+        Some((pt, enc)) => (
+            format!("{opus} {pt}"),
+            format!("a=rtpmap:{pt} {enc}\r\na=fmtp:{pt} 0-15\r\n"),
+        ),
+        None => (opus.clone(), String::new()),
+    };
+    FS_ANSWER
+        .replace(
+            "UDP/TLS/RTP/SAVPF 96\r\n",
+            &format!("UDP/TLS/RTP/SAVPF {pts}\r\n"),
+        )
+        .replace(
+            "a=rtpmap:96 opus/48000/2\r\n",
+            &format!("a=rtpmap:{opus} opus/48000/2\r\n"),
+        )
+        .replace(
+            "a=fmtp:96 useinbandfec=1; minptime=10; maxptime=40\r\n",
+            &format!("a=fmtp:{opus} useinbandfec=1; minptime=10; maxptime=40\r\n{te_lines}"),
+        )
+        .replace(
+            "a=sendrecv\r\n",
+            &format!("a={}\r\n", answer_direction(offer)),
+        )
 }
 
 /// What FreeSWITCH's check_ice accepts: a UDP candidate with a literal IP address.
