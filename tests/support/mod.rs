@@ -4,8 +4,6 @@
 
 pub mod fake_verto;
 pub mod media;
-// clippy 1.95 flags `.last()` in switch.rs (not ours to edit in this branch; `.next_back()` fixes it).
-#[allow(clippy::double_ended_iterator_last)]
 pub mod switch;
 pub mod synapse;
 
