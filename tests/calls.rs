@@ -454,3 +454,25 @@ async fn candidates_before_the_invite_are_kept() {
         .await;
     bot.stop().await;
 }
+
+/// FreeSWITCH hangs up after the answer by itself (extension 8001 answers, waits 2 s and
+/// hangs up with NORMAL_CLEARING): the caller gets a hangup, not a reject, and no notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeswitch_hangs_up_after_the_answer() {
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        destination: "8001".into(),
+        ..Default::default()
+    })
+    .await;
+    // A real caller: FreeSWITCH's dialplan goes on past `answer` only once media is up.
+    let peer = support::media::MediaPeer::start().await;
+    let (cid, _) = place_media_call(&mut caller, &room, &peer).await;
+    wait_dialled(&fake, &cid).await;
+    let hangup = caller
+        .wait_call_event(&room, "m.call.hangup", &cid, T)
+        .await;
+    assert_eq!(hangup["content"]["reason"], "user_hangup");
+    caller.catch_up().await;
+    assert!(caller.seen_call_events("m.call.reject", &cid).is_empty());
+    bot.stop().await;
+}
