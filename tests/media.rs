@@ -184,24 +184,7 @@ async fn chromium_matrix_js_sdk_call_with_audio_and_keypad() {
         "hs": caller.homeserver(), "token": caller.token(), "userId": caller.user_id,
         "deviceId": caller.device_id, "roomId": room, "holdMs": 3000, "dtmf": "12#",
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(opts.to_string())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("the browser caller finished")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "caller.mjs failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
-    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    let r = run_browser(opts).await;
     eprintln!("Chromium caller: {r}");
     assert_eq!(r["opponentSupportsDTMF"], true, "the SDK sees m.call.dtmf");
     assert_eq!(r["canInsertDTMF"], true, "telephone-event was negotiated");
@@ -261,14 +244,7 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
         "hs": caller.homeserver(), "token": caller.token(), "userId": caller.user_id,
         "deviceId": caller.device_id, "roomId": room, "holdMs": 0, "observeMs": 22000,
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
-    let browser = tokio::spawn(
-        tokio::process::Command::new("node")
-            .arg(script)
-            .arg(opts.to_string())
-            .kill_on_drop(true)
-            .output(),
-    );
+    let browser = tokio::spawn(run_browser(opts));
     let answer = caller
         .wait_for("the bot's answer", T, |s| {
             s.event["type"] == "m.call.answer"
@@ -289,14 +265,7 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
     let after = switch.wait_audio_in(&verto_id, 50, MEDIA_T).await;
     eprintln!("FreeSWITCH after the reconnect: {after} packets in");
 
-    let out = tokio::time::timeout(Duration::from_secs(90), browser)
-        .await
-        .expect("the browser caller finished")
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
-    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    let r = browser.await.expect("the browser caller did not panic");
     let series = r["series"].as_array().unwrap();
     eprintln!("Chromium audio counters every 500 ms: {series:?}");
     let rx = |i: usize| series[i]["rx"].as_u64().unwrap_or(0);

@@ -110,5 +110,5 @@ export VERTOBOT_TEST_SHARED_SECRET="$SECRET"
 # Tests that need a homeserver of their own (to stop and restart it) use these.
 export VERTOBOT_TEST_SYNAPSE_SCRIPT="$ROOT/tests/support/synapse.sh"
 export VERTOBOT_TEST_RUN_DIR="$ROOT/.test-run"
-if [ $# -eq 0 ]; then set -- --all-targets; fi
+if [ $# -eq 0 ]; then set -- --all-targets --no-fail-fast; fi
 cargo test "$@"

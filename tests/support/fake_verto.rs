@@ -199,26 +199,9 @@ impl FakeVerto {
         timeout: Duration,
         pred: impl Fn(&Frame) -> bool,
     ) -> Frame {
-        let mut rx = self.count.subscribe();
-        let fut = async {
-            loop {
-                if let Some(f) = self.server_frames().into_iter().find(|f| pred(f)) {
-                    return f;
-                }
-                if rx.changed().await.is_err() {
-                    panic!("tap stopped");
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(f) => f,
-            Err(_) => {
-                panic!(
-                "timed out after {timeout:?} waiting for {what} from FreeSWITCH; its frames: {:#?}",
-                self.server_frames().iter().map(|f| summary(&f.msg)).collect::<Vec<_>>()
-            )
-            }
-        }
+        let what = format!("{what} from FreeSWITCH");
+        self.wait_in(&what, timeout, pred, Self::server_frames)
+            .await
     }
 
     async fn proxy<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>, upstream: String)
@@ -640,10 +623,21 @@ impl FakeVerto {
         timeout: Duration,
         pred: impl Fn(&Frame) -> bool,
     ) -> Frame {
+        self.wait_in(what, timeout, pred, Self::frames).await
+    }
+
+    /// Waits for a frame matching `pred` in one direction's record (`list`).
+    async fn wait_in(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Frame) -> bool,
+        list: fn(&Self) -> Vec<Frame>,
+    ) -> Frame {
         let mut rx = self.count.subscribe();
         let fut = async {
             loop {
-                if let Some(f) = self.frames().into_iter().find(|f| pred(f)) {
+                if let Some(f) = list(self).into_iter().find(|f| pred(f)) {
                     return f;
                 }
                 if rx.changed().await.is_err() {
@@ -654,8 +648,8 @@ impl FakeVerto {
         match tokio::time::timeout(timeout, fut).await {
             Ok(f) => f,
             Err(_) => panic!(
-                "timed out after {timeout:?} waiting for {what}; frames received: {:#?}",
-                self.frames()
+                "timed out after {timeout:?} waiting for {what}; frames: {:#?}",
+                list(self)
                     .iter()
                     .map(|f| summary(&f.msg))
                     .collect::<Vec<_>>()
