@@ -3,7 +3,8 @@
 #   freeswitch.sh ensure         print the path of a FreeSWITCH binary: $VERTOBOT_FREESWITCH if set,
 #                                else a cached build, else build one now (about 5 minutes on 2 cores)
 #                                with docker/freeswitch/build.sh from the pinned sources in
-#                                $VERTOBOT_FREESWITCH_SRC (default ../shared/freeswitch/src)
+#                                $VERTOBOT_FREESWITCH_SRC (default ../shared/freeswitch/src; the
+#                                shared folder is $VERTOBOT_SHARED, ../shared or /work/shared)
 #   freeswitch.sh init RUN       a run directory with a copy of the configuration (default
 #                                ../shared/freeswitch/conf, or $VERTOBOT_FREESWITCH_CONF), its ports
 #                                rewritten to free ones on 127.0.0.1, and a self-signed wss.pem;
@@ -15,6 +16,12 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 RECIPE=1 # bump when docker/freeswitch/build.sh changes what it builds
+# The workplace's shared files (pinned sources, the captures' configuration): beside the
+# checkout, or where VERTOBOT_SHARED says, or the workplace's usual place.
+SHARED=${VERTOBOT_SHARED:-}
+for d in "$ROOT/../shared" /work/shared; do
+  if [ -z "$SHARED" ] && [ -d "$d/freeswitch" ]; then SHARED=$(cd "$d" && pwd); fi
+done
 log() { printf '[freeswitch.sh] %s\n' "$*" >&2; }
 
 free_port() {
@@ -31,7 +38,7 @@ ensure() {
   cache=${VERTOBOT_CACHE:-$HOME/.cache/vertobot}/freeswitch-1.10.12-r$RECIPE-$key
   bin=$cache/fs/bin/freeswitch
   if [ -x "$bin" ] && [ -f "$cache/complete" ]; then echo "$bin"; return; fi
-  src=${VERTOBOT_FREESWITCH_SRC:-$ROOT/../shared/freeswitch/src}
+  src=${VERTOBOT_FREESWITCH_SRC:-$SHARED/freeswitch/src}
   if [ ! -f "$src/freeswitch-v1.10.12.tar.xz" ]; then
     log "no FreeSWITCH: set VERTOBOT_FREESWITCH to a freeswitch binary, or VERTOBOT_FREESWITCH_SRC"
     log "to a directory with the pinned sources (see docker/freeswitch/build.sh); $src has none"
@@ -49,7 +56,8 @@ ensure() {
 }
 
 init() {
-  local run=$1 conf=${VERTOBOT_FREESWITCH_CONF:-$ROOT/../shared/freeswitch/conf}
+  local run=$1 conf=${VERTOBOT_FREESWITCH_CONF:-$SHARED/freeswitch/conf}
+  [ -d "$conf" ] || { log "no FreeSWITCH configuration at '$conf': set VERTOBOT_SHARED or VERTOBOT_FREESWITCH_CONF"; exit 1; }
   mkdir -p "$run"/{log,db,run,certs}
   cp -r "$conf" "$run/conf"
   local ws wss esl sip rtp_lo
