@@ -111,4 +111,9 @@ export VERTOBOT_TEST_SHARED_SECRET="$SECRET"
 export VERTOBOT_TEST_SYNAPSE_SCRIPT="$ROOT/tests/support/synapse.sh"
 export VERTOBOT_TEST_RUN_DIR="$ROOT/.test-run"
 if [ $# -eq 0 ]; then set -- --all-targets --no-fail-fast; fi
-cargo test "$@"
+status=0
+cargo test "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+  log "tests failed; the servers' logs: Synapse $RUN, FreeSWITCH $FS_RUN/log/freeswitch.log"
+fi
+exit "$status"

@@ -162,7 +162,10 @@ impl Switch {
             }
         };
         if tokio::time::timeout(timeout, fut).await.is_err() {
-            panic!("timed out after {timeout:?} waiting for FreeSWITCH: {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for FreeSWITCH: {what} (its log: {})",
+                self.log_path().display()
+            );
         }
     }
 
