@@ -76,6 +76,9 @@ pub async fn register_on(hs: &str, secret: &str, username: &str) -> (String, Str
     (user_id, password)
 }
 
+/// The test users' `/sync` filter: a timeline window larger than any test room's history.
+const SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1000}}}"#;
+
 /// An event seen by a test user.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -98,6 +101,8 @@ pub struct TestUser {
     buffer: VecDeque<Seen>,
     /// Every event seen so far (for negative checks).
     pub history: Vec<Seen>,
+    /// Rooms seen in a sync already.
+    rooms: std::collections::HashSet<String>,
 }
 
 impl TestUser {
@@ -132,6 +137,7 @@ impl TestUser {
             since: None,
             buffer: VecDeque::new(),
             history: Vec::new(),
+            rooms: Default::default(),
         };
         // Start the timeline from now.
         u.sync_once(0).await;
@@ -209,8 +215,14 @@ impl TestUser {
         v["event_id"].as_str().unwrap().to_owned()
     }
 
+    /// One `/sync`. The filter lifts the timeline window (10 events by default) so that an
+    /// incremental sync returns every new event: a "limited" timeline would skip some, and a
+    /// negative check could then pass on a gap. A limited sync of a known room fails the test.
     async fn sync_once(&mut self, timeout_ms: u64) {
-        let mut q = vec![("timeout", timeout_ms.to_string())];
+        let mut q = vec![
+            ("timeout", timeout_ms.to_string()),
+            ("filter", SYNC_FILTER.to_owned()),
+        ];
         if let Some(s) = &self.since {
             q.push(("since", s.clone()));
         }
@@ -226,6 +238,14 @@ impl TestUser {
         let v: Value = resp.json().await.unwrap();
         if let Some(rooms) = v["rooms"]["join"].as_object() {
             for (room_id, r) in rooms {
+                // A room's first sync is "limited" (the start of its history); later ones
+                // must not be.
+                let known = !self.rooms.insert(room_id.clone());
+                assert!(
+                    !known || r["timeline"]["limited"] != true,
+                    "{}: /sync skipped events in {room_id} (limited timeline)",
+                    self.user_id
+                );
                 for ev in r["timeline"]["events"].as_array().into_iter().flatten() {
                     let seen = Seen {
                         room_id: room_id.clone(),
