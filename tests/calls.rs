@@ -154,6 +154,9 @@ async fn busy_is_rejected() {
         .await;
     assert_eq!(reject["content"]["reason"], "user_busy");
     assert_eq!(reject["content"]["version"], "1");
+    // Barrier: the notice is the call's last event, sent after everything else the call sent
+    // (one call's events go out in order).
+    caller.wait_notice(&room, "📞 Call failed", T).await;
     caller.catch_up().await;
     assert!(caller.seen_call_events("m.call.answer", &cid).is_empty());
     assert!(
@@ -357,9 +360,11 @@ async fn invites_not_for_the_bot_are_ignored() {
     let c3 = place_call(&caller, &room).await;
     wait_dialled(&fake, &c3).await;
     let (a, b) = (c1.clone(), c2.clone());
+    // Both carry an end-of-candidates marker, so a wrong dial would be immediate; the window
+    // still covers the candidate wait.
     fake.assert_none_within(
         "a dial of an invite that is not for the bot",
-        Duration::from_millis(2500),
+        Duration::from_millis(BotOpts::default().candidate_wait_ms + 1500),
         move |f| invite_for(f, &a).is_some() || invite_for(f, &b).is_some(),
     )
     .await;
