@@ -78,7 +78,11 @@ async fn wait_switch_attach(fake: &FakeVerto, verto_id: &str) -> String {
 /// then FreeSWITCH's own); the trickled answer goes back in `verto.attach`; the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_drop_reattaches_with_two_negotiate_rounds() {
-    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        calls_extra: support::synapse::ONE_CALL_PER_USER.into(),
+        ..Default::default()
+    })
+    .await;
     let (cid, verto_id, answer, _peer) =
         answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
     let answer_sdp = answer["content"]["answer"]["sdp"]
@@ -157,6 +161,8 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
 
     hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    // Barrier: the call's actor has sent its last event.
+    support::synapse::after_earlier_calls_ended(&mut caller, &room).await;
     caller.catch_up().await;
     assert!(
         caller.seen_call_events("m.call.hangup", &cid).is_empty(),

@@ -410,6 +410,37 @@ impl TestUser {
     }
 }
 
+/// `calls:` lines that make [`after_earlier_calls_ended`] a barrier.
+pub const ONE_CALL_PER_USER: &str = "  max_calls_per_user: 1";
+
+/// A barrier for "the bot sent nothing more for the caller's earlier calls", with a bot on
+/// [`ONE_CALL_PER_USER`] and a destination that answers. The bridge counts a call against the
+/// caller until its actor has ended, and an actor ends only after its last Matrix event and
+/// its last verto request went out. So a new call that is dialled and answered proves every
+/// earlier call of this caller has finished sending. A call refused by the limit (its actor
+/// is still finishing) is followed by another, each waiting on the bot's reply. Returns the
+/// barrier call's id (answered; the caller hangs it up).
+pub async fn after_earlier_calls_ended(caller: &mut TestUser, room: &str) -> String {
+    for _ in 0..20 {
+        let cid = super::place_call(caller, room).await;
+        let (r, c, me) = (room.to_owned(), cid.clone(), caller.user_id.clone());
+        let ev = caller
+            .wait_for("the barrier call's answer or reject", super::T, move |s| {
+                s.room_id == r
+                    && s.event["sender"] != me.as_str()
+                    && (s.event["type"] == "m.call.answer" || s.event["type"] == "m.call.reject")
+                    && s.event["content"]["call_id"] == c.as_str()
+            })
+            .await;
+        if ev["type"] == "m.call.answer" {
+            super::hang_up(caller, room, &cid).await;
+            return cid;
+        }
+        assert_eq!(ev["content"]["reason"], "user_busy", "{ev}");
+    }
+    panic!("the earlier calls never ended: every barrier call was refused");
+}
+
 /// A homeserver of a test's own, which the test can stop and start again (same port and
 /// database). Stopped by its process id when dropped.
 pub struct OwnSynapse {
