@@ -389,11 +389,30 @@ async fn vertobot_restart_keeps_a_v1_call() {
         caller.seen_call_events("m.call.hangup", &cid).is_empty(),
         "the call survived"
     );
-    // The recovered call still ends normally.
+    // The recovered call still ends normally, and only then: the one hangup in the room
+    // comes after a mark the caller posts before FreeSWITCH hangs up. (A hangup the bot sent
+    // earlier, say when the re-attach was acknowledged, would come before the mark; the
+    // hangup is the call's last event, so nothing can follow it.)
+    let mark = say(&caller, &room, "FreeSWITCH hangs up now").await;
     fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
-    caller
+    let hangup = caller
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
+    assert_eq!(hangup["content"]["reason"], "user_hangup", "{hangup}");
+    caller.catch_up().await;
+    let pos = |id: &Value| {
+        caller
+            .history
+            .iter()
+            .position(|s| s.event["event_id"] == *id)
+    };
+    let hangups = caller.seen_call_events("m.call.hangup", &cid);
+    assert_eq!(hangups.len(), 1, "{hangups:#?}");
+    let mark = pos(&Value::from(mark)).expect("the caller sees its own mark");
+    assert!(
+        pos(&hangups[0]["event_id"]).unwrap() > mark,
+        "the bot ended the call before FreeSWITCH did: {hangups:#?}"
+    );
     bot.stop().await;
 }
 
