@@ -5,8 +5,11 @@
 use serde_json::value::RawValue;
 use vertobot::sdp::{self, TrickleCandidate};
 
+/// A target's body: one input.
+pub type Body = fn(&[u8]);
+
 /// Every target: (name, body). The name is the binary's and the corpus directory's.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("sdp_merge", sdp_merge),
     ("verto_frame", verto_frame),
     ("matrix_event", matrix_event),

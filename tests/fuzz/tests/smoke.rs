@@ -113,7 +113,7 @@ fn load_corpus(target: &str) -> Vec<Vec<u8>> {
 }
 
 /// Runs `body` on `input`; on a panic, saves the input and fails naming it.
-fn run_one(target: &str, body: fn(&[u8]), input: &[u8], seed: u64) {
+fn run_one(target: &str, body: vertobot_fuzz::Body, input: &[u8], seed: u64) {
     if std::panic::catch_unwind(|| body(input)).is_err() {
         let d = dir().join("artifacts").join(target);
         std::fs::create_dir_all(&d).unwrap();
