@@ -78,7 +78,11 @@ async fn wait_switch_attach(fake: &FakeVerto, verto_id: &str) -> String {
 /// then FreeSWITCH's own); the trickled answer goes back in `verto.attach`; the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_drop_reattaches_with_two_negotiate_rounds() {
-    let (fake, bot, mut caller, room) = setup(BotOpts::default()).await;
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        calls_extra: support::synapse::ONE_CALL_PER_USER.into(),
+        ..Default::default()
+    })
+    .await;
     let (cid, verto_id, answer, _peer) =
         answered_call(&Switch::shared(), &fake, &mut caller, &room).await;
     let answer_sdp = answer["content"]["answer"]["sdp"]
@@ -157,6 +161,8 @@ async fn socket_drop_reattaches_with_two_negotiate_rounds() {
 
     hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
+    // Barrier: the call's actor has sent its last event.
+    support::synapse::after_earlier_calls_ended(&mut caller, &room).await;
     caller.catch_up().await;
     assert!(
         caller.seen_call_events("m.call.hangup", &cid).is_empty(),
@@ -383,11 +389,30 @@ async fn vertobot_restart_keeps_a_v1_call() {
         caller.seen_call_events("m.call.hangup", &cid).is_empty(),
         "the call survived"
     );
-    // The recovered call still ends normally.
+    // The recovered call still ends normally, and only then: the one hangup in the room
+    // comes after a mark the caller posts before FreeSWITCH hangs up. (A hangup the bot sent
+    // earlier, say when the re-attach was acknowledged, would come before the mark; the
+    // hangup is the call's last event, so nothing can follow it.)
+    let mark = say(&caller, &room, "FreeSWITCH hangs up now").await;
     fake.hangup(&verto_id, 16, "NORMAL_CLEARING").await;
-    caller
+    let hangup = caller
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
+    assert_eq!(hangup["content"]["reason"], "user_hangup", "{hangup}");
+    caller.catch_up().await;
+    let pos = |id: &Value| {
+        caller
+            .history
+            .iter()
+            .position(|s| s.event["event_id"] == *id)
+    };
+    let hangups = caller.seen_call_events("m.call.hangup", &cid);
+    assert_eq!(hangups.len(), 1, "{hangups:#?}");
+    let mark = pos(&Value::from(mark)).expect("the caller sees its own mark");
+    assert!(
+        pos(&hangups[0]["event_id"]).unwrap() > mark,
+        "the bot ended the call before FreeSWITCH did: {hangups:#?}"
+    );
     bot.stop().await;
 }
 

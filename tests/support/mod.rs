@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_verto;
+pub mod http_proxy;
 pub mod media;
 pub mod switch;
 pub mod synapse;

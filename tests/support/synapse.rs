@@ -76,6 +76,9 @@ pub async fn register_on(hs: &str, secret: &str, username: &str) -> (String, Str
     (user_id, password)
 }
 
+/// The test users' `/sync` filter: a timeline window larger than any test room's history.
+const SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1000}}}"#;
+
 /// An event seen by a test user.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -98,6 +101,8 @@ pub struct TestUser {
     buffer: VecDeque<Seen>,
     /// Every event seen so far (for negative checks).
     pub history: Vec<Seen>,
+    /// Rooms seen in a sync already.
+    rooms: std::collections::HashSet<String>,
 }
 
 impl TestUser {
@@ -132,6 +137,7 @@ impl TestUser {
             since: None,
             buffer: VecDeque::new(),
             history: Vec::new(),
+            rooms: Default::default(),
         };
         // Start the timeline from now.
         u.sync_once(0).await;
@@ -209,8 +215,14 @@ impl TestUser {
         v["event_id"].as_str().unwrap().to_owned()
     }
 
+    /// One `/sync`. The filter lifts the timeline window (10 events by default) so that an
+    /// incremental sync returns every new event: a "limited" timeline would skip some, and a
+    /// negative check could then pass on a gap. A limited sync of a known room fails the test.
     async fn sync_once(&mut self, timeout_ms: u64) {
-        let mut q = vec![("timeout", timeout_ms.to_string())];
+        let mut q = vec![
+            ("timeout", timeout_ms.to_string()),
+            ("filter", SYNC_FILTER.to_owned()),
+        ];
         if let Some(s) = &self.since {
             q.push(("since", s.clone()));
         }
@@ -226,6 +238,14 @@ impl TestUser {
         let v: Value = resp.json().await.unwrap();
         if let Some(rooms) = v["rooms"]["join"].as_object() {
             for (room_id, r) in rooms {
+                // A room's first sync is "limited" (the start of its history); later ones
+                // must not be.
+                let known = !self.rooms.insert(room_id.clone());
+                assert!(
+                    !known || r["timeline"]["limited"] != true,
+                    "{}: /sync skipped events in {room_id} (limited timeline)",
+                    self.user_id
+                );
                 for ev in r["timeline"]["events"].as_array().into_iter().flatten() {
                     let seen = Seen {
                         room_id: room_id.clone(),
@@ -388,6 +408,37 @@ impl TestUser {
     pub async fn catch_up(&mut self) {
         self.sync_once(0).await;
     }
+}
+
+/// `calls:` lines that make [`after_earlier_calls_ended`] a barrier.
+pub const ONE_CALL_PER_USER: &str = "  max_calls_per_user: 1";
+
+/// A barrier for "the bot sent nothing more for the caller's earlier calls", with a bot on
+/// [`ONE_CALL_PER_USER`] and a destination that answers. The bridge counts a call against the
+/// caller until its actor has ended, and an actor ends only after its last Matrix event and
+/// its last verto request went out. So a new call that is dialled and answered proves every
+/// earlier call of this caller has finished sending. A call refused by the limit (its actor
+/// is still finishing) is followed by another, each waiting on the bot's reply. Returns the
+/// barrier call's id (answered; the caller hangs it up).
+pub async fn after_earlier_calls_ended(caller: &mut TestUser, room: &str) -> String {
+    for _ in 0..20 {
+        let cid = super::place_call(caller, room).await;
+        let (r, c, me) = (room.to_owned(), cid.clone(), caller.user_id.clone());
+        let ev = caller
+            .wait_for("the barrier call's answer or reject", super::T, move |s| {
+                s.room_id == r
+                    && s.event["sender"] != me.as_str()
+                    && (s.event["type"] == "m.call.answer" || s.event["type"] == "m.call.reject")
+                    && s.event["content"]["call_id"] == c.as_str()
+            })
+            .await;
+        if ev["type"] == "m.call.answer" {
+            super::hang_up(caller, room, &cid).await;
+            return cid;
+        }
+        assert_eq!(ev["content"]["reason"], "user_busy", "{ev}");
+    }
+    panic!("the earlier calls never ended: every barrier call was refused");
 }
 
 /// A homeserver of a test's own, which the test can stop and start again (same port and
