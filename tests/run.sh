@@ -28,7 +28,8 @@ if [ "${VERTOBOT_SKIP_LINT:-}" != 1 ]; then
   cargo clippy --all-targets --quiet -- -D warnings
 fi
 
-if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version__ == '$SYNAPSE_VERSION' else 1)" 2>/dev/null; then
+# (A venv inside a git checkout reports "1.163.2 (b=main,...)": compare the release part.)
+if ! "$VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version__.split()[0] == '$SYNAPSE_VERSION' else 1)" 2>/dev/null; then
   log "installing matrix-synapse==$SYNAPSE_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
@@ -103,6 +104,8 @@ export VERTOBOT_TEST_FS_RUN="$FS_RUN" VERTOBOT_TEST_FS_BIN="$FS_BIN"
 if [ $# -eq 0 ]; then
   log "packaging checks (docker/)"
   docker/check.sh
+  log "fuzz smoke: every fuzz target over its corpus and random mutations, a few seconds each"
+  tests/fuzz_smoke.sh
 fi
 
 export VERTOBOT_TEST_HOMESERVER="http://127.0.0.1:$PORT"
