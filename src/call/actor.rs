@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::chain::Chain;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
+use crate::verto::messages::{Attach, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction};
 use crate::verto::{VertoError, VertoHandle};
 
 /// What the actor needs besides the machine.
@@ -211,8 +212,11 @@ fn execute(
             let tx = self_tx.clone();
             side.spawn(
                 async move {
-                    let params = json!({"action": "updateMedia", "sdp": sdp, "dialogParams": {"callID": id}});
-                    let res = match verto.request("verto.modify", params).await {
+                    let modify = Modify {
+                        action: ModifyAction::UpdateMedia { sdp },
+                        dialog: Dialog::new(&id),
+                    };
+                    let res = match verto.send(&modify).await {
                         Ok(v) => v
                             .get("sdp")
                             .and_then(Value::as_str)
@@ -230,9 +234,16 @@ fn execute(
             let id = ctx.verto_call_id.clone();
             side.spawn(
                 async move {
-                    let action = if on { "hold" } else { "unhold" };
-                    let params = json!({"action": action, "dialogParams": {"callID": id}});
-                    match verto.request("verto.modify", params).await {
+                    let (action, modify) = if on {
+                        ("hold", ModifyAction::Hold)
+                    } else {
+                        ("unhold", ModifyAction::Unhold)
+                    };
+                    let modify = Modify {
+                        action: modify,
+                        dialog: Dialog::new(&id),
+                    };
+                    match verto.send(&modify).await {
                         Ok(v) => {
                             debug!(%action, hold_state = %v["holdState"], "FreeSWITCH hold state")
                         }
@@ -249,9 +260,12 @@ fn execute(
             side.spawn(
                 async move {
                     tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.attach");
-                    let params = json!({"sdp": sdp, "dialogParams": {"callID": id}});
+                    let attach = Attach {
+                        sdp,
+                        dialog: Dialog::new(&id),
+                    };
                     let res = verto
-                        .request("verto.attach", params)
+                        .send(&attach)
                         .await
                         .map(|_| ())
                         .map_err(|e| Chain(&e).to_string());
@@ -269,8 +283,11 @@ fn execute(
             let mtx = mtx.clone();
             side.spawn(
                 async move {
-                    let params = json!({"dialogParams": {"callID": id}, "dtmf": digits});
-                    match verto.request("verto.info", params).await {
+                    let info = Info {
+                        dialog: Dialog::new(&id),
+                        dtmf: digits.clone(),
+                    };
+                    match verto.send(&info).await {
                         Ok(_) => {
                             debug!(%digits, "digits sent");
                             if let Some(ev) = react_to {
@@ -300,22 +317,28 @@ fn execute(
         }
         Action::Dial { sdp } => {
             let verto = ctx.verto.clone();
-            let params = dialog_params(ctx, routed);
+            let dialog = invite_dialog(ctx, routed);
             let tx = self_tx.clone();
             side.spawn(
                 async move {
                     tracing::trace!(%sdp, "offer sent to FreeSWITCH");
-                    let res = verto.invite(&sdp, params).await.map(|_| ()).map_err(|e| {
-                        let cause_code = match &e {
-                            VertoError::Rpc(r) => r.data.get("causeCode").and_then(Value::as_i64),
-                            _ => None,
-                        };
-                        DialFailure {
-                            cause_code,
-                            message: Chain(&e).to_string(),
-                            timed_out: matches!(e, VertoError::Timeout(_)),
-                        }
-                    });
+                    let res = verto
+                        .send(&Invite { sdp, dialog })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            let cause_code = match &e {
+                                VertoError::Rpc(r) => {
+                                    r.data.get("causeCode").and_then(Value::as_i64)
+                                }
+                                _ => None,
+                            };
+                            DialFailure {
+                                cause_code,
+                                message: Chain(&e).to_string(),
+                                timed_out: matches!(e, VertoError::Timeout(_)),
+                            }
+                        });
                     let _ = tx.send(Input::InviteResult(res)).await;
                 }
                 .instrument(tracing::Span::current()),
@@ -337,26 +360,23 @@ fn execute(
     }
 }
 
-/// The `dialogParams` of `verto.invite`.
-fn dialog_params(ctx: &Ctx, routed: &Routed) -> Value {
-    json!({
-        "callID": ctx.verto_call_id,
-        "destination_number": routed.destination,
-        "caller_id_name": routed.caller_id_name,
-        "caller_id_number": routed.caller_id_number,
-        "remote_caller_id_name": "Outbound Call",
-        "remote_caller_id_number": routed.destination,
-        "useVideo": false,
-        "useStereo": false,
-        "screenShare": false,
-        "useMic": true,
-        "useSpeak": true,
-        "userVariables": {
-            "matrix_room_id": ctx.room_id,
-            "matrix_call_id": ctx.call_id,
-            "matrix_sender": ctx.caller,
-        },
-    })
+/// The `dialogParams` of `verto.invite`. The user variables become `verto_dvar_*` channel
+/// variables, so the dialplan and the CDRs can tell which Matrix call a channel belongs to.
+fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
+    let vars = [
+        ("matrix_room_id", &ctx.room_id),
+        ("matrix_call_id", &ctx.call_id),
+        ("matrix_sender", &ctx.caller),
+    ];
+    InviteDialog::audio(
+        &ctx.verto_call_id,
+        &routed.destination,
+        &routed.caller_id_name,
+        &routed.caller_id_number,
+        vars.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect(),
+    )
 }
 
 async fn send_matrix_events(
