@@ -309,11 +309,8 @@ fn execute(
                 .instrument(tracing::Span::current()),
             );
         }
-        Action::Send {
-            event_type,
-            content,
-        } => {
-            let _ = mtx.send((event_type, content));
+        Action::Send(event) => {
+            let _ = mtx.send((event.event_type(), event.content()));
         }
         Action::Dial { sdp } => {
             let verto = ctx.verto.clone();

@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cause;
+use crate::matrix::events::{CallEventOut, SdpKind, Voip};
 use crate::sdp::{self, TrickleCandidate};
 
 /// Matrix VoIP version of the caller.
@@ -256,12 +256,7 @@ pub enum Action {
         text: String,
     },
     /// Send a Matrix event in the call's room.
-    Send {
-        /// `m.call.answer`, `m.call.hangup` ...
-        event_type: &'static str,
-        /// Its content.
-        content: Value,
-    },
+    Send(CallEventOut),
 }
 
 /// One call.
@@ -735,7 +730,7 @@ impl Call {
                 match res {
                     Ok(fs_sdp) => {
                         let answer = sdp::repair_answer(&fs_sdp, &offer);
-                        let out = vec![self.negotiate("answer", &answer)];
+                        let out = vec![self.negotiate(SdpKind::Answer, answer.clone())];
                         self.matrix_media = Some((offer, answer));
                         out
                     }
@@ -854,13 +849,9 @@ impl Call {
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let (event_type, content) =
-            ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
+        let event = ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
         info!(%reason, why = %human, "ending the Matrix call");
-        vec![Action::Send {
-            event_type,
-            content,
-        }]
+        vec![Action::Send(event)]
     }
 
     /// A hold or resume from the caller (an offer that changes nothing but the direction) is
@@ -876,7 +867,7 @@ impl Call {
             "caller holds or resumes; answering it and telling FreeSWITCH"
         );
         let out = vec![
-            self.negotiate("answer", &answer),
+            self.negotiate(SdpKind::Answer, answer.clone()),
             Action::Hold { on: dir.is_hold() },
         ];
         self.matrix_media = Some((offer.to_owned(), answer));
@@ -884,23 +875,20 @@ impl Call {
     }
 
     fn negotiate_offer(&self, sdp: String) -> Action {
-        self.negotiate("offer", &sdp)
+        self.negotiate(SdpKind::Offer, sdp)
     }
 
     /// An `m.call.negotiate` event to the caller.
-    fn negotiate(&self, kind: &str, sdp: &str) -> Action {
+    fn negotiate(&self, kind: SdpKind, sdp: String) -> Action {
         let s = &self.setup;
-        Action::Send {
-            event_type: "m.call.negotiate",
-            content: json!({
-                "call_id": s.call_id,
-                "party_id": s.our_party,
-                "version": "1",
-                "lifetime": s.recovery.answer_timeout.as_millis() as u64,
-                "description": {"type": kind, "sdp": sdp},
-                "sdp_stream_metadata": stream_metadata(sdp),
-            }),
-        }
+        Action::Send(CallEventOut::Negotiate {
+            call_id: s.call_id.clone(),
+            party_id: s.our_party.clone(),
+            lifetime_ms: s.recovery.answer_timeout.as_millis() as u64,
+            kind,
+            stream_ids: sdp::stream_ids(&sdp),
+            sdp,
+        })
     }
 
     fn reneg_answer(&mut self, answer: String, now: Instant) -> Vec<Action> {
@@ -1027,42 +1015,24 @@ impl Call {
         let sdp = sdp::repair_answer(fs_sdp, &self.setup.offer);
         self.matrix_media = Some((self.setup.offer.clone(), sdp.clone()));
         let s = &self.setup;
-        let mut out = Vec::new();
+        let answer = CallEventOut::Answer {
+            call_id: s.call_id.clone(),
+            voip: voip(s),
+            stream_ids: sdp::stream_ids(&sdp),
+            sdp,
+        };
         match s.version {
-            Version::V1 => {
-                out.push(Action::Send {
-                    event_type: "m.call.answer",
-                    content: json!({
-                        "call_id": s.call_id,
-                        "party_id": s.our_party,
-                        "version": "1",
-                        "answer": {"type": "answer", "sdp": sdp},
-                        "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
-                        "sdp_stream_metadata": stream_metadata(&sdp),
-                    }),
-                });
-                // FreeSWITCH's answer already holds all its candidates; the spec still wants
-                // the end-of-candidates marker.
-                out.push(Action::Send {
-                    event_type: "m.call.candidates",
-                    content: json!({
-                        "call_id": s.call_id,
-                        "party_id": s.our_party,
-                        "version": "1",
-                        "candidates": [{"candidate": ""}],
-                    }),
-                });
-            }
-            Version::V0 => out.push(Action::Send {
-                event_type: "m.call.answer",
-                content: json!({
-                    "call_id": s.call_id,
-                    "version": 0,
-                    "answer": {"type": "answer", "sdp": sdp},
+            // FreeSWITCH's answer already holds all its candidates; the spec still wants the
+            // end-of-candidates marker.
+            Version::V1 => vec![
+                Action::Send(answer),
+                Action::Send(CallEventOut::EndOfCandidates {
+                    call_id: s.call_id.clone(),
+                    party_id: s.our_party.clone(),
                 }),
-            }),
+            ],
+            Version::V0 => vec![Action::Send(answer)],
         }
-        out
     }
 
     fn flush(&mut self, _now: Instant) -> Vec<Action> {
@@ -1122,37 +1092,40 @@ pub fn ending_event(
     call_id: &str,
     our_party: &str,
     reason: &str,
-) -> (&'static str, Value) {
+) -> CallEventOut {
+    let (call_id, reason) = (call_id.to_owned(), reason.to_owned());
+    let party_id = our_party.to_owned();
     match (version, answered) {
-        (Version::V1, answered) => (
-            if answered {
-                "m.call.hangup"
-            } else {
-                "m.call.reject"
-            },
-            json!({"call_id": call_id, "party_id": our_party, "version": "1", "reason": reason}),
-        ),
-        (Version::V0, _) => (
-            "m.call.hangup",
-            json!({"call_id": call_id, "version": 0, "reason": reason}),
-        ),
+        (Version::V1, false) => CallEventOut::Reject {
+            call_id,
+            party_id,
+            reason,
+        },
+        (Version::V1, true) => CallEventOut::Hangup {
+            call_id,
+            voip: Voip::V1 { party_id },
+            reason,
+        },
+        (Version::V0, _) => CallEventOut::Hangup {
+            call_id,
+            voip: Voip::V0,
+            reason,
+        },
+    }
+}
+
+/// Our version and party in the caller's terms.
+fn voip(s: &Setup) -> Voip {
+    match s.version {
+        Version::V0 => Voip::V0,
+        Version::V1 => Voip::V1 {
+            party_id: s.our_party.clone(),
+        },
     }
 }
 
 /// The default pause a caller gets to trickle candidates, exposed for tests.
 pub const DEFAULT_CANDIDATE_WAIT: Duration = Duration::from_millis(2500);
-
-/// `sdp_stream_metadata` for FreeSWITCH's side of the call: one audio stream, user media.
-/// matrix-js-sdk warns without it and cannot tell what a stream is for.
-fn stream_metadata(sdp: &str) -> Value {
-    let meta = json!({"purpose": "m.usermedia", "audio_muted": false, "video_muted": true});
-    Value::Object(
-        sdp::stream_ids(sdp)
-            .into_iter()
-            .map(|id| (id, meta.clone()))
-            .collect(),
-    )
-}
 
 #[cfg(test)]
 mod tests {
@@ -1206,7 +1179,7 @@ mod tests {
             .map(|a| match a {
                 Action::Dial { .. } => "dial",
                 Action::Bye { .. } => "bye",
-                Action::Send { event_type, .. } => event_type,
+                Action::Send(event) => event.event_type(),
                 Action::SendDtmf { .. } => "dtmf",
                 Action::Notice { .. } => "notice",
                 Action::Attach { .. } => "attach",
@@ -1237,9 +1210,8 @@ mod tests {
             now,
         );
         assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
-        let Action::Send { content, .. } = &a[0] else {
-            panic!()
-        };
+        let Action::Send(event) = &a[0] else { panic!() };
+        let content = event.content();
         assert_eq!(content["version"], "1");
         assert_eq!(content["party_id"], "BOT");
         assert_eq!(content["capabilities"]["m.call.dtmf"], true);
@@ -1284,9 +1256,8 @@ mod tests {
         };
         let a = c.handle(cands(vec![mdns, end()]), now);
         assert_eq!(sent_types(&a), ["m.call.reject"]);
-        let Action::Send { content, .. } = &a[0] else {
-            panic!()
-        };
+        let Action::Send(event) = &a[0] else { panic!() };
+        let content = event.content();
         assert_eq!(content["reason"], "ice_failed");
         assert!(c.is_ended());
     }
@@ -1302,14 +1273,11 @@ mod tests {
             },
             now,
         );
-        let [Action::Send {
-            event_type,
-            content,
-        }] = a.as_slice()
-        else {
+        let [Action::Send(event)] = a.as_slice() else {
             panic!()
         };
-        assert_eq!(*event_type, "m.call.hangup");
+        let (event_type, content) = (event.event_type(), event.content());
+        assert_eq!(event_type, "m.call.hangup");
         assert_eq!(content["version"], 0);
         assert_eq!(content["reason"], "user_busy");
         assert!(content.get("party_id").is_none());
@@ -1345,14 +1313,11 @@ mod tests {
             },
             now,
         );
-        let [Action::Send {
-            event_type,
-            content,
-        }] = a.as_slice()
-        else {
+        let [Action::Send(event)] = a.as_slice() else {
             panic!()
         };
-        assert_eq!(*event_type, "m.call.reject");
+        let (event_type, content) = (event.event_type(), event.content());
+        assert_eq!(event_type, "m.call.reject");
         assert_eq!(content["reason"], "user_busy");
     }
 
@@ -1751,14 +1716,12 @@ mod tests {
         (c, now)
     }
 
-    fn negotiate_sdp(a: &Action) -> &str {
+    fn negotiate_sdp(a: &Action) -> String {
         match a {
-            Action::Send {
-                event_type: "m.call.negotiate",
-                content,
-            } => {
+            Action::Send(event) if event.event_type() == "m.call.negotiate" => {
+                let content = event.content();
                 assert_eq!(content["description"]["type"], "offer");
-                content["description"]["sdp"].as_str().unwrap()
+                content["description"]["sdp"].as_str().unwrap().to_owned()
             }
             other => panic!("{other:?}"),
         }
@@ -1922,15 +1885,13 @@ mod tests {
         }
     }
 
-    fn negotiate_answer_of(a: &Action) -> &Value {
+    fn negotiate_answer_sdp(a: &Action) -> String {
         match a {
-            Action::Send {
-                event_type: "m.call.negotiate",
-                content,
-            } => {
+            Action::Send(event) if event.event_type() == "m.call.negotiate" => {
+                let content = event.content();
                 assert_eq!(content["description"]["type"], "answer");
                 assert!(content["sdp_stream_metadata"].is_object(), "{content}");
-                content
+                content["description"]["sdp"].as_str().unwrap().to_owned()
             }
             other => panic!("{other:?}"),
         }
@@ -1944,19 +1905,15 @@ mod tests {
         let [answer, Action::Hold { on: true }] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
-        assert_eq!(sdp::direction(sdp), sdp::Direction::RecvOnly, "{sdp}");
+        let sdp = negotiate_answer_sdp(answer);
+        assert_eq!(sdp::direction(&sdp), sdp::Direction::RecvOnly, "{sdp}");
         assert!(sdp.contains("a=mid:0"));
         let a = c.handle(caller_offer(OFFER), now);
         let [answer, Action::Hold { on: false }] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
-        assert_eq!(sdp::direction(sdp), sdp::Direction::SendRecv);
+        let sdp = negotiate_answer_sdp(answer);
+        assert_eq!(sdp::direction(&sdp), sdp::Direction::SendRecv);
     }
 
     #[test]
@@ -1980,9 +1937,7 @@ mod tests {
         let [answer] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
+        let sdp = negotiate_answer_sdp(answer);
         assert!(sdp.contains("a=mid:0"));
         // After the modify, a hold compares with the restarted session and stays local.
         let hold = restart.replace("a=sendrecv", "a=sendonly");
