@@ -29,7 +29,7 @@ use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
 use crate::state::{SavedMap, StateStore};
 use crate::verto::messages::{FsDtmf, Subscribe, DTMF_CHANNEL};
-use crate::verto::{VertoError, VertoEvent, VertoHandle};
+use crate::verto::{Cause, VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
 
@@ -612,7 +612,7 @@ impl Bridge {
                     info!(verto_call_id = %call_id, "verto.attach for an unknown call: hanging it up");
                     let verto = self.verto.clone();
                     tokio::spawn(async move {
-                        let _ = verto.bye(&call_id, "NORMAL_CLEARING").await;
+                        let _ = verto.bye(&call_id, Cause::NormalClearing).await;
                     });
                     return;
                 }

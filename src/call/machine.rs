@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::cause;
 use crate::matrix::events::{CallEventOut, SdpKind, Voip};
 use crate::sdp::{self, TrickleCandidate};
+use crate::verto::Cause;
 
 /// Matrix VoIP version of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,10 +222,10 @@ pub enum Action {
         /// The complete offer.
         sdp: String,
     },
-    /// Send `verto.bye` with this cause name.
+    /// Send `verto.bye` with this cause.
     Bye {
-        /// FreeSWITCH cause name.
-        cause: &'static str,
+        /// Why.
+        cause: Cause,
     },
     /// Send `verto.info {dtmf}`; confirm to the caller if `react_to` is set.
     SendDtmf {
@@ -268,7 +269,7 @@ pub struct Call {
     media_sdp: Option<String>,
     /// A Matrix hangup arrived while `verto.invite` was in flight: the cause to send once
     /// FreeSWITCH has created the channel.
-    cancel_after_dial: Option<&'static str>,
+    cancel_after_dial: Option<Cause>,
     ignored_candidates: usize,
     digits_due: Option<Instant>,
     hangup_due: Option<Instant>,
@@ -416,7 +417,7 @@ impl Call {
             self.hangup_due = None;
             let mins = self.setup.max_duration.map_or(0, |d| d.as_secs() / 60);
             out.push(Action::Bye {
-                cause: "ALLOTTED_TIMEOUT",
+                cause: Cause::AllottedTimeout,
             });
             out.extend(self.fail(
                 "user_hangup",
@@ -452,14 +453,16 @@ impl Call {
             State::Dialling if now >= self.setup.expires_at => {
                 // The channel FreeSWITCH may be creating is hung up once the invite reply says
                 // it exists; until then the machine waits without a timer.
-                self.cancel_after_dial = Some("NO_ANSWER");
+                self.cancel_after_dial = Some(Cause::NoAnswer);
                 self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
                 )
             }
             State::Ringing | State::EarlyMedia if now >= self.setup.expires_at => {
-                let mut out = vec![Action::Bye { cause: "NO_ANSWER" }];
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NoAnswer,
+                }];
                 out.extend(self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
@@ -567,12 +570,12 @@ impl Call {
                         Vec::new()
                     }
                     Dialling => {
-                        self.cancel_after_dial = Some("LOSE_RACE");
+                        self.cancel_after_dial = Some(Cause::LoseRace);
                         Vec::new()
                     }
                     _ => {
                         self.finish("answered elsewhere");
-                        vec![Action::Bye { cause: "LOSE_RACE" }]
+                        vec![Action::Bye { cause: Cause::LoseRace }]
                     }
                 }
             }
@@ -584,7 +587,7 @@ impl Call {
                 }
                 Err(f) if f.timed_out => {
                     warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
-                    let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
+                    let mut out = vec![Action::Bye { cause: Cause::NormalTemporaryFailure }];
                     out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
                     out
                 }
@@ -613,7 +616,7 @@ impl Call {
                 let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
                     warn!("FreeSWITCH answered without any SDP");
                     let mut out = vec![Action::Bye {
-                        cause: "INCOMPATIBLE_DESTINATION",
+                        cause: Cause::IncompatibleDestination,
                     }];
                     out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
                     return out;
@@ -665,7 +668,7 @@ impl Call {
             (_, Input::VertoReady { .. }) => Vec::new(),
             (Answered | Detached | Renegotiating, Input::Attach { sdp }) => {
                 if self.setup.version == Version::V0 {
-                    let mut out = vec![Action::Bye { cause: "NORMAL_CLEARING" }];
+                    let mut out = vec![Action::Bye { cause: Cause::NormalClearing }];
                     out.extend(self.fail("unknown_error", "media could not be renegotiated with a version 0 client"));
                     return out;
                 }
@@ -752,7 +755,7 @@ impl Call {
             }
             (Answered, Input::AttachResult(Err(e))) => {
                 warn!(error = %e, "verto.attach failed");
-                let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
+                let mut out = vec![Action::Bye { cause: Cause::NormalTemporaryFailure }];
                 out.extend(self.fail("ice_failed", "the call could not be re-attached to FreeSWITCH"));
                 out
             }
@@ -768,19 +771,19 @@ impl Call {
                 self.fail("unknown_error", "the bridge is shutting down")
             }
             (Dialling, Input::Shutdown) => {
-                self.cancel_after_dial = Some("SYSTEM_SHUTDOWN");
+                self.cancel_after_dial = Some(Cause::SystemShutdown);
                 self.end_matrix("unknown_error", "the bridge is shutting down")
             }
             (Ringing | EarlyMedia, Input::Shutdown) => {
                 let mut out = vec![Action::Bye {
-                    cause: "SYSTEM_SHUTDOWN",
+                    cause: Cause::SystemShutdown,
                 }];
                 out.extend(self.fail("unknown_error", "the bridge is shutting down"));
                 out
             }
             (Answered | Detached | Renegotiating, Input::Shutdown) => {
                 let mut out = vec![Action::Bye {
-                    cause: "NORMAL_CLEARING",
+                    cause: Cause::NormalClearing,
                 }];
                 out.extend(self.fail("user_hangup", "the bridge is shutting down"));
                 out
@@ -795,7 +798,7 @@ impl Call {
     /// The call ended (caller hangup, expiry, shutdown, answered elsewhere) while
     /// `verto.invite` was in flight. Matrix has already been told, so only FreeSWITCH's side is
     /// left: a channel it created must be hung up, and nothing may go to the caller again.
-    fn cancel_dial(&mut self, cause: &'static str, input: Input) -> Vec<Action> {
+    fn cancel_dial(&mut self, cause: Cause, input: Input) -> Vec<Action> {
         match input {
             Input::InviteResult(Ok(())) | Input::Answer { .. } => {
                 self.finish("ended while dialling");
@@ -952,7 +955,7 @@ impl Call {
             }
             (_, false) => {
                 let mut out = vec![Action::Bye {
-                    cause: "NORMAL_TEMPORARY_FAILURE",
+                    cause: Cause::NormalTemporaryFailure,
                 }];
                 out.extend(self.fail(
                     "ice_failed",
@@ -990,7 +993,7 @@ impl Call {
             }
             Ok(_) => {
                 let mut out = vec![Action::Bye {
-                    cause: "INCOMPATIBLE_DESTINATION",
+                    cause: Cause::IncompatibleDestination,
                 }];
                 out.extend(self.fail(
                     "ice_failed",
@@ -1000,7 +1003,7 @@ impl Call {
             }
             Err(e) => {
                 let mut out = vec![Action::Bye {
-                    cause: "INCOMPATIBLE_DESTINATION",
+                    cause: Cause::IncompatibleDestination,
                 }];
                 out.extend(self.fail(
                     "unknown_error",
@@ -1340,7 +1343,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "ORIGINATOR_CANCEL"
+                cause: Cause::OriginatorCancel
             }]
         );
         assert!(c.is_ended());
@@ -1371,7 +1374,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "ORIGINATOR_CANCEL"
+                cause: Cause::OriginatorCancel
             }]
         );
         let (mut c, now) = dialled(Version::V1);
@@ -1386,7 +1389,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "NORMAL_CLEARING"
+                cause: Cause::NormalClearing
             }]
         );
     }
@@ -1415,7 +1418,12 @@ mod tests {
             },
             now,
         );
-        assert_eq!(a, vec![Action::Bye { cause: "LOSE_RACE" }]);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: Cause::LoseRace
+            }]
+        );
         assert!(c.is_ended());
     }
 
@@ -1463,7 +1471,12 @@ mod tests {
             "no second reject"
         );
         let a = c.handle(Input::InviteResult(Ok(())), due);
-        assert_eq!(a, vec![Action::Bye { cause: "NO_ANSWER" }]);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: Cause::NoAnswer
+            }]
+        );
         assert!(c.is_ended());
     }
 
@@ -1654,7 +1667,7 @@ mod tests {
         assert_eq!(
             a[0],
             Action::Bye {
-                cause: "ALLOTTED_TIMEOUT"
+                cause: Cause::AllottedTimeout
             }
         );
         assert!(c.is_ended());
@@ -1778,7 +1791,7 @@ mod tests {
         assert_eq!(
             c.handle(Input::Hangup { reason: None }, now),
             vec![Action::Bye {
-                cause: "NORMAL_CLEARING"
+                cause: Cause::NormalClearing
             }]
         );
     }

@@ -180,11 +180,11 @@ impl VertoHandle {
         .await
     }
 
-    /// `verto.bye` with a FreeSWITCH cause name.
-    pub async fn bye(&self, call_id: &str, cause: &str) -> Result<Value, VertoError> {
+    /// `verto.bye`: hangs the call up with this cause.
+    pub async fn bye(&self, call_id: &str, cause: super::Cause) -> Result<Value, VertoError> {
         self.send(&Bye {
             dialog: Dialog::new(call_id),
-            cause: cause.to_owned(),
+            cause,
         })
         .await
     }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::Cause;
+
 /// A verto request: its JSON-RPC method and, through `Serialize`, its `params`.
 pub trait Request: Serialize {
     /// The JSON-RPC method, e.g. `verto.invite`.
@@ -115,12 +117,17 @@ pub struct Bye {
     /// The call.
     #[serde(rename = "dialogParams")]
     pub dialog: Dialog,
-    /// The FreeSWITCH cause name.
-    pub cause: String,
+    /// Sent by its FreeSWITCH name.
+    #[serde(serialize_with = "cause_name")]
+    pub cause: Cause,
 }
 
 impl Request for Bye {
     const METHOD: &'static str = "verto.bye";
+}
+
+fn cause_name<S: serde::Serializer>(cause: &Cause, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(cause.name())
 }
 
 /// `verto.info {dtmf}`: digits FreeSWITCH plays into the call as RFC 2833 events.
@@ -289,7 +296,7 @@ mod tests {
         want["cause"] = json!("NORMAL_CLEARING");
         let bye = Bye {
             dialog: Dialog::new("cd0192ad-c808-468b-beaa-6ff2baa355a9"),
-            cause: "NORMAL_CLEARING".into(),
+            cause: Cause::NormalClearing,
         };
         assert_eq!(params(&bye), want);
     }
