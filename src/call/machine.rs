@@ -476,69 +476,60 @@ impl Call {
 
     /// Feeds one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
-        use State::*;
-        if let (Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
+        if let (State::Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
             return self.cancel_dial(cause, input);
         }
-        match (self.state, input) {
-            (Ended, input) => {
-                debug!(?input, "input for an ended call ignored");
-                Vec::new()
-            }
-
-            (Ringing | EarlyMedia | Answered, Input::Dtmf { digits, event_id }) => {
-                info!(%digits, "sending the caller's digits");
-                vec![Action::SendDtmf { digits, react_to: event_id }]
-            }
-            (_, Input::Dtmf { .. }) => vec![Action::Notice {
-                text: "The call is not connected to FreeSWITCH yet; send the digits once it rings or is answered.".into(),
-            }],
-            (_, Input::FarDtmf { digit }) => {
+        if self.state == State::Ended {
+            debug!(?input, "input for an ended call ignored");
+            return Vec::new();
+        }
+        // Inputs every live state handles by one rule; the rest go to the state's handler.
+        match input {
+            Input::Dtmf { digits, event_id } => self.on_dtmf(digits, event_id),
+            Input::FarDtmf { digit } => {
                 if self.far_digits.len() < 256 {
                     self.far_digits.push_str(&digit);
                 }
                 self.far_flush_due = Some(now + self.setup.dtmf_burst);
                 Vec::new()
             }
-
-            (
-                _,
-                Input::Candidates {
-                    party_id,
-                    candidates,
-                },
-            ) => {
-                if !self.is_callers_party(party_id.as_deref()) {
-                    debug!(party_id = ?party_id, "candidates from another party ignored");
-                    return Vec::new();
-                }
-                if self.state == Renegotiating {
-                    return self.reneg_candidates(candidates, now);
-                }
-                if self.state != Collecting {
-                    debug!(
-                        n = candidates.len(),
-                        "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
+            Input::Candidates {
+                party_id,
+                candidates,
+            } => self.on_candidates(party_id, candidates, now),
+            Input::SelectAnswer { party_id } => self.on_select_answer(party_id),
+            Input::VertoReady { reattached } => {
+                if self.state == State::Detached && !reattached {
+                    return self.fail(
+                        "unknown_error",
+                        "FreeSWITCH no longer has the call (it may have restarted)",
                     );
-                    return Vec::new();
-                }
-                let max = self.setup.max_candidates;
-                let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
-                if ignored > 0 && self.ignored_candidates == 0 {
-                    warn!(max, "too many candidates; ignoring the rest");
-                }
-                self.ignored_candidates += ignored;
-                if end {
-                    debug!(
-                        candidates = self.trickled.len(),
-                        "end-of-candidates: dialling"
-                    );
-                    return self.flush(now);
                 }
                 Vec::new()
             }
+            Input::Detach if self.answered() && self.setup.version == Version::V1 => {
+                info!("keeping the call for the next start");
+                self.kept = true;
+                self.finish("kept for the next start");
+                Vec::new()
+            }
+            Input::Detach => self.handle(Input::Shutdown, now),
+            input => match self.state {
+                State::Collecting => self.collecting(input),
+                State::Dialling => self.dialling(input, now),
+                State::Ringing | State::EarlyMedia => self.ringing(input, now),
+                State::Answered => self.answered_input(input, now),
+                State::Detached => self.connected(input, now),
+                State::Renegotiating => self.renegotiating(input, now),
+                State::Ended => Vec::new(),
+            },
+        }
+    }
 
-            (Collecting, Input::Hangup { reason }) => {
+    /// Collecting: nothing has reached FreeSWITCH yet.
+    fn collecting(&mut self, input: Input) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
                 info!(
                     ?reason,
                     "caller hung up before dialling; nothing sent to FreeSWITCH"
@@ -546,147 +537,97 @@ impl Call {
                 self.finish("caller hung up while candidates were collected");
                 Vec::new()
             }
-            (Dialling, Input::Hangup { reason }) => {
+            Input::Shutdown => self.fail("unknown_error", "the bridge is shutting down"),
+            input => self.ignored(input),
+        }
+    }
+
+    /// Dialling: `verto.invite` is in flight, so an ending must wait for its reply.
+    fn dialling(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
                 self.cancel_after_dial = Some(cause::matrix_to_verto(reason.as_deref(), false));
                 Vec::new()
             }
-            (Ringing | EarlyMedia | Answered | Detached | Renegotiating, Input::Hangup { reason }) => {
-                let answered = self.answered();
+            Input::InviteResult(res) => self.on_invite_result(res),
+            Input::Shutdown => {
+                self.cancel_after_dial = Some(Cause::SystemShutdown);
+                self.end_matrix("unknown_error", "the bridge is shutting down")
+            }
+            input => self.ringing(input, now),
+        }
+    }
+
+    /// Ringing or early media (and what Dialling shares with them): FreeSWITCH has the call,
+    /// nobody answered yet.
+    fn ringing(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
                 self.finish("caller hung up");
                 vec![Action::Bye {
-                    cause: cause::matrix_to_verto(reason.as_deref(), answered),
+                    cause: cause::matrix_to_verto(reason.as_deref(), false),
                 }]
             }
-
-            (state, Input::SelectAnswer { party_id }) => {
-                if party_id == self.setup.our_party {
-                    debug!("caller selected our answer");
-                    return Vec::new();
-                }
-                info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
-                match state {
-                    Collecting => {
-                        self.finish("answered elsewhere");
-                        Vec::new()
-                    }
-                    Dialling => {
-                        self.cancel_after_dial = Some(Cause::LoseRace);
-                        Vec::new()
-                    }
-                    _ => {
-                        self.finish("answered elsewhere");
-                        vec![Action::Bye { cause: Cause::LoseRace }]
-                    }
-                }
-            }
-
-            (Dialling, Input::InviteResult(res)) => match res {
-                Ok(()) => {
-                    self.state = Ringing;
-                    Vec::new()
-                }
-                Err(f) if f.timed_out => {
-                    warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
-                    let mut out = vec![Action::Bye { cause: Cause::NormalTemporaryFailure }];
-                    out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
-                    out
-                }
-                Err(f) => {
-                    warn!(error = %f.message, "verto.invite failed");
-                    let end = match f.cause_code {
-                        Some(c) => cause::verto_to_matrix(Some(c), None, false),
-                        None => cause::MatrixEnd {
-                            reason: "unknown_error",
-                            human: "FreeSWITCH is not reachable",
-                        },
-                    };
-                    self.fail(end.reason, end.human)
-                }
-            },
-            (_, Input::InviteResult(_)) => Vec::new(),
-
-            (Dialling | Ringing | EarlyMedia, Input::Media { sdp }) => {
+            Input::Media { sdp } => {
                 self.media_sdp = Some(sdp);
-                if self.state != Dialling {
-                    self.state = EarlyMedia;
+                if self.state != State::Dialling {
+                    self.state = State::EarlyMedia;
                 }
                 Vec::new()
             }
-            (Dialling | Ringing | EarlyMedia, Input::Answer { sdp }) => {
-                let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
-                    warn!("FreeSWITCH answered without any SDP");
-                    let mut out = vec![Action::Bye {
-                        cause: Cause::IncompatibleDestination,
-                    }];
-                    out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
-                    return out;
-                };
-                self.state = Answered;
-                info!("FreeSWITCH answered");
-                self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
-                self.hangup_due = self.setup.max_duration.map(|d| now + d);
-                self.answer(&answer)
+            Input::Answer { sdp } => self.on_fs_answer(sdp, now),
+            Input::Bye { cause_code, cause } => self.on_fs_bye(cause_code, cause),
+            // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
+            Input::VertoDown => self.fail("unknown_error", "the connection to FreeSWITCH was lost"),
+            Input::Shutdown => {
+                let mut out = vec![Action::Bye {
+                    cause: Cause::SystemShutdown,
+                }];
+                out.extend(self.fail("unknown_error", "the bridge is shutting down"));
+                out
             }
-            (
-                Dialling | Ringing | EarlyMedia | Answered | Detached | Renegotiating,
-                Input::Bye {
-                    cause_code,
-                    cause: name,
-                },
-            ) => {
-                let answered = self.answered();
-                let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
-                info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
-                if answered && end.reason == "user_hangup" {
-                    // A normal hangup needs no explanation.
-                    let mut out = self.flush_far_digits();
-                    out.extend(self.end_matrix(end.reason, end.human));
-                    self.finish(end.human);
-                    return out;
-                }
-                self.fail(end.reason, end.human)
+            input => self.ignored(input),
+        }
+    }
+
+    /// Answered: the caller may hold, resume or renegotiate.
+    fn answered_input(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Negotiate {
+                party_id,
+                kind,
+                sdp,
+            } if kind == "offer" && self.setup.version == Version::V1 => {
+                self.on_caller_offer(party_id, sdp)
             }
-            (Dialling | Ringing | EarlyMedia, Input::VertoDown) => {
-                // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
-                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
-            }
-            (Answered | Renegotiating | Detached, Input::VertoDown) if self.setup.version == Version::V0 => {
-                // Version 0 callers cannot renegotiate; FreeSWITCH's re-offer will be refused.
-                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
-            }
-            (Answered | Renegotiating | Detached, Input::VertoDown) => {
-                info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
-                self.reneg = None;
-                self.matrix_media = None;
-                self.state = Detached;
-                self.detach_due = Some(now + self.setup.recovery.detach_timeout);
+            Input::ModifyResult(res) => self.on_modify_result(res),
+            Input::AttachResult(Ok(())) => {
+                info!("call re-attached to FreeSWITCH");
                 Vec::new()
             }
-            (Detached, Input::VertoReady { reattached: false }) => {
-                self.fail("unknown_error", "FreeSWITCH no longer has the call (it may have restarted)")
+            Input::AttachResult(Err(e)) => {
+                warn!(error = %e, "verto.attach failed");
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NormalTemporaryFailure,
+                }];
+                out.extend(self.fail(
+                    "ice_failed",
+                    "the call could not be re-attached to FreeSWITCH",
+                ));
+                out
             }
-            (_, Input::VertoReady { .. }) => Vec::new(),
-            (Answered | Detached | Renegotiating, Input::Attach { sdp }) => {
-                if self.setup.version == Version::V0 {
-                    let mut out = vec![Action::Bye { cause: Cause::NormalClearing }];
-                    out.extend(self.fail("unknown_error", "media could not be renegotiated with a version 0 client"));
-                    return out;
-                }
-                info!("FreeSWITCH re-offered the call; renegotiating with the caller");
-                self.detach_due = None;
-                let offer = sdp::repair_answer(&sdp, &self.setup.offer);
-                self.state = Renegotiating;
-                self.reneg = Some(Reneg {
-                    offer,
-                    round: 1,
-                    answer: None,
-                    candidates: Vec::new(),
-                    deadline: now + self.setup.recovery.first_round,
-                });
-                let altered = self.reneg.as_ref().map(|r| sdp::alter_fingerprint(&r.offer)).unwrap_or_default();
-                vec![self.negotiate_offer(altered)]
-            }
-            (Renegotiating, Input::Negotiate { party_id, kind, sdp }) => {
+            input => self.connected(input, now),
+        }
+    }
+
+    /// Renegotiating: the caller's answer to FreeSWITCH's re-offer is awaited.
+    fn renegotiating(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Negotiate {
+                party_id,
+                kind,
+                sdp,
+            } => {
                 if !self.is_callers_party(party_id.as_deref()) {
                     debug!(party_id = ?party_id, "negotiate from another party ignored");
                     return Vec::new();
@@ -697,99 +638,270 @@ impl Call {
                 }
                 self.reneg_answer(sdp, now)
             }
-            (Answered, Input::Negotiate { party_id, kind, sdp }) if kind == "offer" && self.setup.version == Version::V1 => {
-                if !self.is_callers_party(party_id.as_deref()) {
-                    debug!(party_id = ?party_id, "negotiate from another party ignored");
-                    return Vec::new();
-                }
-                if self.caller_offer.is_some() {
-                    warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
-                    return Vec::new();
-                }
-                if let Some(out) = self.local_hold(&sdp) {
-                    return out;
-                }
-                // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
-                // candidates in the SDP: new ones if the offer has them, else the call's own
-                // (without an ICE restart they are unchanged).
-                let merged = match sdp::merge_candidates(&sdp, &[]) {
-                    Ok(m) if m.usable > 0 => Ok(m),
-                    _ => sdp::merge_candidates(&sdp, &self.trickled),
-                };
-                match merged {
-                    Ok(m) if m.usable > 0 => {
-                        info!("caller renegotiates (hold/resume); passing the offer to FreeSWITCH");
-                        self.caller_offer = Some(sdp);
-                        vec![Action::Modify { sdp: m.sdp }]
-                    }
-                    _ => {
-                        warn!("caller's negotiate offer has no usable candidates; ignored");
-                        Vec::new()
-                    }
-                }
+            input => self.connected(input, now),
+        }
+    }
+
+    /// What Answered, Detached and Renegotiating share: the caller is connected to us, and
+    /// FreeSWITCH may lose or re-offer the call.
+    fn connected(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
+                self.finish("caller hung up");
+                vec![Action::Bye {
+                    cause: cause::matrix_to_verto(reason.as_deref(), true),
+                }]
             }
-            (Answered, Input::ModifyResult(res)) => {
-                let Some(offer) = self.caller_offer.take() else { return Vec::new() };
-                match res {
-                    Ok(fs_sdp) => {
-                        let answer = sdp::repair_answer(&fs_sdp, &offer);
-                        let out = vec![self.negotiate(SdpKind::Answer, answer.clone())];
-                        self.matrix_media = Some((offer, answer));
-                        out
-                    }
-                    Err(e) => {
-                        // FreeSWITCH hangs the call up itself when it cannot renegotiate.
-                        warn!(error = %e, "verto.modify updateMedia failed");
-                        Vec::new()
-                    }
-                }
+            Input::Bye { cause_code, cause } => self.on_fs_bye(cause_code, cause),
+            // Version 0 callers cannot renegotiate; FreeSWITCH's re-offer will be refused.
+            Input::VertoDown if self.setup.version == Version::V0 => {
+                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
             }
-            (_, Input::ModifyResult(_)) => Vec::new(),
-            (_, Input::Negotiate { kind, .. }) => {
-                warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
+            Input::VertoDown => {
+                info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
+                self.reneg = None;
+                self.matrix_media = None;
+                self.state = State::Detached;
+                self.detach_due = Some(now + self.setup.recovery.detach_timeout);
                 Vec::new()
             }
-            (Answered, Input::AttachResult(Ok(()))) => {
-                info!("call re-attached to FreeSWITCH");
-                Vec::new()
-            }
-            (Answered, Input::AttachResult(Err(e))) => {
-                warn!(error = %e, "verto.attach failed");
-                let mut out = vec![Action::Bye { cause: Cause::NormalTemporaryFailure }];
-                out.extend(self.fail("ice_failed", "the call could not be re-attached to FreeSWITCH"));
-                out
-            }
-            (_, Input::AttachResult(_)) => Vec::new(),
-            (Answered | Detached | Renegotiating, Input::Detach) if self.setup.version == Version::V1 => {
-                info!("keeping the call for the next start");
-                self.kept = true;
-                self.finish("kept for the next start");
-                Vec::new()
-            }
-            (_, Input::Detach) => self.handle(Input::Shutdown, now),
-            (Collecting, Input::Shutdown) => {
-                self.fail("unknown_error", "the bridge is shutting down")
-            }
-            (Dialling, Input::Shutdown) => {
-                self.cancel_after_dial = Some(Cause::SystemShutdown);
-                self.end_matrix("unknown_error", "the bridge is shutting down")
-            }
-            (Ringing | EarlyMedia, Input::Shutdown) => {
-                let mut out = vec![Action::Bye {
-                    cause: Cause::SystemShutdown,
-                }];
-                out.extend(self.fail("unknown_error", "the bridge is shutting down"));
-                out
-            }
-            (Answered | Detached | Renegotiating, Input::Shutdown) => {
+            Input::Attach { sdp } => self.on_attach(sdp, now),
+            Input::Shutdown => {
                 let mut out = vec![Action::Bye {
                     cause: Cause::NormalClearing,
                 }];
                 out.extend(self.fail("user_hangup", "the bridge is shutting down"));
                 out
             }
-            (state, input) => {
-                warn!(?state, ?input, "input not allowed in this state; ignored");
+            input => self.ignored(input),
+        }
+    }
+
+    /// An input the state does not act on: replies that came too late are dropped quietly,
+    /// the rest logged.
+    fn ignored(&self, input: Input) -> Vec<Action> {
+        match input {
+            Input::InviteResult(_) | Input::ModifyResult(_) | Input::AttachResult(_) => {}
+            Input::Negotiate { kind, .. } => {
+                warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
+            }
+            input => warn!(state = ?self.state, ?input, "input not allowed in this state; ignored"),
+        }
+        Vec::new()
+    }
+
+    fn on_dtmf(&self, digits: String, event_id: Option<String>) -> Vec<Action> {
+        if matches!(
+            self.state,
+            State::Ringing | State::EarlyMedia | State::Answered
+        ) {
+            info!(%digits, "sending the caller's digits");
+            return vec![Action::SendDtmf {
+                digits,
+                react_to: event_id,
+            }];
+        }
+        vec![Action::Notice {
+            text: "The call is not connected to FreeSWITCH yet; send the digits once it rings or is answered.".into(),
+        }]
+    }
+
+    fn on_candidates(
+        &mut self,
+        party_id: Option<String>,
+        candidates: Vec<TrickleCandidate>,
+        now: Instant,
+    ) -> Vec<Action> {
+        if !self.is_callers_party(party_id.as_deref()) {
+            debug!(party_id = ?party_id, "candidates from another party ignored");
+            return Vec::new();
+        }
+        if self.state == State::Renegotiating {
+            return self.reneg_candidates(candidates, now);
+        }
+        if self.state != State::Collecting {
+            debug!(
+                n = candidates.len(),
+                "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
+            );
+            return Vec::new();
+        }
+        let max = self.setup.max_candidates;
+        let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
+        if ignored > 0 && self.ignored_candidates == 0 {
+            warn!(max, "too many candidates; ignoring the rest");
+        }
+        self.ignored_candidates += ignored;
+        if end {
+            debug!(
+                candidates = self.trickled.len(),
+                "end-of-candidates: dialling"
+            );
+            return self.flush(now);
+        }
+        Vec::new()
+    }
+
+    fn on_select_answer(&mut self, party_id: String) -> Vec<Action> {
+        if party_id == self.setup.our_party {
+            debug!("caller selected our answer");
+            return Vec::new();
+        }
+        info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
+        match self.state {
+            State::Collecting => {
+                self.finish("answered elsewhere");
+                Vec::new()
+            }
+            State::Dialling => {
+                self.cancel_after_dial = Some(Cause::LoseRace);
+                Vec::new()
+            }
+            _ => {
+                self.finish("answered elsewhere");
+                vec![Action::Bye {
+                    cause: Cause::LoseRace,
+                }]
+            }
+        }
+    }
+
+    fn on_invite_result(&mut self, res: Result<(), DialFailure>) -> Vec<Action> {
+        match res {
+            Ok(()) => {
+                self.state = State::Ringing;
+                Vec::new()
+            }
+            Err(f) if f.timed_out => {
+                warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NormalTemporaryFailure,
+                }];
+                out.extend(self.fail(
+                    "unknown_error",
+                    "FreeSWITCH did not answer the call request in time",
+                ));
+                out
+            }
+            Err(f) => {
+                warn!(error = %f.message, "verto.invite failed");
+                let end = match f.cause_code {
+                    Some(c) => cause::verto_to_matrix(Some(c), None, false),
+                    None => cause::MatrixEnd {
+                        reason: "unknown_error",
+                        human: "FreeSWITCH is not reachable",
+                    },
+                };
+                self.fail(end.reason, end.human)
+            }
+        }
+    }
+
+    fn on_fs_answer(&mut self, sdp: Option<String>, now: Instant) -> Vec<Action> {
+        let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
+            warn!("FreeSWITCH answered without any SDP");
+            let mut out = vec![Action::Bye {
+                cause: Cause::IncompatibleDestination,
+            }];
+            out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
+            return out;
+        };
+        self.state = State::Answered;
+        info!("FreeSWITCH answered");
+        self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
+        self.hangup_due = self.setup.max_duration.map(|d| now + d);
+        self.answer(&answer)
+    }
+
+    fn on_fs_bye(&mut self, cause_code: Option<i64>, name: Option<String>) -> Vec<Action> {
+        let answered = self.answered();
+        let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
+        info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
+        if answered && end.reason == "user_hangup" {
+            // A normal hangup needs no explanation.
+            let mut out = self.flush_far_digits();
+            out.extend(self.end_matrix(end.reason, end.human));
+            self.finish(end.human);
+            return out;
+        }
+        self.fail(end.reason, end.human)
+    }
+
+    /// FreeSWITCH re-offered the call: renegotiate with the caller, first with an altered
+    /// fingerprint so that Chromium drops its old DTLS session.
+    fn on_attach(&mut self, sdp: String, now: Instant) -> Vec<Action> {
+        if self.setup.version == Version::V0 {
+            let mut out = vec![Action::Bye {
+                cause: Cause::NormalClearing,
+            }];
+            out.extend(self.fail(
+                "unknown_error",
+                "media could not be renegotiated with a version 0 client",
+            ));
+            return out;
+        }
+        info!("FreeSWITCH re-offered the call; renegotiating with the caller");
+        self.detach_due = None;
+        let offer = sdp::repair_answer(&sdp, &self.setup.offer);
+        let altered = sdp::alter_fingerprint(&offer);
+        self.state = State::Renegotiating;
+        self.reneg = Some(Reneg {
+            offer,
+            round: 1,
+            answer: None,
+            candidates: Vec::new(),
+            deadline: now + self.setup.recovery.first_round,
+        });
+        vec![self.negotiate_offer(altered)]
+    }
+
+    /// A renegotiation offer from the caller while answered.
+    fn on_caller_offer(&mut self, party_id: Option<String>, sdp: String) -> Vec<Action> {
+        if !self.is_callers_party(party_id.as_deref()) {
+            debug!(party_id = ?party_id, "negotiate from another party ignored");
+            return Vec::new();
+        }
+        if self.caller_offer.is_some() {
+            warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
+            return Vec::new();
+        }
+        if let Some(out) = self.local_hold(&sdp) {
+            return out;
+        }
+        // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
+        // candidates in the SDP: new ones if the offer has them, else the call's own
+        // (without an ICE restart they are unchanged).
+        let merged = match sdp::merge_candidates(&sdp, &[]) {
+            Ok(m) if m.usable > 0 => Ok(m),
+            _ => sdp::merge_candidates(&sdp, &self.trickled),
+        };
+        match merged {
+            Ok(m) if m.usable > 0 => {
+                info!("caller renegotiates (hold/resume); passing the offer to FreeSWITCH");
+                self.caller_offer = Some(sdp);
+                vec![Action::Modify { sdp: m.sdp }]
+            }
+            _ => {
+                warn!("caller's negotiate offer has no usable candidates; ignored");
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_modify_result(&mut self, res: Result<String, String>) -> Vec<Action> {
+        let Some(offer) = self.caller_offer.take() else {
+            return Vec::new();
+        };
+        match res {
+            Ok(fs_sdp) => {
+                let answer = sdp::repair_answer(&fs_sdp, &offer);
+                let out = vec![self.negotiate(SdpKind::Answer, answer.clone())];
+                self.matrix_media = Some((offer, answer));
+                out
+            }
+            Err(e) => {
+                // FreeSWITCH hangs the call up itself when it cannot renegotiate.
+                warn!(error = %e, "verto.modify updateMedia failed");
                 Vec::new()
             }
         }
