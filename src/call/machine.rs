@@ -121,6 +121,61 @@ pub enum State {
     Ended,
 }
 
+/// Where the call is, with what only that state needs.
+#[derive(Debug, Clone)]
+enum Stage {
+    Collecting,
+    Dialling {
+        /// The call ended towards Matrix while `verto.invite` was in flight: the cause to
+        /// hang up with once FreeSWITCH has created the channel.
+        cancel: Option<Cause>,
+        /// FreeSWITCH's SDP from `verto.media`, which can come before the invite's reply.
+        early_sdp: Option<String>,
+    },
+    Ringing,
+    EarlyMedia {
+        /// FreeSWITCH's SDP, for an answer that carries none.
+        sdp: String,
+    },
+    Answered,
+    Detached {
+        /// When to give up waiting for FreeSWITCH to re-offer the call.
+        due: Instant,
+    },
+    Renegotiating(Reneg),
+    Ended,
+}
+
+/// The timers that outlive a state; the others are deadlines in the [`Setup`] or the
+/// [`Stage`].
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// Report the far end's digits collected so far.
+    FarDigits,
+    /// Send the route's digits after the answer.
+    Digits,
+    /// The call's maximum length.
+    MaxLength,
+}
+
+/// When each [`Timer`] fires, if it is set.
+#[derive(Debug, Default)]
+struct Timers([Option<Instant>; 3]);
+
+impl Timers {
+    fn set(&mut self, t: Timer, at: Option<Instant>) {
+        self.0[t as usize] = at;
+    }
+
+    fn is_due(&self, t: Timer, now: Instant) -> bool {
+        self.0[t as usize].is_some_and(|d| now >= d)
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
 /// Inputs from both sides and from the actor.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -264,19 +319,11 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Call {
     setup: Setup,
-    state: State,
+    stage: Stage,
     trickled: Vec<TrickleCandidate>,
-    media_sdp: Option<String>,
-    /// A Matrix hangup arrived while `verto.invite` was in flight: the cause to send once
-    /// FreeSWITCH has created the channel.
-    cancel_after_dial: Option<Cause>,
     ignored_candidates: usize,
-    digits_due: Option<Instant>,
-    hangup_due: Option<Instant>,
+    timers: Timers,
     far_digits: String,
-    far_flush_due: Option<Instant>,
-    detach_due: Option<Instant>,
-    reneg: Option<Reneg>,
     /// The caller's renegotiation offer while `verto.modify` is in flight.
     caller_offer: Option<String>,
     /// The Matrix side's current offer and our answer to it, while our side is an answer:
@@ -293,17 +340,11 @@ impl Call {
     pub fn new(setup: Setup) -> Self {
         Self {
             setup,
-            state: State::Collecting,
+            stage: Stage::Collecting,
             trickled: Vec::new(),
-            media_sdp: None,
-            cancel_after_dial: None,
             ignored_candidates: 0,
-            digits_due: None,
-            hangup_due: None,
+            timers: Timers::default(),
             far_digits: String::new(),
-            far_flush_due: None,
-            detach_due: None,
-            reneg: None,
             caller_offer: None,
             matrix_media: None,
             kept: false,
@@ -316,8 +357,9 @@ impl Call {
     pub fn recovered(setup: Setup, trickled: Vec<TrickleCandidate>, now: Instant) -> Self {
         let mut c = Self::new(setup);
         c.trickled = trickled;
-        c.state = State::Detached;
-        c.detach_due = Some(now + c.setup.recovery.detach_timeout);
+        c.stage = Stage::Detached {
+            due: now + c.setup.recovery.detach_timeout,
+        };
         c
     }
 
@@ -341,8 +383,8 @@ impl Call {
 
     fn answered(&self) -> bool {
         matches!(
-            self.state,
-            State::Answered | State::Detached | State::Renegotiating
+            self.stage,
+            Stage::Answered | Stage::Detached { .. } | Stage::Renegotiating(_)
         )
     }
 
@@ -353,19 +395,36 @@ impl Call {
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.state
+        match self.stage {
+            Stage::Collecting => State::Collecting,
+            Stage::Dialling { .. } => State::Dialling,
+            Stage::Ringing => State::Ringing,
+            Stage::EarlyMedia { .. } => State::EarlyMedia,
+            Stage::Answered => State::Answered,
+            Stage::Detached { .. } => State::Detached,
+            Stage::Renegotiating(_) => State::Renegotiating,
+            Stage::Ended => State::Ended,
+        }
+    }
+
+    /// A hangup, expiry or shutdown while `verto.invite` is in flight: Matrix is told now,
+    /// FreeSWITCH once the invite's reply comes.
+    fn cancel_dial_with(&mut self, cause: Cause) {
+        if let Stage::Dialling { cancel, .. } = &mut self.stage {
+            *cancel = Some(cause);
+        }
     }
 
     /// True once nothing is left to do.
     pub fn is_ended(&self) -> bool {
-        self.state == State::Ended
+        matches!(self.stage, Stage::Ended)
     }
 
     /// Checks the offer, and dials at once if it cannot expect trickled candidates.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         // A recovered call starts Detached: it was dialled in the last run, never again.
-        if self.state != State::Collecting {
-            debug!(state = ?self.state, "start of a call that is not new: nothing to dial");
+        if self.state() != State::Collecting {
+            debug!(state = ?self.state(), "start of a call that is not new: nothing to dial");
             return Vec::new();
         }
         if self.setup.offer.len() > self.setup.max_sdp_bytes {
@@ -380,31 +439,33 @@ impl Call {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let state = match self.state {
-            State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+        let state = match &self.stage {
+            Stage::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
             // Already ended towards Matrix: only the invite reply is awaited, no timer.
-            State::Dialling if self.cancel_after_dial.is_some() => None,
-            State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
-            State::Answered => None,
-            State::Detached => self.detach_due,
-            State::Renegotiating => self.reneg.as_ref().map(|r| r.deadline),
-            State::Ended => return None,
+            Stage::Dialling {
+                cancel: Some(_), ..
+            } => None,
+            Stage::Dialling { .. } | Stage::Ringing | Stage::EarlyMedia { .. } => {
+                Some(self.setup.expires_at)
+            }
+            Stage::Answered => None,
+            Stage::Detached { due } => Some(*due),
+            Stage::Renegotiating(r) => Some(r.deadline),
+            Stage::Ended => return None,
         };
-        [state, self.digits_due, self.hangup_due, self.far_flush_due]
-            .into_iter()
-            .flatten()
-            .min()
+        [state, self.timers.next()].into_iter().flatten().min()
     }
 
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.far_flush_due.is_some_and(|d| now >= d) {
+        if self.timers.is_due(Timer::FarDigits, now) {
             out.extend(self.flush_far_digits());
         }
-        if self.digits_due.is_some_and(|d| now >= d) {
-            self.digits_due = None;
-            if let (State::Answered, Some((digits, _))) = (self.state, &self.setup.digits_on_answer)
+        if self.timers.is_due(Timer::Digits, now) {
+            self.timers.set(Timer::Digits, None);
+            if let (State::Answered, Some((digits, _))) =
+                (self.state(), &self.setup.digits_on_answer)
             {
                 info!(%digits, "sending the route's digits");
                 out.push(Action::SendDtmf {
@@ -413,8 +474,8 @@ impl Call {
                 });
             }
         }
-        if self.hangup_due.is_some_and(|d| now >= d) && self.answered() {
-            self.hangup_due = None;
+        if self.timers.is_due(Timer::MaxLength, now) && self.answered() {
+            self.timers.set(Timer::MaxLength, None);
             let mins = self.setup.max_duration.map_or(0, |d| d.as_secs() / 60);
             out.push(Action::Bye {
                 cause: Cause::AllottedTimeout,
@@ -430,36 +491,36 @@ impl Call {
     }
 
     fn handle_state_timeout(&mut self, now: Instant) -> Vec<Action> {
-        match self.state {
-            State::Detached if self.detach_due.is_some_and(|d| now >= d) => self.fail(
+        match &self.stage {
+            Stage::Detached { due } if now >= *due => self.fail(
                 "unknown_error",
                 "FreeSWITCH did not recover the call after the connection was lost",
             ),
-            State::Renegotiating if self.reneg.as_ref().is_some_and(|r| now >= r.deadline) => {
-                self.reneg_timeout(now)
-            }
-            State::Collecting if now >= self.setup.expires_at => self.fail(
+            Stage::Renegotiating(r) if now >= r.deadline => self.reneg_timeout(now),
+            Stage::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
             ),
-            State::Collecting if now >= self.setup.candidate_deadline => {
+            Stage::Collecting if now >= self.setup.candidate_deadline => {
                 debug!(
                     candidates = self.trickled.len(),
                     "candidate wait over without end-of-candidates; dialling"
                 );
                 self.flush(now)
             }
-            State::Dialling if self.cancel_after_dial.is_some() => Vec::new(),
-            State::Dialling if now >= self.setup.expires_at => {
+            Stage::Dialling {
+                cancel: Some(_), ..
+            } => Vec::new(),
+            Stage::Dialling { .. } if now >= self.setup.expires_at => {
                 // The channel FreeSWITCH may be creating is hung up once the invite reply says
                 // it exists; until then the machine waits without a timer.
-                self.cancel_after_dial = Some(Cause::NoAnswer);
+                self.cancel_dial_with(Cause::NoAnswer);
                 self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
                 )
             }
-            State::Ringing | State::EarlyMedia if now >= self.setup.expires_at => {
+            Stage::Ringing | Stage::EarlyMedia { .. } if now >= self.setup.expires_at => {
                 let mut out = vec![Action::Bye {
                     cause: Cause::NoAnswer,
                 }];
@@ -476,10 +537,14 @@ impl Call {
 
     /// Feeds one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
-        if let (State::Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
+        if let Stage::Dialling {
+            cancel: Some(cause),
+            ..
+        } = self.stage
+        {
             return self.cancel_dial(cause, input);
         }
-        if self.state == State::Ended {
+        if self.is_ended() {
             debug!(?input, "input for an ended call ignored");
             return Vec::new();
         }
@@ -490,7 +555,8 @@ impl Call {
                 if self.far_digits.len() < 256 {
                     self.far_digits.push_str(&digit);
                 }
-                self.far_flush_due = Some(now + self.setup.dtmf_burst);
+                self.timers
+                    .set(Timer::FarDigits, Some(now + self.setup.dtmf_burst));
                 Vec::new()
             }
             Input::Candidates {
@@ -499,7 +565,7 @@ impl Call {
             } => self.on_candidates(party_id, candidates, now),
             Input::SelectAnswer { party_id } => self.on_select_answer(party_id),
             Input::VertoReady { reattached } => {
-                if self.state == State::Detached && !reattached {
+                if self.state() == State::Detached && !reattached {
                     return self.fail(
                         "unknown_error",
                         "FreeSWITCH no longer has the call (it may have restarted)",
@@ -514,7 +580,7 @@ impl Call {
                 Vec::new()
             }
             Input::Detach => self.handle(Input::Shutdown, now),
-            input => match self.state {
+            input => match self.state() {
                 State::Collecting => self.collecting(input),
                 State::Dialling => self.dialling(input, now),
                 State::Ringing | State::EarlyMedia => self.ringing(input, now),
@@ -546,12 +612,12 @@ impl Call {
     fn dialling(&mut self, input: Input, now: Instant) -> Vec<Action> {
         match input {
             Input::Hangup { reason } => {
-                self.cancel_after_dial = Some(cause::matrix_to_verto(reason.as_deref(), false));
+                self.cancel_dial_with(cause::matrix_to_verto(reason.as_deref(), false));
                 Vec::new()
             }
             Input::InviteResult(res) => self.on_invite_result(res),
             Input::Shutdown => {
-                self.cancel_after_dial = Some(Cause::SystemShutdown);
+                self.cancel_dial_with(Cause::SystemShutdown);
                 self.end_matrix("unknown_error", "the bridge is shutting down")
             }
             input => self.ringing(input, now),
@@ -569,9 +635,9 @@ impl Call {
                 }]
             }
             Input::Media { sdp } => {
-                self.media_sdp = Some(sdp);
-                if self.state != State::Dialling {
-                    self.state = State::EarlyMedia;
+                match &mut self.stage {
+                    Stage::Dialling { early_sdp, .. } => *early_sdp = Some(sdp),
+                    stage => *stage = Stage::EarlyMedia { sdp },
                 }
                 Vec::new()
             }
@@ -659,10 +725,10 @@ impl Call {
             }
             Input::VertoDown => {
                 info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
-                self.reneg = None;
                 self.matrix_media = None;
-                self.state = State::Detached;
-                self.detach_due = Some(now + self.setup.recovery.detach_timeout);
+                self.stage = Stage::Detached {
+                    due: now + self.setup.recovery.detach_timeout,
+                };
                 Vec::new()
             }
             Input::Attach { sdp } => self.on_attach(sdp, now),
@@ -685,14 +751,16 @@ impl Call {
             Input::Negotiate { kind, .. } => {
                 warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
             }
-            input => warn!(state = ?self.state, ?input, "input not allowed in this state; ignored"),
+            input => {
+                warn!(state = ?self.state(), ?input, "input not allowed in this state; ignored")
+            }
         }
         Vec::new()
     }
 
     fn on_dtmf(&self, digits: String, event_id: Option<String>) -> Vec<Action> {
         if matches!(
-            self.state,
+            self.state(),
             State::Ringing | State::EarlyMedia | State::Answered
         ) {
             info!(%digits, "sending the caller's digits");
@@ -716,10 +784,10 @@ impl Call {
             debug!(party_id = ?party_id, "candidates from another party ignored");
             return Vec::new();
         }
-        if self.state == State::Renegotiating {
+        if self.state() == State::Renegotiating {
             return self.reneg_candidates(candidates, now);
         }
-        if self.state != State::Collecting {
+        if self.state() != State::Collecting {
             debug!(
                 n = candidates.len(),
                 "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
@@ -748,13 +816,13 @@ impl Call {
             return Vec::new();
         }
         info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
-        match self.state {
+        match self.state() {
             State::Collecting => {
                 self.finish("answered elsewhere");
                 Vec::new()
             }
             State::Dialling => {
-                self.cancel_after_dial = Some(Cause::LoseRace);
+                self.cancel_dial_with(Cause::LoseRace);
                 Vec::new()
             }
             _ => {
@@ -769,7 +837,14 @@ impl Call {
     fn on_invite_result(&mut self, res: Result<(), DialFailure>) -> Vec<Action> {
         match res {
             Ok(()) => {
-                self.state = State::Ringing;
+                // verto.media may have come first.
+                self.stage = match std::mem::replace(&mut self.stage, Stage::Ringing) {
+                    Stage::Dialling {
+                        early_sdp: Some(sdp),
+                        ..
+                    } => Stage::EarlyMedia { sdp },
+                    _ => Stage::Ringing,
+                };
                 Vec::new()
             }
             Err(f) if f.timed_out => {
@@ -798,7 +873,12 @@ impl Call {
     }
 
     fn on_fs_answer(&mut self, sdp: Option<String>, now: Instant) -> Vec<Action> {
-        let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
+        let early = match std::mem::replace(&mut self.stage, Stage::Ringing) {
+            Stage::Dialling { early_sdp, .. } => early_sdp,
+            Stage::EarlyMedia { sdp } => Some(sdp),
+            _ => None,
+        };
+        let Some(answer) = sdp.or(early) else {
             warn!("FreeSWITCH answered without any SDP");
             let mut out = vec![Action::Bye {
                 cause: Cause::IncompatibleDestination,
@@ -806,10 +886,12 @@ impl Call {
             out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
             return out;
         };
-        self.state = State::Answered;
+        self.stage = Stage::Answered;
         info!("FreeSWITCH answered");
-        self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
-        self.hangup_due = self.setup.max_duration.map(|d| now + d);
+        let digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
+        self.timers.set(Timer::Digits, digits_due);
+        let hangup_due = self.setup.max_duration.map(|d| now + d);
+        self.timers.set(Timer::MaxLength, hangup_due);
         self.answer(&answer)
     }
 
@@ -841,11 +923,9 @@ impl Call {
             return out;
         }
         info!("FreeSWITCH re-offered the call; renegotiating with the caller");
-        self.detach_due = None;
         let offer = sdp::repair_answer(&sdp, &self.setup.offer);
         let altered = sdp::alter_fingerprint(&offer);
-        self.state = State::Renegotiating;
-        self.reneg = Some(Reneg {
+        self.stage = Stage::Renegotiating(Reneg {
             offer,
             round: 1,
             answer: None,
@@ -928,12 +1008,12 @@ impl Call {
     }
 
     fn finish(&mut self, why: &str) {
-        self.state = State::Ended;
+        self.stage = Stage::Ended;
         self.end_reason.get_or_insert_with(|| why.to_owned());
     }
 
     /// Tells the caller the call is over and ends the machine. (Where a dial in flight must
-    /// still be cancelled, callers use `end_matrix` and `cancel_after_dial` instead.)
+    /// still be cancelled, callers use `end_matrix` and `cancel_dial_with` instead.)
     fn fail(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         let mut out = self.flush_far_digits();
         out.extend(self.end_matrix(reason, human));
@@ -950,7 +1030,7 @@ impl Call {
     }
 
     fn flush_far_digits(&mut self) -> Vec<Action> {
-        self.far_flush_due = None;
+        self.timers.set(Timer::FarDigits, None);
         if self.far_digits.is_empty() {
             return Vec::new();
         }
@@ -1008,7 +1088,7 @@ impl Call {
 
     fn reneg_answer(&mut self, answer: String, now: Instant) -> Vec<Action> {
         let rec = self.setup.recovery;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         if r.round == 1 {
@@ -1035,7 +1115,7 @@ impl Call {
     fn reneg_candidates(&mut self, candidates: Vec<TrickleCandidate>, now: Instant) -> Vec<Action> {
         let quiet = self.setup.recovery.quiet;
         let max = self.setup.max_candidates;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         let (end, _) = add_capped(&mut r.candidates, candidates, max);
@@ -1054,7 +1134,7 @@ impl Call {
 
     fn reneg_timeout(&mut self, now: Instant) -> Vec<Action> {
         let rec = self.setup.recovery;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         match (r.round, r.answer.is_some()) {
@@ -1082,7 +1162,9 @@ impl Call {
     /// Sends the caller's answer to FreeSWITCH with its candidates (the new ones, or the
     /// original call's when none came: without an ICE restart they are still valid).
     fn reneg_attach(&mut self) -> Vec<Action> {
-        let Some(r) = self.reneg.take() else {
+        let stage = std::mem::replace(&mut self.stage, Stage::Answered);
+        let Stage::Renegotiating(r) = stage else {
+            self.stage = stage;
             return Vec::new();
         };
         let Some(answer) = r.answer else {
@@ -1097,7 +1179,6 @@ impl Call {
         } else {
             r.candidates
         };
-        self.state = State::Answered;
         match sdp::merge_candidates(&answer, &cands) {
             Ok(m) if m.usable > 0 => {
                 info!(usable = m.usable, "re-attaching the call to FreeSWITCH");
@@ -1171,7 +1252,10 @@ impl Call {
                     dropped = m.dropped.len(),
                     "dialling FreeSWITCH"
                 );
-                self.state = State::Dialling;
+                self.stage = Stage::Dialling {
+                    cancel: None,
+                    early_sdp: None,
+                };
                 vec![Action::Dial { sdp: m.sdp }]
             }
         }
@@ -1415,6 +1499,21 @@ mod tests {
         assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
         // Exactly one answer: a repeated answer is ignored.
         assert!(c.handle(Input::Answer { sdp: None }, now).is_empty());
+    }
+
+    #[test]
+    fn media_before_the_invite_reply_is_kept_for_the_answer() {
+        let (mut c, now) = dialled(Version::V1);
+        let media = Input::Media {
+            sdp: FS_ANSWER.into(),
+        };
+        assert!(c.handle(media, now).is_empty());
+        assert_eq!(c.state(), State::Dialling);
+        assert!(c.handle(Input::InviteResult(Ok(())), now).is_empty());
+        assert_eq!(c.state(), State::EarlyMedia);
+        let a = c.handle(Input::Answer { sdp: None }, now);
+        assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
+        assert_eq!(c.state(), State::Answered);
     }
 
     #[test]
