@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ruma::VoipVersionId;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +28,8 @@ use crate::matrix::sync::Batch;
 use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
 use crate::state::{SavedMap, StateStore};
-use crate::verto::{VertoError, VertoEvent, VertoHandle};
+use crate::verto::messages::{FsDtmf, Subscribe, DTMF_CHANNEL};
+use crate::verto::{Cause, VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
 
@@ -560,34 +560,28 @@ impl Bridge {
                 }
                 return;
             }
-            VertoEvent::Event { channel, data } => {
-                if channel != "FSevent.dtmf" {
-                    debug!(%channel, "verto event ignored");
+            VertoEvent::Dtmf(FsDtmf {
+                unique_id,
+                other_leg_unique_id: other,
+                digit,
+            }) => {
+                if self.by_verto.contains_key(&unique_id) {
+                    debug!(verto_call_id = %unique_id, %digit, "our own digit echoed by FreeSWITCH; not reported");
                     return;
                 }
-                let field = |k: &str| {
-                    data.get(k)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or_default()
-                };
-                let (uid, other, digit) = (
-                    field("Unique-ID"),
-                    field("Other-Leg-Unique-ID"),
-                    field("DTMF-Digit"),
-                );
-                if self.by_verto.contains_key(uid) {
-                    debug!(verto_call_id = %uid, %digit, "our own digit echoed by FreeSWITCH; not reported");
-                    return;
-                }
-                if digit.is_empty() || !self.by_verto.contains_key(other) {
+                if digit.is_empty() || !self.by_verto.contains_key(&other) {
                     return;
                 }
                 (
-                    other.to_owned(),
+                    other,
                     Input::FarDtmf {
                         digit: digit.chars().take(4).collect(),
                     },
                 )
+            }
+            VertoEvent::Event { channel, .. } => {
+                debug!(%channel, "verto event ignored");
+                return;
             }
             VertoEvent::Disconnected => {
                 for key in self.calls.keys() {
@@ -618,7 +612,7 @@ impl Bridge {
                     info!(verto_call_id = %call_id, "verto.attach for an unknown call: hanging it up");
                     let verto = self.verto.clone();
                     tokio::spawn(async move {
-                        let _ = verto.bye(&call_id, "NORMAL_CLEARING").await;
+                        let _ = verto.bye(&call_id, Cause::NormalClearing).await;
                     });
                     return;
                 }
@@ -640,8 +634,8 @@ impl Bridge {
     /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
     /// a notice saying why when notices are on.
     fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
-        let (event_type, content) =
-            machine::ending_event(version, false, call_id, &self.our_party, reason);
+        let event = machine::ending_event(version, false, call_id, &self.our_party, reason);
+        let (event_type, content) = (event.event_type(), event.content());
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
         let notice = self
@@ -727,17 +721,11 @@ impl Bridge {
         let verto = self.verto.clone();
         let warned = self.subscribe_warned.clone();
         tokio::spawn(async move {
-            let granted = match verto
-                .request("verto.subscribe", json!({"eventChannel": "FSevent.dtmf"}))
-                .await
-            {
-                Ok(v) => ["subscribedChannels", "alreadySubscribedChannels"]
-                    .iter()
-                    .any(|k| {
-                        v[*k]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|c| c == "FSevent.dtmf"))
-                    }),
+            let subscribe = Subscribe {
+                event_channel: DTMF_CHANNEL.to_owned(),
+            };
+            let granted = match verto.send(&subscribe).await {
+                Ok(reply) => subscribe.granted(&reply),
                 Err(VertoError::Rpc(_)) => false,
                 Err(e) => {
                     debug!(error = %Chain(&e), "verto.subscribe not sent");

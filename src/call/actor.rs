@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -21,7 +21,8 @@ use crate::backoff::Backoff;
 use crate::chain::Chain;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
-use crate::verto::{VertoError, VertoHandle};
+use crate::verto::messages::{Attach, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction};
+use crate::verto::{Cause, VertoError, VertoHandle};
 
 /// What the actor needs besides the machine.
 #[derive(Clone)]
@@ -204,159 +205,160 @@ fn execute(
     self_tx: &mpsc::Sender<Input>,
     side: &mut JoinSet<()>,
 ) {
+    let (verto, id) = (ctx.verto.clone(), ctx.verto_call_id.clone());
+    let span = tracing::Span::current();
     match action {
-        Action::Modify { sdp } => {
-            let verto = ctx.verto.clone();
-            let id = ctx.verto_call_id.clone();
-            let tx = self_tx.clone();
-            side.spawn(
-                async move {
-                    let params = json!({"action": "updateMedia", "sdp": sdp, "dialogParams": {"callID": id}});
-                    let res = match verto.request("verto.modify", params).await {
-                        Ok(v) => v
-                            .get("sdp")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .ok_or_else(|| "verto.modify reply without sdp".to_owned()),
-                        Err(e) => Err(Chain(&e).to_string()),
-                    };
-                    let _ = tx.send(Input::ModifyResult(res)).await;
-                }
-                .instrument(tracing::Span::current()),
-            );
-        }
-        Action::Hold { on } => {
-            let verto = ctx.verto.clone();
-            let id = ctx.verto_call_id.clone();
-            side.spawn(
-                async move {
-                    let action = if on { "hold" } else { "unhold" };
-                    let params = json!({"action": action, "dialogParams": {"callID": id}});
-                    match verto.request("verto.modify", params).await {
-                        Ok(v) => {
-                            debug!(%action, hold_state = %v["holdState"], "FreeSWITCH hold state")
-                        }
-                        Err(e) => warn!(%action, error = %Chain(&e), "verto.modify hold failed"),
-                    }
-                }
-                .instrument(tracing::Span::current()),
-            );
-        }
-        Action::Attach { sdp } => {
-            let verto = ctx.verto.clone();
-            let id = ctx.verto_call_id.clone();
-            let tx = self_tx.clone();
-            side.spawn(
-                async move {
-                    tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.attach");
-                    let params = json!({"sdp": sdp, "dialogParams": {"callID": id}});
-                    let res = verto
-                        .request("verto.attach", params)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| Chain(&e).to_string());
-                    let _ = tx.send(Input::AttachResult(res)).await;
-                }
-                .instrument(tracing::Span::current()),
-            );
-        }
         Action::Notice { text } => {
             let _ = mtx.send(("m.room.message", notice_content(&text)));
         }
-        Action::SendDtmf { digits, react_to } => {
-            let verto = ctx.verto.clone();
-            let id = ctx.verto_call_id.clone();
-            let mtx = mtx.clone();
-            side.spawn(
-                async move {
-                    let params = json!({"dialogParams": {"callID": id}, "dtmf": digits});
-                    match verto.request("verto.info", params).await {
-                        Ok(_) => {
-                            debug!(%digits, "digits sent");
-                            if let Some(ev) = react_to {
-                                let _ = mtx.send(("m.reaction", reaction_content(&ev, "✅")));
-                            }
-                        }
-                        Err(e) => {
-                            warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
-                            let _ = mtx.send((
-                                "m.room.message",
-                                notice_content(&format!(
-                                    "Could not send the digits {digits}: {}",
-                                    Chain(&e)
-                                )),
-                            ));
-                        }
-                    }
-                }
-                .instrument(tracing::Span::current()),
-            );
-        }
-        Action::Send {
-            event_type,
-            content,
-        } => {
-            let _ = mtx.send((event_type, content));
+        Action::Send(event) => {
+            let _ = mtx.send((event.event_type(), event.content()));
         }
         Action::Dial { sdp } => {
-            let verto = ctx.verto.clone();
-            let params = dialog_params(ctx, routed);
-            let tx = self_tx.clone();
-            side.spawn(
-                async move {
-                    tracing::trace!(%sdp, "offer sent to FreeSWITCH");
-                    let res = verto.invite(&sdp, params).await.map(|_| ()).map_err(|e| {
-                        let cause_code = match &e {
-                            VertoError::Rpc(r) => r.data.get("causeCode").and_then(Value::as_i64),
-                            _ => None,
-                        };
-                        DialFailure {
-                            cause_code,
-                            message: Chain(&e).to_string(),
-                            timed_out: matches!(e, VertoError::Timeout(_)),
-                        }
-                    });
-                    let _ = tx.send(Input::InviteResult(res)).await;
-                }
-                .instrument(tracing::Span::current()),
-            );
+            let invite = Invite {
+                sdp,
+                dialog: invite_dialog(ctx, routed),
+            };
+            side.spawn(dial(verto, invite, self_tx.clone()).instrument(span));
+        }
+        Action::Modify { sdp } => {
+            side.spawn(update_media(verto, id, sdp, self_tx.clone()).instrument(span));
+        }
+        Action::Hold { on } => {
+            side.spawn(hold(verto, id, on).instrument(span));
+        }
+        Action::Attach { sdp } => {
+            side.spawn(attach(verto, id, sdp, self_tx.clone()).instrument(span));
+        }
+        Action::SendDtmf { digits, react_to } => {
+            side.spawn(send_dtmf(verto, id, digits, react_to, mtx.clone()).instrument(span));
         }
         Action::Bye { cause } => {
-            let verto = ctx.verto.clone();
-            let id = ctx.verto_call_id.clone();
-            side.spawn(
-                async move {
-                    match verto.bye(&id, cause).await {
-                        Ok(_) => debug!(%cause, "verto.bye sent"),
-                        Err(e) => debug!(%cause, error = %Chain(&e), "verto.bye failed (the call may already be gone)"),
-                    }
-                }
-                .instrument(tracing::Span::current()),
-            );
+            side.spawn(bye(verto, id, cause).instrument(span));
         }
     }
 }
 
-/// The `dialogParams` of `verto.invite`.
-fn dialog_params(ctx: &Ctx, routed: &Routed) -> Value {
-    json!({
-        "callID": ctx.verto_call_id,
-        "destination_number": routed.destination,
-        "caller_id_name": routed.caller_id_name,
-        "caller_id_number": routed.caller_id_number,
-        "remote_caller_id_name": "Outbound Call",
-        "remote_caller_id_number": routed.destination,
-        "useVideo": false,
-        "useStereo": false,
-        "screenShare": false,
-        "useMic": true,
-        "useSpeak": true,
-        "userVariables": {
-            "matrix_room_id": ctx.room_id,
-            "matrix_call_id": ctx.call_id,
-            "matrix_sender": ctx.caller,
-        },
-    })
+/// `verto.invite`, its failure classified for the machine: a timeout may have left a channel.
+async fn dial(verto: VertoHandle, invite: Invite, tx: mpsc::Sender<Input>) {
+    tracing::trace!(sdp = %invite.sdp, "offer sent to FreeSWITCH");
+    let res = verto.send(&invite).await.map(|_| ()).map_err(|e| {
+        let cause_code = match &e {
+            VertoError::Rpc(r) => r.data.get("causeCode").and_then(Value::as_i64),
+            _ => None,
+        };
+        DialFailure {
+            cause_code,
+            message: Chain(&e).to_string(),
+            timed_out: matches!(e, VertoError::Timeout(_)),
+        }
+    });
+    let _ = tx.send(Input::InviteResult(res)).await;
+}
+
+/// `verto.modify updateMedia`; FreeSWITCH's answer SDP goes back to the machine.
+async fn update_media(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+    let modify = Modify {
+        action: ModifyAction::UpdateMedia { sdp },
+        dialog: Dialog::new(&id),
+    };
+    let res = match verto.send(&modify).await {
+        Ok(v) => v
+            .get("sdp")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| "verto.modify reply without sdp".to_owned()),
+        Err(e) => Err(Chain(&e).to_string()),
+    };
+    let _ = tx.send(Input::ModifyResult(res)).await;
+}
+
+/// FreeSWITCH's own hold or resume; nothing depends on the reply but the log.
+async fn hold(verto: VertoHandle, id: String, on: bool) {
+    let (action, modify) = if on {
+        ("hold", ModifyAction::Hold)
+    } else {
+        ("unhold", ModifyAction::Unhold)
+    };
+    let modify = Modify {
+        action: modify,
+        dialog: Dialog::new(&id),
+    };
+    match verto.send(&modify).await {
+        Ok(v) => debug!(%action, hold_state = %v["holdState"], "FreeSWITCH hold state"),
+        Err(e) => warn!(%action, error = %Chain(&e), "verto.modify hold failed"),
+    }
+}
+
+/// `verto.attach` with the caller's answer to FreeSWITCH's re-offer.
+async fn attach(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+    tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.attach");
+    let attach = Attach {
+        sdp,
+        dialog: Dialog::new(&id),
+    };
+    let res = verto
+        .send(&attach)
+        .await
+        .map(|_| ())
+        .map_err(|e| Chain(&e).to_string());
+    let _ = tx.send(Input::AttachResult(res)).await;
+}
+
+/// `verto.info {dtmf}`; the caller's `!dtmf` gets a reaction, or a notice when it failed.
+async fn send_dtmf(
+    verto: VertoHandle,
+    id: String,
+    digits: String,
+    react_to: Option<String>,
+    mtx: MatrixQueue,
+) {
+    let info = Info {
+        dialog: Dialog::new(&id),
+        dtmf: digits.clone(),
+    };
+    match verto.send(&info).await {
+        Ok(_) => {
+            debug!(%digits, "digits sent");
+            if let Some(ev) = react_to {
+                let _ = mtx.send(("m.reaction", reaction_content(&ev, "✅")));
+            }
+        }
+        Err(e) => {
+            warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
+            let text = format!("Could not send the digits {digits}: {}", Chain(&e));
+            let _ = mtx.send(("m.room.message", notice_content(&text)));
+        }
+    }
+}
+
+/// `verto.bye`; a failure is expected when FreeSWITCH already ended the call.
+async fn bye(verto: VertoHandle, id: String, cause: Cause) {
+    match verto.bye(&id, cause).await {
+        Ok(_) => debug!(%cause, "verto.bye sent"),
+        Err(e) => {
+            debug!(%cause, error = %Chain(&e), "verto.bye failed (the call may already be gone)")
+        }
+    }
+}
+
+/// The `dialogParams` of `verto.invite`. The user variables become `verto_dvar_*` channel
+/// variables, so the dialplan and the CDRs can tell which Matrix call a channel belongs to.
+fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
+    let vars = [
+        ("matrix_room_id", &ctx.room_id),
+        ("matrix_call_id", &ctx.call_id),
+        ("matrix_sender", &ctx.caller),
+    ];
+    InviteDialog::audio(
+        &ctx.verto_call_id,
+        &routed.destination,
+        &routed.caller_id_name,
+        &routed.caller_id_number,
+        vars.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect(),
+    )
 }
 
 async fn send_matrix_events(

@@ -1,23 +1,26 @@
 //! Hangup reasons in both directions (PROTOCOL.md part C.2).
 //!
 //! Matrix has seven hangup reasons; FreeSWITCH has a hundred causes. The tables here are the
-//! only place that translates between them.
+//! only place that translates between them. The causes themselves are
+//! [`Cause`](crate::verto::Cause), in the verto layer.
 
-/// A Matrix hangup `reason` mapped to the `cause` name for `verto.bye`.
+use crate::verto::Cause;
+
+/// A Matrix hangup `reason` mapped to the cause for `verto.bye`.
 ///
 /// `answered` matters: a caller hanging up before the answer is a cancel (SIP 487), not a
 /// normal clearing.
-pub fn matrix_to_verto(reason: Option<&str>, answered: bool) -> &'static str {
+pub fn matrix_to_verto(reason: Option<&str>, answered: bool) -> Cause {
     match reason.unwrap_or("user_hangup") {
-        "user_hangup" if !answered => "ORIGINATOR_CANCEL",
-        "user_hangup" => "NORMAL_CLEARING",
-        "user_busy" => "USER_BUSY",
-        "invite_timeout" => "NO_ANSWER",
-        "ice_failed" => "NORMAL_TEMPORARY_FAILURE",
-        "ice_timeout" => "MEDIA_TIMEOUT",
-        "user_media_failed" | "no_user_media" => "BEARERCAPABILITY_NOTAVAIL",
-        "replaced" => "NORMAL_CLEARING",
-        _ => "NORMAL_UNSPECIFIED",
+        "user_hangup" if !answered => Cause::OriginatorCancel,
+        "user_hangup" => Cause::NormalClearing,
+        "user_busy" => Cause::UserBusy,
+        "invite_timeout" => Cause::NoAnswer,
+        "ice_failed" => Cause::NormalTemporaryFailure,
+        "ice_timeout" => Cause::MediaTimeout,
+        "user_media_failed" | "no_user_media" => Cause::BearercapabilityNotavail,
+        "replaced" => Cause::NormalClearing,
+        _ => Cause::NormalUnspecified,
     }
 }
 
@@ -33,69 +36,65 @@ pub struct MatrixEnd {
 
 /// Maps a FreeSWITCH cause (number first, name as fallback) to a Matrix reason.
 pub fn verto_to_matrix(cause_code: Option<i64>, cause: Option<&str>, answered: bool) -> MatrixEnd {
-    // An unknown name is not "no cause": it maps to the generic failure below.
-    let code = match (cause_code, cause) {
-        (Some(c), _) => Some(c),
-        (None, Some(n)) => Some(code_of_name(n).unwrap_or(-1)),
+    // Outer None: no cause at all. Inner None: a cause not listed, which maps to the generic
+    // failure below (an unknown name is not "no cause").
+    let cause = match (cause_code, cause) {
+        (Some(c), _) => Some(Cause::from_code(c)),
+        (None, Some(n)) => Some(Cause::from_name(n)),
         (None, None) => None,
     };
     let e = |reason, human| MatrixEnd { reason, human };
-    match code {
-        Some(16) | Some(0) | None if answered => e("user_hangup", "the other side hung up"),
-        Some(16) | Some(31) | Some(0) | None => e("user_hangup", "the call was not answered"),
-        Some(17) | Some(815) if !answered => e("user_busy", "the line is busy"),
-        Some(18) | Some(19) | Some(20) | Some(102) | Some(807) if !answered => {
-            e("invite_timeout", "nobody answered")
+    use Cause as C;
+    match cause {
+        None | Some(Some(C::NormalClearing | C::None)) if answered => {
+            e("user_hangup", "the other side hung up")
         }
-        Some(21) | Some(816) | Some(825) | Some(819) | Some(487) | Some(17) | Some(815)
-        | Some(18) | Some(19) | Some(20) => e("user_hangup", "the call was declined or ended"),
-        Some(88) | Some(58) | Some(65) => e(
+        None | Some(Some(C::NormalClearing | C::NormalUnspecified | C::None)) => {
+            e("user_hangup", "the call was not answered")
+        }
+        Some(Some(C::UserBusy | C::BusyEverywhere)) if !answered => {
+            e("user_busy", "the line is busy")
+        }
+        Some(Some(
+            C::NoUserResponse
+            | C::NoAnswer
+            | C::SubscriberAbsent
+            | C::RecoveryOnTimerExpire
+            | C::ProgressTimeout,
+        )) if !answered => e("invite_timeout", "nobody answered"),
+        Some(Some(
+            C::CallRejected
+            | C::Decline
+            | C::RejectAll
+            | C::Unwanted
+            | C::OriginatorCancel
+            | C::UserBusy
+            | C::BusyEverywhere
+            | C::NoUserResponse
+            | C::NoAnswer
+            | C::SubscriberAbsent,
+        )) => e("user_hangup", "the call was declined or ended"),
+        Some(Some(
+            C::IncompatibleDestination | C::BearercapabilityNotavail | C::BearercapabilityNotimpl,
+        )) => e(
             "ice_failed",
             "FreeSWITCH could not set up media (no usable ICE candidate or codec)",
         ),
-        Some(804) => e("ice_timeout", "media stopped flowing"),
-        Some(1) | Some(3) | Some(28) => e("unknown_error", "that number does not exist"),
-        Some(806) => e("unknown_error", "the destination is not registered"),
-        Some(27) => e(
+        Some(Some(C::MediaTimeout)) => e("ice_timeout", "media stopped flowing"),
+        Some(Some(C::UnallocatedNumber | C::NoRouteDestination | C::InvalidNumberFormat)) => {
+            e("unknown_error", "that number does not exist")
+        }
+        Some(Some(C::UserNotRegistered)) => e("unknown_error", "the destination is not registered"),
+        Some(Some(C::DestinationOutOfOrder)) => e(
             "unknown_error",
             "FreeSWITCH lost the connection to the bridge",
         ),
-        Some(102) => e("unknown_error", "the call could not be recovered"),
-        Some(701) => e("unknown_error", "FreeSWITCH is shutting down"),
+        Some(Some(C::RecoveryOnTimerExpire)) => {
+            e("unknown_error", "the call could not be recovered")
+        }
+        Some(Some(C::SystemShutdown)) => e("unknown_error", "FreeSWITCH is shutting down"),
         _ => e("unknown_error", "the call failed in FreeSWITCH"),
     }
-}
-
-/// FreeSWITCH cause names for the codes the mapping uses.
-fn code_of_name(name: &str) -> Option<i64> {
-    Some(match name.to_ascii_uppercase().as_str() {
-        "NONE" => 0,
-        "UNALLOCATED_NUMBER" => 1,
-        "NO_ROUTE_DESTINATION" => 3,
-        "NORMAL_CLEARING" => 16,
-        "USER_BUSY" => 17,
-        "NO_USER_RESPONSE" => 18,
-        "NO_ANSWER" => 19,
-        "SUBSCRIBER_ABSENT" => 20,
-        "CALL_REJECTED" => 21,
-        "DESTINATION_OUT_OF_ORDER" => 27,
-        "SYSTEM_SHUTDOWN" => 701,
-        "INVALID_NUMBER_FORMAT" => 28,
-        "NORMAL_UNSPECIFIED" => 31,
-        "BEARERCAPABILITY_NOTAVAIL" => 58,
-        "BEARERCAPABILITY_NOTIMPL" => 65,
-        "INCOMPATIBLE_DESTINATION" => 88,
-        "RECOVERY_ON_TIMER_EXPIRE" => 102,
-        "ORIGINATOR_CANCEL" => 487,
-        "MEDIA_TIMEOUT" => 804,
-        "USER_NOT_REGISTERED" => 806,
-        "PROGRESS_TIMEOUT" => 807,
-        "BUSY_EVERYWHERE" => 815,
-        "DECLINE" => 816,
-        "UNWANTED" => 819,
-        "REJECT_ALL" => 825,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -120,7 +119,7 @@ mod tests {
         ];
         for (reason, answered, want) in cases {
             assert_eq!(
-                matrix_to_verto(reason, answered),
+                matrix_to_verto(reason, answered).name(),
                 want,
                 "{reason:?} {answered}"
             );

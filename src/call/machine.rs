@@ -8,12 +8,13 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cause;
+use crate::matrix::events::{CallEventOut, SdpKind, Voip};
 use crate::sdp::{self, TrickleCandidate};
+use crate::verto::Cause;
 
 /// Matrix VoIP version of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,61 @@ pub enum State {
     Ended,
 }
 
+/// Where the call is, with what only that state needs.
+#[derive(Debug, Clone)]
+enum Stage {
+    Collecting,
+    Dialling {
+        /// The call ended towards Matrix while `verto.invite` was in flight: the cause to
+        /// hang up with once FreeSWITCH has created the channel.
+        cancel: Option<Cause>,
+        /// FreeSWITCH's SDP from `verto.media`, which can come before the invite's reply.
+        early_sdp: Option<String>,
+    },
+    Ringing,
+    EarlyMedia {
+        /// FreeSWITCH's SDP, for an answer that carries none.
+        sdp: String,
+    },
+    Answered,
+    Detached {
+        /// When to give up waiting for FreeSWITCH to re-offer the call.
+        due: Instant,
+    },
+    Renegotiating(Reneg),
+    Ended,
+}
+
+/// The timers that outlive a state; the others are deadlines in the [`Setup`] or the
+/// [`Stage`].
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// Report the far end's digits collected so far.
+    FarDigits,
+    /// Send the route's digits after the answer.
+    Digits,
+    /// The call's maximum length.
+    MaxLength,
+}
+
+/// When each [`Timer`] fires, if it is set.
+#[derive(Debug, Default)]
+struct Timers([Option<Instant>; 3]);
+
+impl Timers {
+    fn set(&mut self, t: Timer, at: Option<Instant>) {
+        self.0[t as usize] = at;
+    }
+
+    fn is_due(&self, t: Timer, now: Instant) -> bool {
+        self.0[t as usize].is_some_and(|d| now >= d)
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
 /// Inputs from both sides and from the actor.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -221,10 +277,10 @@ pub enum Action {
         /// The complete offer.
         sdp: String,
     },
-    /// Send `verto.bye` with this cause name.
+    /// Send `verto.bye` with this cause.
     Bye {
-        /// FreeSWITCH cause name.
-        cause: &'static str,
+        /// Why.
+        cause: Cause,
     },
     /// Send `verto.info {dtmf}`; confirm to the caller if `react_to` is set.
     SendDtmf {
@@ -256,31 +312,18 @@ pub enum Action {
         text: String,
     },
     /// Send a Matrix event in the call's room.
-    Send {
-        /// `m.call.answer`, `m.call.hangup` ...
-        event_type: &'static str,
-        /// Its content.
-        content: Value,
-    },
+    Send(CallEventOut),
 }
 
 /// One call.
 #[derive(Debug)]
 pub struct Call {
     setup: Setup,
-    state: State,
+    stage: Stage,
     trickled: Vec<TrickleCandidate>,
-    media_sdp: Option<String>,
-    /// A Matrix hangup arrived while `verto.invite` was in flight: the cause to send once
-    /// FreeSWITCH has created the channel.
-    cancel_after_dial: Option<&'static str>,
     ignored_candidates: usize,
-    digits_due: Option<Instant>,
-    hangup_due: Option<Instant>,
+    timers: Timers,
     far_digits: String,
-    far_flush_due: Option<Instant>,
-    detach_due: Option<Instant>,
-    reneg: Option<Reneg>,
     /// The caller's renegotiation offer while `verto.modify` is in flight.
     caller_offer: Option<String>,
     /// The Matrix side's current offer and our answer to it, while our side is an answer:
@@ -297,17 +340,11 @@ impl Call {
     pub fn new(setup: Setup) -> Self {
         Self {
             setup,
-            state: State::Collecting,
+            stage: Stage::Collecting,
             trickled: Vec::new(),
-            media_sdp: None,
-            cancel_after_dial: None,
             ignored_candidates: 0,
-            digits_due: None,
-            hangup_due: None,
+            timers: Timers::default(),
             far_digits: String::new(),
-            far_flush_due: None,
-            detach_due: None,
-            reneg: None,
             caller_offer: None,
             matrix_media: None,
             kept: false,
@@ -320,8 +357,9 @@ impl Call {
     pub fn recovered(setup: Setup, trickled: Vec<TrickleCandidate>, now: Instant) -> Self {
         let mut c = Self::new(setup);
         c.trickled = trickled;
-        c.state = State::Detached;
-        c.detach_due = Some(now + c.setup.recovery.detach_timeout);
+        c.stage = Stage::Detached {
+            due: now + c.setup.recovery.detach_timeout,
+        };
         c
     }
 
@@ -345,8 +383,8 @@ impl Call {
 
     fn answered(&self) -> bool {
         matches!(
-            self.state,
-            State::Answered | State::Detached | State::Renegotiating
+            self.stage,
+            Stage::Answered | Stage::Detached { .. } | Stage::Renegotiating(_)
         )
     }
 
@@ -357,19 +395,36 @@ impl Call {
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.state
+        match self.stage {
+            Stage::Collecting => State::Collecting,
+            Stage::Dialling { .. } => State::Dialling,
+            Stage::Ringing => State::Ringing,
+            Stage::EarlyMedia { .. } => State::EarlyMedia,
+            Stage::Answered => State::Answered,
+            Stage::Detached { .. } => State::Detached,
+            Stage::Renegotiating(_) => State::Renegotiating,
+            Stage::Ended => State::Ended,
+        }
+    }
+
+    /// A hangup, expiry or shutdown while `verto.invite` is in flight: Matrix is told now,
+    /// FreeSWITCH once the invite's reply comes.
+    fn cancel_dial_with(&mut self, cause: Cause) {
+        if let Stage::Dialling { cancel, .. } = &mut self.stage {
+            *cancel = Some(cause);
+        }
     }
 
     /// True once nothing is left to do.
     pub fn is_ended(&self) -> bool {
-        self.state == State::Ended
+        matches!(self.stage, Stage::Ended)
     }
 
     /// Checks the offer, and dials at once if it cannot expect trickled candidates.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         // A recovered call starts Detached: it was dialled in the last run, never again.
-        if self.state != State::Collecting {
-            debug!(state = ?self.state, "start of a call that is not new: nothing to dial");
+        if self.state() != State::Collecting {
+            debug!(state = ?self.state(), "start of a call that is not new: nothing to dial");
             return Vec::new();
         }
         if self.setup.offer.len() > self.setup.max_sdp_bytes {
@@ -384,31 +439,33 @@ impl Call {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let state = match self.state {
-            State::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+        let state = match &self.stage {
+            Stage::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
             // Already ended towards Matrix: only the invite reply is awaited, no timer.
-            State::Dialling if self.cancel_after_dial.is_some() => None,
-            State::Dialling | State::Ringing | State::EarlyMedia => Some(self.setup.expires_at),
-            State::Answered => None,
-            State::Detached => self.detach_due,
-            State::Renegotiating => self.reneg.as_ref().map(|r| r.deadline),
-            State::Ended => return None,
+            Stage::Dialling {
+                cancel: Some(_), ..
+            } => None,
+            Stage::Dialling { .. } | Stage::Ringing | Stage::EarlyMedia { .. } => {
+                Some(self.setup.expires_at)
+            }
+            Stage::Answered => None,
+            Stage::Detached { due } => Some(*due),
+            Stage::Renegotiating(r) => Some(r.deadline),
+            Stage::Ended => return None,
         };
-        [state, self.digits_due, self.hangup_due, self.far_flush_due]
-            .into_iter()
-            .flatten()
-            .min()
+        [state, self.timers.next()].into_iter().flatten().min()
     }
 
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.far_flush_due.is_some_and(|d| now >= d) {
+        if self.timers.is_due(Timer::FarDigits, now) {
             out.extend(self.flush_far_digits());
         }
-        if self.digits_due.is_some_and(|d| now >= d) {
-            self.digits_due = None;
-            if let (State::Answered, Some((digits, _))) = (self.state, &self.setup.digits_on_answer)
+        if self.timers.is_due(Timer::Digits, now) {
+            self.timers.set(Timer::Digits, None);
+            if let (State::Answered, Some((digits, _))) =
+                (self.state(), &self.setup.digits_on_answer)
             {
                 info!(%digits, "sending the route's digits");
                 out.push(Action::SendDtmf {
@@ -417,11 +474,11 @@ impl Call {
                 });
             }
         }
-        if self.hangup_due.is_some_and(|d| now >= d) && self.answered() {
-            self.hangup_due = None;
+        if self.timers.is_due(Timer::MaxLength, now) && self.answered() {
+            self.timers.set(Timer::MaxLength, None);
             let mins = self.setup.max_duration.map_or(0, |d| d.as_secs() / 60);
             out.push(Action::Bye {
-                cause: "ALLOTTED_TIMEOUT",
+                cause: Cause::AllottedTimeout,
             });
             out.extend(self.fail(
                 "user_hangup",
@@ -434,37 +491,39 @@ impl Call {
     }
 
     fn handle_state_timeout(&mut self, now: Instant) -> Vec<Action> {
-        match self.state {
-            State::Detached if self.detach_due.is_some_and(|d| now >= d) => self.fail(
+        match &self.stage {
+            Stage::Detached { due } if now >= *due => self.fail(
                 "unknown_error",
                 "FreeSWITCH did not recover the call after the connection was lost",
             ),
-            State::Renegotiating if self.reneg.as_ref().is_some_and(|r| now >= r.deadline) => {
-                self.reneg_timeout(now)
-            }
-            State::Collecting if now >= self.setup.expires_at => self.fail(
+            Stage::Renegotiating(r) if now >= r.deadline => self.reneg_timeout(now),
+            Stage::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
             ),
-            State::Collecting if now >= self.setup.candidate_deadline => {
+            Stage::Collecting if now >= self.setup.candidate_deadline => {
                 debug!(
                     candidates = self.trickled.len(),
                     "candidate wait over without end-of-candidates; dialling"
                 );
                 self.flush(now)
             }
-            State::Dialling if self.cancel_after_dial.is_some() => Vec::new(),
-            State::Dialling if now >= self.setup.expires_at => {
+            Stage::Dialling {
+                cancel: Some(_), ..
+            } => Vec::new(),
+            Stage::Dialling { .. } if now >= self.setup.expires_at => {
                 // The channel FreeSWITCH may be creating is hung up once the invite reply says
                 // it exists; until then the machine waits without a timer.
-                self.cancel_after_dial = Some("NO_ANSWER");
+                self.cancel_dial_with(Cause::NoAnswer);
                 self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
                 )
             }
-            State::Ringing | State::EarlyMedia if now >= self.setup.expires_at => {
-                let mut out = vec![Action::Bye { cause: "NO_ANSWER" }];
+            Stage::Ringing | Stage::EarlyMedia { .. } if now >= self.setup.expires_at => {
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NoAnswer,
+                }];
                 out.extend(self.end_matrix(
                     "invite_timeout",
                     "nobody answered before the invite expired",
@@ -478,69 +537,65 @@ impl Call {
 
     /// Feeds one input.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
-        use State::*;
-        if let (Dialling, Some(cause)) = (self.state, self.cancel_after_dial) {
+        if let Stage::Dialling {
+            cancel: Some(cause),
+            ..
+        } = self.stage
+        {
             return self.cancel_dial(cause, input);
         }
-        match (self.state, input) {
-            (Ended, input) => {
-                debug!(?input, "input for an ended call ignored");
-                Vec::new()
-            }
-
-            (Ringing | EarlyMedia | Answered, Input::Dtmf { digits, event_id }) => {
-                info!(%digits, "sending the caller's digits");
-                vec![Action::SendDtmf { digits, react_to: event_id }]
-            }
-            (_, Input::Dtmf { .. }) => vec![Action::Notice {
-                text: "The call is not connected to FreeSWITCH yet; send the digits once it rings or is answered.".into(),
-            }],
-            (_, Input::FarDtmf { digit }) => {
+        if self.is_ended() {
+            debug!(?input, "input for an ended call ignored");
+            return Vec::new();
+        }
+        // Inputs every live state handles by one rule; the rest go to the state's handler.
+        match input {
+            Input::Dtmf { digits, event_id } => self.on_dtmf(digits, event_id),
+            Input::FarDtmf { digit } => {
                 if self.far_digits.len() < 256 {
                     self.far_digits.push_str(&digit);
                 }
-                self.far_flush_due = Some(now + self.setup.dtmf_burst);
+                self.timers
+                    .set(Timer::FarDigits, Some(now + self.setup.dtmf_burst));
                 Vec::new()
             }
-
-            (
-                _,
-                Input::Candidates {
-                    party_id,
-                    candidates,
-                },
-            ) => {
-                if !self.is_callers_party(party_id.as_deref()) {
-                    debug!(party_id = ?party_id, "candidates from another party ignored");
-                    return Vec::new();
-                }
-                if self.state == Renegotiating {
-                    return self.reneg_candidates(candidates, now);
-                }
-                if self.state != Collecting {
-                    debug!(
-                        n = candidates.len(),
-                        "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
+            Input::Candidates {
+                party_id,
+                candidates,
+            } => self.on_candidates(party_id, candidates, now),
+            Input::SelectAnswer { party_id } => self.on_select_answer(party_id),
+            Input::VertoReady { reattached } => {
+                if self.state() == State::Detached && !reattached {
+                    return self.fail(
+                        "unknown_error",
+                        "FreeSWITCH no longer has the call (it may have restarted)",
                     );
-                    return Vec::new();
-                }
-                let max = self.setup.max_candidates;
-                let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
-                if ignored > 0 && self.ignored_candidates == 0 {
-                    warn!(max, "too many candidates; ignoring the rest");
-                }
-                self.ignored_candidates += ignored;
-                if end {
-                    debug!(
-                        candidates = self.trickled.len(),
-                        "end-of-candidates: dialling"
-                    );
-                    return self.flush(now);
                 }
                 Vec::new()
             }
+            Input::Detach if self.answered() && self.setup.version == Version::V1 => {
+                info!("keeping the call for the next start");
+                self.kept = true;
+                self.finish("kept for the next start");
+                Vec::new()
+            }
+            Input::Detach => self.handle(Input::Shutdown, now),
+            input => match self.state() {
+                State::Collecting => self.collecting(input),
+                State::Dialling => self.dialling(input, now),
+                State::Ringing | State::EarlyMedia => self.ringing(input, now),
+                State::Answered => self.answered_input(input, now),
+                State::Detached => self.connected(input, now),
+                State::Renegotiating => self.renegotiating(input, now),
+                State::Ended => Vec::new(),
+            },
+        }
+    }
 
-            (Collecting, Input::Hangup { reason }) => {
+    /// Collecting: nothing has reached FreeSWITCH yet.
+    fn collecting(&mut self, input: Input) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
                 info!(
                     ?reason,
                     "caller hung up before dialling; nothing sent to FreeSWITCH"
@@ -548,147 +603,97 @@ impl Call {
                 self.finish("caller hung up while candidates were collected");
                 Vec::new()
             }
-            (Dialling, Input::Hangup { reason }) => {
-                self.cancel_after_dial = Some(cause::matrix_to_verto(reason.as_deref(), false));
+            Input::Shutdown => self.fail("unknown_error", "the bridge is shutting down"),
+            input => self.ignored(input),
+        }
+    }
+
+    /// Dialling: `verto.invite` is in flight, so an ending must wait for its reply.
+    fn dialling(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
+                self.cancel_dial_with(cause::matrix_to_verto(reason.as_deref(), false));
                 Vec::new()
             }
-            (Ringing | EarlyMedia | Answered | Detached | Renegotiating, Input::Hangup { reason }) => {
-                let answered = self.answered();
+            Input::InviteResult(res) => self.on_invite_result(res),
+            Input::Shutdown => {
+                self.cancel_dial_with(Cause::SystemShutdown);
+                self.end_matrix("unknown_error", "the bridge is shutting down")
+            }
+            input => self.ringing(input, now),
+        }
+    }
+
+    /// Ringing or early media (and what Dialling shares with them): FreeSWITCH has the call,
+    /// nobody answered yet.
+    fn ringing(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
                 self.finish("caller hung up");
                 vec![Action::Bye {
-                    cause: cause::matrix_to_verto(reason.as_deref(), answered),
+                    cause: cause::matrix_to_verto(reason.as_deref(), false),
                 }]
             }
-
-            (state, Input::SelectAnswer { party_id }) => {
-                if party_id == self.setup.our_party {
-                    debug!("caller selected our answer");
-                    return Vec::new();
-                }
-                info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
-                match state {
-                    Collecting => {
-                        self.finish("answered elsewhere");
-                        Vec::new()
-                    }
-                    Dialling => {
-                        self.cancel_after_dial = Some("LOSE_RACE");
-                        Vec::new()
-                    }
-                    _ => {
-                        self.finish("answered elsewhere");
-                        vec![Action::Bye { cause: "LOSE_RACE" }]
-                    }
-                }
-            }
-
-            (Dialling, Input::InviteResult(res)) => match res {
-                Ok(()) => {
-                    self.state = Ringing;
-                    Vec::new()
-                }
-                Err(f) if f.timed_out => {
-                    warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
-                    let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
-                    out.extend(self.fail("unknown_error", "FreeSWITCH did not answer the call request in time"));
-                    out
-                }
-                Err(f) => {
-                    warn!(error = %f.message, "verto.invite failed");
-                    let end = match f.cause_code {
-                        Some(c) => cause::verto_to_matrix(Some(c), None, false),
-                        None => cause::MatrixEnd {
-                            reason: "unknown_error",
-                            human: "FreeSWITCH is not reachable",
-                        },
-                    };
-                    self.fail(end.reason, end.human)
-                }
-            },
-            (_, Input::InviteResult(_)) => Vec::new(),
-
-            (Dialling | Ringing | EarlyMedia, Input::Media { sdp }) => {
-                self.media_sdp = Some(sdp);
-                if self.state != Dialling {
-                    self.state = EarlyMedia;
+            Input::Media { sdp } => {
+                match &mut self.stage {
+                    Stage::Dialling { early_sdp, .. } => *early_sdp = Some(sdp),
+                    stage => *stage = Stage::EarlyMedia { sdp },
                 }
                 Vec::new()
             }
-            (Dialling | Ringing | EarlyMedia, Input::Answer { sdp }) => {
-                let Some(answer) = sdp.or_else(|| self.media_sdp.take()) else {
-                    warn!("FreeSWITCH answered without any SDP");
-                    let mut out = vec![Action::Bye {
-                        cause: "INCOMPATIBLE_DESTINATION",
-                    }];
-                    out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
-                    return out;
-                };
-                self.state = Answered;
-                info!("FreeSWITCH answered");
-                self.digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
-                self.hangup_due = self.setup.max_duration.map(|d| now + d);
-                self.answer(&answer)
+            Input::Answer { sdp } => self.on_fs_answer(sdp, now),
+            Input::Bye { cause_code, cause } => self.on_fs_bye(cause_code, cause),
+            // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
+            Input::VertoDown => self.fail("unknown_error", "the connection to FreeSWITCH was lost"),
+            Input::Shutdown => {
+                let mut out = vec![Action::Bye {
+                    cause: Cause::SystemShutdown,
+                }];
+                out.extend(self.fail("unknown_error", "the bridge is shutting down"));
+                out
             }
-            (
-                Dialling | Ringing | EarlyMedia | Answered | Detached | Renegotiating,
-                Input::Bye {
-                    cause_code,
-                    cause: name,
-                },
-            ) => {
-                let answered = self.answered();
-                let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
-                info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
-                if answered && end.reason == "user_hangup" {
-                    // A normal hangup needs no explanation.
-                    let mut out = self.flush_far_digits();
-                    out.extend(self.end_matrix(end.reason, end.human));
-                    self.finish(end.human);
-                    return out;
-                }
-                self.fail(end.reason, end.human)
+            input => self.ignored(input),
+        }
+    }
+
+    /// Answered: the caller may hold, resume or renegotiate.
+    fn answered_input(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Negotiate {
+                party_id,
+                kind,
+                sdp,
+            } if kind == "offer" && self.setup.version == Version::V1 => {
+                self.on_caller_offer(party_id, sdp)
             }
-            (Dialling | Ringing | EarlyMedia, Input::VertoDown) => {
-                // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
-                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
-            }
-            (Answered | Renegotiating | Detached, Input::VertoDown) if self.setup.version == Version::V0 => {
-                // Version 0 callers cannot renegotiate; FreeSWITCH's re-offer will be refused.
-                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
-            }
-            (Answered | Renegotiating | Detached, Input::VertoDown) => {
-                info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
-                self.reneg = None;
-                self.matrix_media = None;
-                self.state = Detached;
-                self.detach_due = Some(now + self.setup.recovery.detach_timeout);
+            Input::ModifyResult(res) => self.on_modify_result(res),
+            Input::AttachResult(Ok(())) => {
+                info!("call re-attached to FreeSWITCH");
                 Vec::new()
             }
-            (Detached, Input::VertoReady { reattached: false }) => {
-                self.fail("unknown_error", "FreeSWITCH no longer has the call (it may have restarted)")
+            Input::AttachResult(Err(e)) => {
+                warn!(error = %e, "verto.attach failed");
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NormalTemporaryFailure,
+                }];
+                out.extend(self.fail(
+                    "ice_failed",
+                    "the call could not be re-attached to FreeSWITCH",
+                ));
+                out
             }
-            (_, Input::VertoReady { .. }) => Vec::new(),
-            (Answered | Detached | Renegotiating, Input::Attach { sdp }) => {
-                if self.setup.version == Version::V0 {
-                    let mut out = vec![Action::Bye { cause: "NORMAL_CLEARING" }];
-                    out.extend(self.fail("unknown_error", "media could not be renegotiated with a version 0 client"));
-                    return out;
-                }
-                info!("FreeSWITCH re-offered the call; renegotiating with the caller");
-                self.detach_due = None;
-                let offer = sdp::repair_answer(&sdp, &self.setup.offer);
-                self.state = Renegotiating;
-                self.reneg = Some(Reneg {
-                    offer,
-                    round: 1,
-                    answer: None,
-                    candidates: Vec::new(),
-                    deadline: now + self.setup.recovery.first_round,
-                });
-                let altered = self.reneg.as_ref().map(|r| sdp::alter_fingerprint(&r.offer)).unwrap_or_default();
-                vec![self.negotiate_offer(altered)]
-            }
-            (Renegotiating, Input::Negotiate { party_id, kind, sdp }) => {
+            input => self.connected(input, now),
+        }
+    }
+
+    /// Renegotiating: the caller's answer to FreeSWITCH's re-offer is awaited.
+    fn renegotiating(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Negotiate {
+                party_id,
+                kind,
+                sdp,
+            } => {
                 if !self.is_callers_party(party_id.as_deref()) {
                     debug!(party_id = ?party_id, "negotiate from another party ignored");
                     return Vec::new();
@@ -699,99 +704,284 @@ impl Call {
                 }
                 self.reneg_answer(sdp, now)
             }
-            (Answered, Input::Negotiate { party_id, kind, sdp }) if kind == "offer" && self.setup.version == Version::V1 => {
-                if !self.is_callers_party(party_id.as_deref()) {
-                    debug!(party_id = ?party_id, "negotiate from another party ignored");
-                    return Vec::new();
-                }
-                if self.caller_offer.is_some() {
-                    warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
-                    return Vec::new();
-                }
-                if let Some(out) = self.local_hold(&sdp) {
-                    return out;
-                }
-                // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
-                // candidates in the SDP: new ones if the offer has them, else the call's own
-                // (without an ICE restart they are unchanged).
-                let merged = match sdp::merge_candidates(&sdp, &[]) {
-                    Ok(m) if m.usable > 0 => Ok(m),
-                    _ => sdp::merge_candidates(&sdp, &self.trickled),
+            input => self.connected(input, now),
+        }
+    }
+
+    /// What Answered, Detached and Renegotiating share: the caller is connected to us, and
+    /// FreeSWITCH may lose or re-offer the call.
+    fn connected(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match input {
+            Input::Hangup { reason } => {
+                self.finish("caller hung up");
+                vec![Action::Bye {
+                    cause: cause::matrix_to_verto(reason.as_deref(), true),
+                }]
+            }
+            Input::Bye { cause_code, cause } => self.on_fs_bye(cause_code, cause),
+            // Version 0 callers cannot renegotiate; FreeSWITCH's re-offer will be refused.
+            Input::VertoDown if self.setup.version == Version::V0 => {
+                self.fail("unknown_error", "the connection to FreeSWITCH was lost")
+            }
+            Input::VertoDown => {
+                info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
+                self.matrix_media = None;
+                self.stage = Stage::Detached {
+                    due: now + self.setup.recovery.detach_timeout,
                 };
-                match merged {
-                    Ok(m) if m.usable > 0 => {
-                        info!("caller renegotiates (hold/resume); passing the offer to FreeSWITCH");
-                        self.caller_offer = Some(sdp);
-                        vec![Action::Modify { sdp: m.sdp }]
-                    }
-                    _ => {
-                        warn!("caller's negotiate offer has no usable candidates; ignored");
-                        Vec::new()
-                    }
-                }
-            }
-            (Answered, Input::ModifyResult(res)) => {
-                let Some(offer) = self.caller_offer.take() else { return Vec::new() };
-                match res {
-                    Ok(fs_sdp) => {
-                        let answer = sdp::repair_answer(&fs_sdp, &offer);
-                        let out = vec![self.negotiate("answer", &answer)];
-                        self.matrix_media = Some((offer, answer));
-                        out
-                    }
-                    Err(e) => {
-                        // FreeSWITCH hangs the call up itself when it cannot renegotiate.
-                        warn!(error = %e, "verto.modify updateMedia failed");
-                        Vec::new()
-                    }
-                }
-            }
-            (_, Input::ModifyResult(_)) => Vec::new(),
-            (_, Input::Negotiate { kind, .. }) => {
-                warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
                 Vec::new()
             }
-            (Answered, Input::AttachResult(Ok(()))) => {
-                info!("call re-attached to FreeSWITCH");
-                Vec::new()
-            }
-            (Answered, Input::AttachResult(Err(e))) => {
-                warn!(error = %e, "verto.attach failed");
-                let mut out = vec![Action::Bye { cause: "NORMAL_TEMPORARY_FAILURE" }];
-                out.extend(self.fail("ice_failed", "the call could not be re-attached to FreeSWITCH"));
-                out
-            }
-            (_, Input::AttachResult(_)) => Vec::new(),
-            (Answered | Detached | Renegotiating, Input::Detach) if self.setup.version == Version::V1 => {
-                info!("keeping the call for the next start");
-                self.kept = true;
-                self.finish("kept for the next start");
-                Vec::new()
-            }
-            (_, Input::Detach) => self.handle(Input::Shutdown, now),
-            (Collecting, Input::Shutdown) => {
-                self.fail("unknown_error", "the bridge is shutting down")
-            }
-            (Dialling, Input::Shutdown) => {
-                self.cancel_after_dial = Some("SYSTEM_SHUTDOWN");
-                self.end_matrix("unknown_error", "the bridge is shutting down")
-            }
-            (Ringing | EarlyMedia, Input::Shutdown) => {
+            Input::Attach { sdp } => self.on_attach(sdp, now),
+            Input::Shutdown => {
                 let mut out = vec![Action::Bye {
-                    cause: "SYSTEM_SHUTDOWN",
-                }];
-                out.extend(self.fail("unknown_error", "the bridge is shutting down"));
-                out
-            }
-            (Answered | Detached | Renegotiating, Input::Shutdown) => {
-                let mut out = vec![Action::Bye {
-                    cause: "NORMAL_CLEARING",
+                    cause: Cause::NormalClearing,
                 }];
                 out.extend(self.fail("user_hangup", "the bridge is shutting down"));
                 out
             }
-            (state, input) => {
-                warn!(?state, ?input, "input not allowed in this state; ignored");
+            input => self.ignored(input),
+        }
+    }
+
+    /// An input the state does not act on: replies that came too late are dropped quietly,
+    /// the rest logged.
+    fn ignored(&self, input: Input) -> Vec<Action> {
+        match input {
+            Input::InviteResult(_) | Input::ModifyResult(_) | Input::AttachResult(_) => {}
+            Input::Negotiate { kind, .. } => {
+                warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
+            }
+            input => {
+                warn!(state = ?self.state(), ?input, "input not allowed in this state; ignored")
+            }
+        }
+        Vec::new()
+    }
+
+    fn on_dtmf(&self, digits: String, event_id: Option<String>) -> Vec<Action> {
+        if matches!(
+            self.state(),
+            State::Ringing | State::EarlyMedia | State::Answered
+        ) {
+            info!(%digits, "sending the caller's digits");
+            return vec![Action::SendDtmf {
+                digits,
+                react_to: event_id,
+            }];
+        }
+        vec![Action::Notice {
+            text: "The call is not connected to FreeSWITCH yet; send the digits once it rings or is answered.".into(),
+        }]
+    }
+
+    fn on_candidates(
+        &mut self,
+        party_id: Option<String>,
+        candidates: Vec<TrickleCandidate>,
+        now: Instant,
+    ) -> Vec<Action> {
+        if !self.is_callers_party(party_id.as_deref()) {
+            debug!(party_id = ?party_id, "candidates from another party ignored");
+            return Vec::new();
+        }
+        if self.state() == State::Renegotiating {
+            return self.reneg_candidates(candidates, now);
+        }
+        if self.state() != State::Collecting {
+            debug!(
+                n = candidates.len(),
+                "candidates after dialling cannot reach FreeSWITCH (no trickle in verto)"
+            );
+            return Vec::new();
+        }
+        let max = self.setup.max_candidates;
+        let (end, ignored) = add_capped(&mut self.trickled, candidates, max);
+        if ignored > 0 && self.ignored_candidates == 0 {
+            warn!(max, "too many candidates; ignoring the rest");
+        }
+        self.ignored_candidates += ignored;
+        if end {
+            debug!(
+                candidates = self.trickled.len(),
+                "end-of-candidates: dialling"
+            );
+            return self.flush(now);
+        }
+        Vec::new()
+    }
+
+    fn on_select_answer(&mut self, party_id: String) -> Vec<Action> {
+        if party_id == self.setup.our_party {
+            debug!("caller selected our answer");
+            return Vec::new();
+        }
+        info!(selected = %party_id, "caller selected another answer; ending our leg quietly");
+        match self.state() {
+            State::Collecting => {
+                self.finish("answered elsewhere");
+                Vec::new()
+            }
+            State::Dialling => {
+                self.cancel_dial_with(Cause::LoseRace);
+                Vec::new()
+            }
+            _ => {
+                self.finish("answered elsewhere");
+                vec![Action::Bye {
+                    cause: Cause::LoseRace,
+                }]
+            }
+        }
+    }
+
+    fn on_invite_result(&mut self, res: Result<(), DialFailure>) -> Vec<Action> {
+        match res {
+            Ok(()) => {
+                // verto.media may have come first.
+                self.stage = match std::mem::replace(&mut self.stage, Stage::Ringing) {
+                    Stage::Dialling {
+                        early_sdp: Some(sdp),
+                        ..
+                    } => Stage::EarlyMedia { sdp },
+                    _ => Stage::Ringing,
+                };
+                Vec::new()
+            }
+            Err(f) if f.timed_out => {
+                warn!(error = %f.message, "verto.invite got no reply; hanging up in case FreeSWITCH created the call");
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NormalTemporaryFailure,
+                }];
+                out.extend(self.fail(
+                    "unknown_error",
+                    "FreeSWITCH did not answer the call request in time",
+                ));
+                out
+            }
+            Err(f) => {
+                warn!(error = %f.message, "verto.invite failed");
+                let end = match f.cause_code {
+                    Some(c) => cause::verto_to_matrix(Some(c), None, false),
+                    None => cause::MatrixEnd {
+                        reason: "unknown_error",
+                        human: "FreeSWITCH is not reachable",
+                    },
+                };
+                self.fail(end.reason, end.human)
+            }
+        }
+    }
+
+    fn on_fs_answer(&mut self, sdp: Option<String>, now: Instant) -> Vec<Action> {
+        let early = match std::mem::replace(&mut self.stage, Stage::Ringing) {
+            Stage::Dialling { early_sdp, .. } => early_sdp,
+            Stage::EarlyMedia { sdp } => Some(sdp),
+            _ => None,
+        };
+        let Some(answer) = sdp.or(early) else {
+            warn!("FreeSWITCH answered without any SDP");
+            let mut out = vec![Action::Bye {
+                cause: Cause::IncompatibleDestination,
+            }];
+            out.extend(self.fail("unknown_error", "FreeSWITCH answered without SDP"));
+            return out;
+        };
+        self.stage = Stage::Answered;
+        info!("FreeSWITCH answered");
+        let digits_due = self.setup.digits_on_answer.as_ref().map(|(_, d)| now + *d);
+        self.timers.set(Timer::Digits, digits_due);
+        let hangup_due = self.setup.max_duration.map(|d| now + d);
+        self.timers.set(Timer::MaxLength, hangup_due);
+        self.answer(&answer)
+    }
+
+    fn on_fs_bye(&mut self, cause_code: Option<i64>, name: Option<String>) -> Vec<Action> {
+        let answered = self.answered();
+        let end = cause::verto_to_matrix(cause_code, name.as_deref(), answered);
+        info!(?cause_code, cause = ?name, "FreeSWITCH hung up");
+        if answered && end.reason == "user_hangup" {
+            // A normal hangup needs no explanation.
+            let mut out = self.flush_far_digits();
+            out.extend(self.end_matrix(end.reason, end.human));
+            self.finish(end.human);
+            return out;
+        }
+        self.fail(end.reason, end.human)
+    }
+
+    /// FreeSWITCH re-offered the call: renegotiate with the caller, first with an altered
+    /// fingerprint so that Chromium drops its old DTLS session.
+    fn on_attach(&mut self, sdp: String, now: Instant) -> Vec<Action> {
+        if self.setup.version == Version::V0 {
+            let mut out = vec![Action::Bye {
+                cause: Cause::NormalClearing,
+            }];
+            out.extend(self.fail(
+                "unknown_error",
+                "media could not be renegotiated with a version 0 client",
+            ));
+            return out;
+        }
+        info!("FreeSWITCH re-offered the call; renegotiating with the caller");
+        let offer = sdp::repair_answer(&sdp, &self.setup.offer);
+        let altered = sdp::alter_fingerprint(&offer);
+        self.stage = Stage::Renegotiating(Reneg {
+            offer,
+            round: 1,
+            answer: None,
+            candidates: Vec::new(),
+            deadline: now + self.setup.recovery.first_round,
+        });
+        vec![self.negotiate_offer(altered)]
+    }
+
+    /// A renegotiation offer from the caller while answered.
+    fn on_caller_offer(&mut self, party_id: Option<String>, sdp: String) -> Vec<Action> {
+        if !self.is_callers_party(party_id.as_deref()) {
+            debug!(party_id = ?party_id, "negotiate from another party ignored");
+            return Vec::new();
+        }
+        if self.caller_offer.is_some() {
+            warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
+            return Vec::new();
+        }
+        if let Some(out) = self.local_hold(&sdp) {
+            return out;
+        }
+        // Hold, resume or an ICE restart from the caller. FreeSWITCH needs the
+        // candidates in the SDP: new ones if the offer has them, else the call's own
+        // (without an ICE restart they are unchanged).
+        let merged = match sdp::merge_candidates(&sdp, &[]) {
+            Ok(m) if m.usable > 0 => Ok(m),
+            _ => sdp::merge_candidates(&sdp, &self.trickled),
+        };
+        match merged {
+            Ok(m) if m.usable > 0 => {
+                info!("caller renegotiates (hold/resume); passing the offer to FreeSWITCH");
+                self.caller_offer = Some(sdp);
+                vec![Action::Modify { sdp: m.sdp }]
+            }
+            _ => {
+                warn!("caller's negotiate offer has no usable candidates; ignored");
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_modify_result(&mut self, res: Result<String, String>) -> Vec<Action> {
+        let Some(offer) = self.caller_offer.take() else {
+            return Vec::new();
+        };
+        match res {
+            Ok(fs_sdp) => {
+                let answer = sdp::repair_answer(&fs_sdp, &offer);
+                let out = vec![self.negotiate(SdpKind::Answer, answer.clone())];
+                self.matrix_media = Some((offer, answer));
+                out
+            }
+            Err(e) => {
+                // FreeSWITCH hangs the call up itself when it cannot renegotiate.
+                warn!(error = %e, "verto.modify updateMedia failed");
                 Vec::new()
             }
         }
@@ -800,7 +990,7 @@ impl Call {
     /// The call ended (caller hangup, expiry, shutdown, answered elsewhere) while
     /// `verto.invite` was in flight. Matrix has already been told, so only FreeSWITCH's side is
     /// left: a channel it created must be hung up, and nothing may go to the caller again.
-    fn cancel_dial(&mut self, cause: &'static str, input: Input) -> Vec<Action> {
+    fn cancel_dial(&mut self, cause: Cause, input: Input) -> Vec<Action> {
         match input {
             Input::InviteResult(Ok(())) | Input::Answer { .. } => {
                 self.finish("ended while dialling");
@@ -818,12 +1008,12 @@ impl Call {
     }
 
     fn finish(&mut self, why: &str) {
-        self.state = State::Ended;
+        self.stage = Stage::Ended;
         self.end_reason.get_or_insert_with(|| why.to_owned());
     }
 
     /// Tells the caller the call is over and ends the machine. (Where a dial in flight must
-    /// still be cancelled, callers use `end_matrix` and `cancel_after_dial` instead.)
+    /// still be cancelled, callers use `end_matrix` and `cancel_dial_with` instead.)
     fn fail(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         let mut out = self.flush_far_digits();
         out.extend(self.end_matrix(reason, human));
@@ -840,7 +1030,7 @@ impl Call {
     }
 
     fn flush_far_digits(&mut self) -> Vec<Action> {
-        self.far_flush_due = None;
+        self.timers.set(Timer::FarDigits, None);
         if self.far_digits.is_empty() {
             return Vec::new();
         }
@@ -854,13 +1044,9 @@ impl Call {
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let (event_type, content) =
-            ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
+        let event = ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
         info!(%reason, why = %human, "ending the Matrix call");
-        vec![Action::Send {
-            event_type,
-            content,
-        }]
+        vec![Action::Send(event)]
     }
 
     /// A hold or resume from the caller (an offer that changes nothing but the direction) is
@@ -876,7 +1062,7 @@ impl Call {
             "caller holds or resumes; answering it and telling FreeSWITCH"
         );
         let out = vec![
-            self.negotiate("answer", &answer),
+            self.negotiate(SdpKind::Answer, answer.clone()),
             Action::Hold { on: dir.is_hold() },
         ];
         self.matrix_media = Some((offer.to_owned(), answer));
@@ -884,28 +1070,25 @@ impl Call {
     }
 
     fn negotiate_offer(&self, sdp: String) -> Action {
-        self.negotiate("offer", &sdp)
+        self.negotiate(SdpKind::Offer, sdp)
     }
 
     /// An `m.call.negotiate` event to the caller.
-    fn negotiate(&self, kind: &str, sdp: &str) -> Action {
+    fn negotiate(&self, kind: SdpKind, sdp: String) -> Action {
         let s = &self.setup;
-        Action::Send {
-            event_type: "m.call.negotiate",
-            content: json!({
-                "call_id": s.call_id,
-                "party_id": s.our_party,
-                "version": "1",
-                "lifetime": s.recovery.answer_timeout.as_millis() as u64,
-                "description": {"type": kind, "sdp": sdp},
-                "sdp_stream_metadata": stream_metadata(sdp),
-            }),
-        }
+        Action::Send(CallEventOut::Negotiate {
+            call_id: s.call_id.clone(),
+            party_id: s.our_party.clone(),
+            lifetime_ms: s.recovery.answer_timeout.as_millis() as u64,
+            kind,
+            stream_ids: sdp::stream_ids(&sdp),
+            sdp,
+        })
     }
 
     fn reneg_answer(&mut self, answer: String, now: Instant) -> Vec<Action> {
         let rec = self.setup.recovery;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         if r.round == 1 {
@@ -932,7 +1115,7 @@ impl Call {
     fn reneg_candidates(&mut self, candidates: Vec<TrickleCandidate>, now: Instant) -> Vec<Action> {
         let quiet = self.setup.recovery.quiet;
         let max = self.setup.max_candidates;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         let (end, _) = add_capped(&mut r.candidates, candidates, max);
@@ -951,7 +1134,7 @@ impl Call {
 
     fn reneg_timeout(&mut self, now: Instant) -> Vec<Action> {
         let rec = self.setup.recovery;
-        let Some(r) = self.reneg.as_mut() else {
+        let Stage::Renegotiating(r) = &mut self.stage else {
             return Vec::new();
         };
         match (r.round, r.answer.is_some()) {
@@ -964,7 +1147,7 @@ impl Call {
             }
             (_, false) => {
                 let mut out = vec![Action::Bye {
-                    cause: "NORMAL_TEMPORARY_FAILURE",
+                    cause: Cause::NormalTemporaryFailure,
                 }];
                 out.extend(self.fail(
                     "ice_failed",
@@ -979,7 +1162,9 @@ impl Call {
     /// Sends the caller's answer to FreeSWITCH with its candidates (the new ones, or the
     /// original call's when none came: without an ICE restart they are still valid).
     fn reneg_attach(&mut self) -> Vec<Action> {
-        let Some(r) = self.reneg.take() else {
+        let stage = std::mem::replace(&mut self.stage, Stage::Answered);
+        let Stage::Renegotiating(r) = stage else {
+            self.stage = stage;
             return Vec::new();
         };
         let Some(answer) = r.answer else {
@@ -994,7 +1179,6 @@ impl Call {
         } else {
             r.candidates
         };
-        self.state = State::Answered;
         match sdp::merge_candidates(&answer, &cands) {
             Ok(m) if m.usable > 0 => {
                 info!(usable = m.usable, "re-attaching the call to FreeSWITCH");
@@ -1002,7 +1186,7 @@ impl Call {
             }
             Ok(_) => {
                 let mut out = vec![Action::Bye {
-                    cause: "INCOMPATIBLE_DESTINATION",
+                    cause: Cause::IncompatibleDestination,
                 }];
                 out.extend(self.fail(
                     "ice_failed",
@@ -1012,7 +1196,7 @@ impl Call {
             }
             Err(e) => {
                 let mut out = vec![Action::Bye {
-                    cause: "INCOMPATIBLE_DESTINATION",
+                    cause: Cause::IncompatibleDestination,
                 }];
                 out.extend(self.fail(
                     "unknown_error",
@@ -1027,42 +1211,24 @@ impl Call {
         let sdp = sdp::repair_answer(fs_sdp, &self.setup.offer);
         self.matrix_media = Some((self.setup.offer.clone(), sdp.clone()));
         let s = &self.setup;
-        let mut out = Vec::new();
+        let answer = CallEventOut::Answer {
+            call_id: s.call_id.clone(),
+            voip: voip(s),
+            stream_ids: sdp::stream_ids(&sdp),
+            sdp,
+        };
         match s.version {
-            Version::V1 => {
-                out.push(Action::Send {
-                    event_type: "m.call.answer",
-                    content: json!({
-                        "call_id": s.call_id,
-                        "party_id": s.our_party,
-                        "version": "1",
-                        "answer": {"type": "answer", "sdp": sdp},
-                        "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
-                        "sdp_stream_metadata": stream_metadata(&sdp),
-                    }),
-                });
-                // FreeSWITCH's answer already holds all its candidates; the spec still wants
-                // the end-of-candidates marker.
-                out.push(Action::Send {
-                    event_type: "m.call.candidates",
-                    content: json!({
-                        "call_id": s.call_id,
-                        "party_id": s.our_party,
-                        "version": "1",
-                        "candidates": [{"candidate": ""}],
-                    }),
-                });
-            }
-            Version::V0 => out.push(Action::Send {
-                event_type: "m.call.answer",
-                content: json!({
-                    "call_id": s.call_id,
-                    "version": 0,
-                    "answer": {"type": "answer", "sdp": sdp},
+            // FreeSWITCH's answer already holds all its candidates; the spec still wants the
+            // end-of-candidates marker.
+            Version::V1 => vec![
+                Action::Send(answer),
+                Action::Send(CallEventOut::EndOfCandidates {
+                    call_id: s.call_id.clone(),
+                    party_id: s.our_party.clone(),
                 }),
-            }),
+            ],
+            Version::V0 => vec![Action::Send(answer)],
         }
-        out
     }
 
     fn flush(&mut self, _now: Instant) -> Vec<Action> {
@@ -1086,7 +1252,10 @@ impl Call {
                     dropped = m.dropped.len(),
                     "dialling FreeSWITCH"
                 );
-                self.state = State::Dialling;
+                self.stage = Stage::Dialling {
+                    cancel: None,
+                    early_sdp: None,
+                };
                 vec![Action::Dial { sdp: m.sdp }]
             }
         }
@@ -1122,37 +1291,40 @@ pub fn ending_event(
     call_id: &str,
     our_party: &str,
     reason: &str,
-) -> (&'static str, Value) {
+) -> CallEventOut {
+    let (call_id, reason) = (call_id.to_owned(), reason.to_owned());
+    let party_id = our_party.to_owned();
     match (version, answered) {
-        (Version::V1, answered) => (
-            if answered {
-                "m.call.hangup"
-            } else {
-                "m.call.reject"
-            },
-            json!({"call_id": call_id, "party_id": our_party, "version": "1", "reason": reason}),
-        ),
-        (Version::V0, _) => (
-            "m.call.hangup",
-            json!({"call_id": call_id, "version": 0, "reason": reason}),
-        ),
+        (Version::V1, false) => CallEventOut::Reject {
+            call_id,
+            party_id,
+            reason,
+        },
+        (Version::V1, true) => CallEventOut::Hangup {
+            call_id,
+            voip: Voip::V1 { party_id },
+            reason,
+        },
+        (Version::V0, _) => CallEventOut::Hangup {
+            call_id,
+            voip: Voip::V0,
+            reason,
+        },
+    }
+}
+
+/// Our version and party in the caller's terms.
+fn voip(s: &Setup) -> Voip {
+    match s.version {
+        Version::V0 => Voip::V0,
+        Version::V1 => Voip::V1 {
+            party_id: s.our_party.clone(),
+        },
     }
 }
 
 /// The default pause a caller gets to trickle candidates, exposed for tests.
 pub const DEFAULT_CANDIDATE_WAIT: Duration = Duration::from_millis(2500);
-
-/// `sdp_stream_metadata` for FreeSWITCH's side of the call: one audio stream, user media.
-/// matrix-js-sdk warns without it and cannot tell what a stream is for.
-fn stream_metadata(sdp: &str) -> Value {
-    let meta = json!({"purpose": "m.usermedia", "audio_muted": false, "video_muted": true});
-    Value::Object(
-        sdp::stream_ids(sdp)
-            .into_iter()
-            .map(|id| (id, meta.clone()))
-            .collect(),
-    )
-}
 
 #[cfg(test)]
 mod tests {
@@ -1206,7 +1378,7 @@ mod tests {
             .map(|a| match a {
                 Action::Dial { .. } => "dial",
                 Action::Bye { .. } => "bye",
-                Action::Send { event_type, .. } => event_type,
+                Action::Send(event) => event.event_type(),
                 Action::SendDtmf { .. } => "dtmf",
                 Action::Notice { .. } => "notice",
                 Action::Attach { .. } => "attach",
@@ -1237,9 +1409,8 @@ mod tests {
             now,
         );
         assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
-        let Action::Send { content, .. } = &a[0] else {
-            panic!()
-        };
+        let Action::Send(event) = &a[0] else { panic!() };
+        let content = event.content();
         assert_eq!(content["version"], "1");
         assert_eq!(content["party_id"], "BOT");
         assert_eq!(content["capabilities"]["m.call.dtmf"], true);
@@ -1284,9 +1455,8 @@ mod tests {
         };
         let a = c.handle(cands(vec![mdns, end()]), now);
         assert_eq!(sent_types(&a), ["m.call.reject"]);
-        let Action::Send { content, .. } = &a[0] else {
-            panic!()
-        };
+        let Action::Send(event) = &a[0] else { panic!() };
+        let content = event.content();
         assert_eq!(content["reason"], "ice_failed");
         assert!(c.is_ended());
     }
@@ -1302,14 +1472,11 @@ mod tests {
             },
             now,
         );
-        let [Action::Send {
-            event_type,
-            content,
-        }] = a.as_slice()
-        else {
+        let [Action::Send(event)] = a.as_slice() else {
             panic!()
         };
-        assert_eq!(*event_type, "m.call.hangup");
+        let (event_type, content) = (event.event_type(), event.content());
+        assert_eq!(event_type, "m.call.hangup");
         assert_eq!(content["version"], 0);
         assert_eq!(content["reason"], "user_busy");
         assert!(content.get("party_id").is_none());
@@ -1335,6 +1502,21 @@ mod tests {
     }
 
     #[test]
+    fn media_before_the_invite_reply_is_kept_for_the_answer() {
+        let (mut c, now) = dialled(Version::V1);
+        let media = Input::Media {
+            sdp: FS_ANSWER.into(),
+        };
+        assert!(c.handle(media, now).is_empty());
+        assert_eq!(c.state(), State::Dialling);
+        assert!(c.handle(Input::InviteResult(Ok(())), now).is_empty());
+        assert_eq!(c.state(), State::EarlyMedia);
+        let a = c.handle(Input::Answer { sdp: None }, now);
+        assert_eq!(sent_types(&a), ["m.call.answer", "m.call.candidates"]);
+        assert_eq!(c.state(), State::Answered);
+    }
+
+    #[test]
     fn busy_before_answer_is_a_reject() {
         let (mut c, now) = dialled(Version::V1);
         c.handle(Input::InviteResult(Ok(())), now);
@@ -1345,14 +1527,11 @@ mod tests {
             },
             now,
         );
-        let [Action::Send {
-            event_type,
-            content,
-        }] = a.as_slice()
-        else {
+        let [Action::Send(event)] = a.as_slice() else {
             panic!()
         };
-        assert_eq!(*event_type, "m.call.reject");
+        let (event_type, content) = (event.event_type(), event.content());
+        assert_eq!(event_type, "m.call.reject");
         assert_eq!(content["reason"], "user_busy");
     }
 
@@ -1375,7 +1554,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "ORIGINATOR_CANCEL"
+                cause: Cause::OriginatorCancel
             }]
         );
         assert!(c.is_ended());
@@ -1406,7 +1585,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "ORIGINATOR_CANCEL"
+                cause: Cause::OriginatorCancel
             }]
         );
         let (mut c, now) = dialled(Version::V1);
@@ -1421,7 +1600,7 @@ mod tests {
         assert_eq!(
             a,
             vec![Action::Bye {
-                cause: "NORMAL_CLEARING"
+                cause: Cause::NormalClearing
             }]
         );
     }
@@ -1450,7 +1629,12 @@ mod tests {
             },
             now,
         );
-        assert_eq!(a, vec![Action::Bye { cause: "LOSE_RACE" }]);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: Cause::LoseRace
+            }]
+        );
         assert!(c.is_ended());
     }
 
@@ -1498,7 +1682,12 @@ mod tests {
             "no second reject"
         );
         let a = c.handle(Input::InviteResult(Ok(())), due);
-        assert_eq!(a, vec![Action::Bye { cause: "NO_ANSWER" }]);
+        assert_eq!(
+            a,
+            vec![Action::Bye {
+                cause: Cause::NoAnswer
+            }]
+        );
         assert!(c.is_ended());
     }
 
@@ -1689,7 +1878,7 @@ mod tests {
         assert_eq!(
             a[0],
             Action::Bye {
-                cause: "ALLOTTED_TIMEOUT"
+                cause: Cause::AllottedTimeout
             }
         );
         assert!(c.is_ended());
@@ -1751,14 +1940,12 @@ mod tests {
         (c, now)
     }
 
-    fn negotiate_sdp(a: &Action) -> &str {
+    fn negotiate_sdp(a: &Action) -> String {
         match a {
-            Action::Send {
-                event_type: "m.call.negotiate",
-                content,
-            } => {
+            Action::Send(event) if event.event_type() == "m.call.negotiate" => {
+                let content = event.content();
                 assert_eq!(content["description"]["type"], "offer");
-                content["description"]["sdp"].as_str().unwrap()
+                content["description"]["sdp"].as_str().unwrap().to_owned()
             }
             other => panic!("{other:?}"),
         }
@@ -1815,7 +2002,7 @@ mod tests {
         assert_eq!(
             c.handle(Input::Hangup { reason: None }, now),
             vec![Action::Bye {
-                cause: "NORMAL_CLEARING"
+                cause: Cause::NormalClearing
             }]
         );
     }
@@ -1922,15 +2109,13 @@ mod tests {
         }
     }
 
-    fn negotiate_answer_of(a: &Action) -> &Value {
+    fn negotiate_answer_sdp(a: &Action) -> String {
         match a {
-            Action::Send {
-                event_type: "m.call.negotiate",
-                content,
-            } => {
+            Action::Send(event) if event.event_type() == "m.call.negotiate" => {
+                let content = event.content();
                 assert_eq!(content["description"]["type"], "answer");
                 assert!(content["sdp_stream_metadata"].is_object(), "{content}");
-                content
+                content["description"]["sdp"].as_str().unwrap().to_owned()
             }
             other => panic!("{other:?}"),
         }
@@ -1944,19 +2129,15 @@ mod tests {
         let [answer, Action::Hold { on: true }] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
-        assert_eq!(sdp::direction(sdp), sdp::Direction::RecvOnly, "{sdp}");
+        let sdp = negotiate_answer_sdp(answer);
+        assert_eq!(sdp::direction(&sdp), sdp::Direction::RecvOnly, "{sdp}");
         assert!(sdp.contains("a=mid:0"));
         let a = c.handle(caller_offer(OFFER), now);
         let [answer, Action::Hold { on: false }] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
-        assert_eq!(sdp::direction(sdp), sdp::Direction::SendRecv);
+        let sdp = negotiate_answer_sdp(answer);
+        assert_eq!(sdp::direction(&sdp), sdp::Direction::SendRecv);
     }
 
     #[test]
@@ -1980,9 +2161,7 @@ mod tests {
         let [answer] = a.as_slice() else {
             panic!("{a:?}")
         };
-        let sdp = negotiate_answer_of(answer)["description"]["sdp"]
-            .as_str()
-            .unwrap();
+        let sdp = negotiate_answer_sdp(answer);
         assert!(sdp.contains("a=mid:0"));
         // After the modify, a hold compares with the restarted session and stays local.
         let hold = restart.replace("a=sendrecv", "a=sendonly");

@@ -12,6 +12,7 @@ use ruma::events::call::{
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 /// A timeline event we care about.
 #[derive(Debug, Clone)]
@@ -86,6 +87,187 @@ impl CallEvent {
             CallEvent::Negotiate(c) => c.call_id.as_str(),
         }
     }
+}
+
+/// Who we are in an outgoing call event: version 0 contents carry `"version": 0` and no party,
+/// version 1 contents `"version": "1"` and our `party_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Voip {
+    /// The integer `0`.
+    V0,
+    /// `"1"`, with our party.
+    V1 {
+        /// Our `party_id`.
+        party_id: String,
+    },
+}
+
+/// `description.type` of `m.call.negotiate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpKind {
+    /// A new offer (ours, after FreeSWITCH re-offered the call).
+    Offer,
+    /// Our answer to the caller's offer.
+    Answer,
+}
+
+impl SdpKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SdpKind::Offer => "offer",
+            SdpKind::Answer => "answer",
+        }
+    }
+}
+
+/// An `m.call.*` event the bot sends to a caller. The contents are built here, so the call
+/// layer decides what to say and never how it is spelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEventOut {
+    /// `m.call.answer`. Version 1 answers announce DTMF, which makes Element show its dial pad.
+    Answer {
+        /// The call.
+        call_id: String,
+        /// Version and party.
+        voip: Voip,
+        /// Our answer SDP.
+        sdp: String,
+        /// The answer's media stream ids, for `sdp_stream_metadata` (version 1).
+        stream_ids: Vec<String>,
+    },
+    /// `m.call.candidates` with only the end-of-candidates marker (version 1): our answer
+    /// already holds every candidate, and the spec still wants the marker.
+    EndOfCandidates {
+        /// The call.
+        call_id: String,
+        /// Our `party_id`.
+        party_id: String,
+    },
+    /// `m.call.negotiate` (version 1 only: version 0 has no renegotiation).
+    Negotiate {
+        /// The call.
+        call_id: String,
+        /// Our `party_id`.
+        party_id: String,
+        /// How long the description stays valid, in ms.
+        lifetime_ms: u64,
+        /// Offer or answer.
+        kind: SdpKind,
+        /// The SDP.
+        sdp: String,
+        /// Its media stream ids, for `sdp_stream_metadata`.
+        stream_ids: Vec<String>,
+    },
+    /// `m.call.hangup`.
+    Hangup {
+        /// The call.
+        call_id: String,
+        /// Version and party.
+        voip: Voip,
+        /// The Matrix hangup reason.
+        reason: String,
+    },
+    /// `m.call.reject` (version 1). The non-spec `reason` is what matrix-js-sdk shows.
+    Reject {
+        /// The call.
+        call_id: String,
+        /// Our `party_id`.
+        party_id: String,
+        /// The Matrix hangup reason.
+        reason: String,
+    },
+}
+
+impl CallEventOut {
+    /// The event type.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            CallEventOut::Answer { .. } => "m.call.answer",
+            CallEventOut::EndOfCandidates { .. } => "m.call.candidates",
+            CallEventOut::Negotiate { .. } => "m.call.negotiate",
+            CallEventOut::Hangup { .. } => "m.call.hangup",
+            CallEventOut::Reject { .. } => "m.call.reject",
+        }
+    }
+
+    /// The event content.
+    pub fn content(&self) -> Value {
+        match self {
+            CallEventOut::Answer {
+                call_id,
+                voip: Voip::V0,
+                sdp,
+                ..
+            } => json!({
+                "call_id": call_id,
+                "version": 0,
+                "answer": {"type": "answer", "sdp": sdp},
+            }),
+            CallEventOut::Answer {
+                call_id,
+                voip: Voip::V1 { party_id },
+                sdp,
+                stream_ids,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "answer": {"type": "answer", "sdp": sdp},
+                "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                "sdp_stream_metadata": stream_metadata(stream_ids),
+            }),
+            CallEventOut::EndOfCandidates { call_id, party_id } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "candidates": [{"candidate": ""}],
+            }),
+            CallEventOut::Negotiate {
+                call_id,
+                party_id,
+                lifetime_ms,
+                kind,
+                sdp,
+                stream_ids,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "lifetime": lifetime_ms,
+                "description": {"type": kind.as_str(), "sdp": sdp},
+                "sdp_stream_metadata": stream_metadata(stream_ids),
+            }),
+            CallEventOut::Hangup {
+                call_id,
+                voip: Voip::V0,
+                reason,
+            } => json!({"call_id": call_id, "version": 0, "reason": reason}),
+            CallEventOut::Hangup {
+                call_id,
+                voip: Voip::V1 { party_id },
+                reason,
+            }
+            | CallEventOut::Reject {
+                call_id,
+                party_id,
+                reason,
+            } => {
+                json!({"call_id": call_id, "party_id": party_id, "version": "1", "reason": reason})
+            }
+        }
+    }
+}
+
+/// `sdp_stream_metadata` for the bot's side of a call: audio streams of user media.
+/// matrix-js-sdk warns without it and cannot tell what a stream is for.
+fn stream_metadata(stream_ids: &[String]) -> Value {
+    let meta = json!({"purpose": "m.usermedia", "audio_muted": false, "video_muted": true});
+    Value::Object(
+        stream_ids
+            .iter()
+            .map(|id| (id.clone(), meta.clone()))
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -320,6 +502,77 @@ mod tests {
         let e = parse_event(&raw(json!({"type": "m.room.member", "state_key": "@u:x", "sender": "@u:x", "event_id": "$m", "content": {"membership": "leave"}}))).unwrap();
         assert!(
             matches!(e.kind, EventKind::Member { ref membership, .. } if membership == "leave")
+        );
+    }
+
+    #[test]
+    fn outgoing_contents_by_version() {
+        let v1 = Voip::V1 {
+            party_id: "BOT".into(),
+        };
+        let meta =
+            json!({"s1": {"purpose": "m.usermedia", "audio_muted": false, "video_muted": true}});
+        let answer = |voip| CallEventOut::Answer {
+            call_id: "c".into(),
+            voip,
+            sdp: "v=0".into(),
+            stream_ids: vec!["s1".into()],
+        };
+        assert_eq!(answer(Voip::V0).event_type(), "m.call.answer");
+        assert_eq!(
+            answer(Voip::V0).content(),
+            json!({"call_id": "c", "version": 0, "answer": {"type": "answer", "sdp": "v=0"}})
+        );
+        assert_eq!(
+            answer(v1.clone()).content(),
+            json!({"call_id": "c", "party_id": "BOT", "version": "1",
+                "answer": {"type": "answer", "sdp": "v=0"},
+                "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                "sdp_stream_metadata": meta})
+        );
+        let end = CallEventOut::EndOfCandidates {
+            call_id: "c".into(),
+            party_id: "BOT".into(),
+        };
+        assert_eq!(end.event_type(), "m.call.candidates");
+        assert_eq!(
+            end.content(),
+            json!({"call_id": "c", "party_id": "BOT", "version": "1", "candidates": [{"candidate": ""}]})
+        );
+        let neg = CallEventOut::Negotiate {
+            call_id: "c".into(),
+            party_id: "BOT".into(),
+            lifetime_ms: 15000,
+            kind: SdpKind::Offer,
+            sdp: "v=0".into(),
+            stream_ids: vec!["s1".into()],
+        };
+        assert_eq!(neg.event_type(), "m.call.negotiate");
+        assert_eq!(
+            neg.content(),
+            json!({"call_id": "c", "party_id": "BOT", "version": "1", "lifetime": 15000,
+                "description": {"type": "offer", "sdp": "v=0"}, "sdp_stream_metadata": meta})
+        );
+        let hangup = |voip| CallEventOut::Hangup {
+            call_id: "c".into(),
+            voip,
+            reason: "user_busy".into(),
+        };
+        assert_eq!(
+            hangup(Voip::V0).content(),
+            json!({"call_id": "c", "version": 0, "reason": "user_busy"})
+        );
+        let v1_ending =
+            json!({"call_id": "c", "party_id": "BOT", "version": "1", "reason": "user_busy"});
+        assert_eq!(hangup(v1).content(), v1_ending);
+        let reject = CallEventOut::Reject {
+            call_id: "c".into(),
+            party_id: "BOT".into(),
+            reason: "user_busy".into(),
+        };
+        assert_eq!(
+            (reject.event_type(), reject.content()),
+            ("m.call.reject", v1_ending)
         );
     }
 }

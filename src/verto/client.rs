@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
+use super::messages::{Bye, Dialog, FsDtmf, Request, DTMF_CHANNEL};
 use super::rpc::{self, Incoming, RpcError};
 use crate::backoff::Backoff;
 use crate::chain::Chain;
@@ -109,7 +110,9 @@ pub enum VertoEvent {
         /// `reattached_sessions`.
         reattached: Vec<String>,
     },
-    /// `verto.event` from a subscribed event channel.
+    /// A digit from the subscribed `FSevent.dtmf` channel.
+    Dtmf(FsDtmf),
+    /// `verto.event` from another subscribed event channel.
     Event {
         /// `eventChannel`, e.g. `FSevent.dtmf`.
         channel: String,
@@ -160,7 +163,15 @@ impl VertoHandle {
         }
     }
 
-    /// `verto.invite`; Ok means FreeSWITCH created the channel (`CALL CREATED`).
+    /// Sends one typed request and waits for its reply.
+    pub async fn send<R: Request>(&self, request: &R) -> Result<Value, VertoError> {
+        // A typed request always serializes; an object is what mod_verto expects.
+        let params = serde_json::to_value(request).unwrap_or_default();
+        self.request(R::METHOD, params).await
+    }
+
+    /// `verto.invite` with hand-made `dialogParams` (tests and tools; the bridge sends a typed
+    /// [`Invite`](super::messages::Invite)). Ok means FreeSWITCH created the channel.
     pub async fn invite(&self, sdp: &str, dialog_params: Value) -> Result<Value, VertoError> {
         self.request(
             "verto.invite",
@@ -169,12 +180,12 @@ impl VertoHandle {
         .await
     }
 
-    /// `verto.bye` with a FreeSWITCH cause name.
-    pub async fn bye(&self, call_id: &str, cause: &str) -> Result<Value, VertoError> {
-        self.request(
-            "verto.bye",
-            json!({"dialogParams": {"callID": call_id}, "cause": cause}),
-        )
+    /// `verto.bye`: hangs the call up with this cause.
+    pub async fn bye(&self, call_id: &str, cause: super::Cause) -> Result<Value, VertoError> {
+        self.send(&Bye {
+            dialog: Dialog::new(call_id),
+            cause,
+        })
         .await
     }
 }
@@ -721,14 +732,21 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
             cause: p.get("cause").and_then(Value::as_str).map(str::to_owned),
         }),
         ("verto.attach", Some(call_id)) => sdp.map(|sdp| VertoEvent::Attach { call_id, sdp }),
-        ("verto.event", _) => Some(VertoEvent::Event {
-            channel: p
+        ("verto.event", _) => {
+            let channel = p
                 .get("eventChannel")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            data: p.get("data").cloned().unwrap_or(Value::Null),
-        }),
+                .unwrap_or_default();
+            let data = p.get("data").cloned().unwrap_or(Value::Null);
+            Some(if channel == DTMF_CHANNEL {
+                VertoEvent::Dtmf(FsDtmf::from_data(&data))
+            } else {
+                VertoEvent::Event {
+                    channel: channel.to_owned(),
+                    data,
+                }
+            })
+        }
         (m, call_id) => Some(VertoEvent::Other {
             method: m.to_owned(),
             call_id,
@@ -785,6 +803,23 @@ mod tests {
         assert!(matches!(
             to_event("verto.display", &json!({"callID":"c"})),
             Some(VertoEvent::Other { .. })
+        ));
+        let dtmf = json!({"eventChannel": "FSevent.dtmf", "data": {"Unique-ID": "a",
+            "Other-Leg-Unique-ID": "b", "DTMF-Digit": "7"}});
+        assert_eq!(
+            to_event("verto.event", &dtmf),
+            Some(VertoEvent::Dtmf(FsDtmf {
+                unique_id: "a".into(),
+                other_leg_unique_id: "b".into(),
+                digit: "7".into()
+            }))
+        );
+        assert!(matches!(
+            to_event(
+                "verto.event",
+                &json!({"eventChannel": "FSevent.api", "data": {}})
+            ),
+            Some(VertoEvent::Event { .. })
         ));
         // A bye without a callID cannot be routed; it is reported as "other".
         assert!(matches!(
