@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
@@ -51,6 +51,24 @@ const MAX_EARLY_EVENTS: usize = 16;
 
 /// Per-room `!dial` choices, kept in `state_dir/dial.json`.
 pub type DialStore = SavedMap<String>;
+
+/// An input of the bridge that ended on its own (its task returned or panicked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The Matrix `/sync` loop: no more calls would arrive.
+    Sync,
+    /// The verto connection: no call could reach FreeSWITCH.
+    Verto,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lost::Sync => "the Matrix sync loop",
+            Lost::Verto => "the verto connection",
+        })
+    }
+}
 
 /// The router.
 pub struct Bridge {
@@ -122,21 +140,33 @@ impl Bridge {
     }
 
     /// Routes until `cancel`, then lets every call end on both sides (bounded by `grace`).
+    /// Returns which input ended on its own, if one did: the bridge cannot go on without it.
     pub async fn run(
         mut self,
         mut batches: mpsc::Receiver<Batch>,
         mut verto_events: mpsc::Receiver<VertoEvent>,
         cancel: CancellationToken,
         grace: Duration,
-    ) {
+    ) -> Option<Lost> {
         self.recover();
+        let mut lost = None;
         loop {
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
-                Some(b) = batches.recv() => self.on_batch(b),
-                Some(ev) = verto_events.recv() => self.on_verto(ev),
+                b = batches.recv() => match b {
+                    Some(b) => self.on_batch(b),
+                    None => { lost = Some(Lost::Sync); break }
+                },
+                ev = verto_events.recv() => match ev {
+                    Some(ev) => self.on_verto(ev),
+                    None => { lost = Some(Lost::Verto); break }
+                },
                 Some(key) = self.done_rx.recv() => self.forget(&key),
             }
+        }
+        if let Some(l) = lost {
+            error!(task = ?l, "a task the bridge depends on has ended; stopping so that a supervisor can restart vertobot");
         }
         info!(
             calls = self.calls.len(),
@@ -161,6 +191,7 @@ impl Bridge {
                 Some(key) = self.done_rx.recv() => self.forget(&key),
             }
         }
+        lost
     }
 
     fn forget(&mut self, key: &Key) {
@@ -169,8 +200,9 @@ impl Bridge {
         }
     }
 
-    fn on_batch(&mut self, batch: Batch) {
-        for (room_id, events) in batch.rooms {
+    fn on_batch(&mut self, mut batch: Batch) {
+        let handled = batch.handled.take();
+        for (room_id, events) in std::mem::take(&mut batch.rooms) {
             // Calls answered, hung up or rejected within this batch must not ring (spec, A.4).
             let settled: HashSet<String> = events
                 .iter()
@@ -187,6 +219,9 @@ impl Bridge {
                 }
                 self.on_event(&room_id, ev, &settled, batch.received);
             }
+        }
+        if let Some(done) = handled {
+            let _ = done.send(());
         }
     }
 
@@ -611,7 +646,7 @@ impl Bridge {
                     // A call FreeSWITCH kept for us that we no longer know: end it.
                     info!(verto_call_id = %call_id, "verto.attach for an unknown call: hanging it up");
                     let verto = self.verto.clone();
-                    tokio::spawn(async move {
+                    self.tracker.spawn(async move {
                         let _ = verto.bye(&call_id, Cause::NormalClearing).await;
                     });
                     return;
@@ -642,7 +677,7 @@ impl Bridge {
             .calls_cfg
             .notices
             .then(|| format!("📞 Call refused: {why}."));
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let _ = matrix
                 .send_reliably(&room, event_type, &content, Duration::from_secs(30))
                 .await;
@@ -655,7 +690,7 @@ impl Bridge {
     fn notice(&self, room_id: &str, text: String) {
         let matrix = self.matrix.clone();
         let room = room_id.to_owned();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let _ = matrix.notice(&room, &text).await;
         });
     }
@@ -697,7 +732,7 @@ impl Bridge {
                 let (room, sender, bot) =
                     (room_id.to_owned(), sender.to_owned(), self.bot_user.clone());
                 let pattern = self.dial_pattern.clone();
-                tokio::spawn(async move {
+                self.tracker.spawn(async move {
                     let text = dial_command(
                         &matrix,
                         &router,
@@ -720,7 +755,7 @@ impl Bridge {
     fn subscribe_dtmf(&self) {
         let verto = self.verto.clone();
         let warned = self.subscribe_warned.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let subscribe = Subscribe {
                 event_channel: DTMF_CHANNEL.to_owned(),
             };
@@ -804,4 +839,123 @@ async fn default_destination(router: &Router, room: &str, sender: &str) -> Strin
         display_name: "",
     };
     router.route(room, &caller, None).await.destination
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bridge on a homeserver and a FreeSWITCH that are not there: nothing in these tests
+    /// reaches the network.
+    async fn bridge() -> (Bridge, CancellationToken) {
+        let dir = std::env::temp_dir().join(format!("vertobot-bridge-{}", uuid::Uuid::new_v4()));
+        let yaml = format!(
+            "matrix:\n  homeserver: \"http://127.0.0.1:9\"\n  user_id: \"@bot:localhost\"\n  access_token: \"t\"\n\
+             verto:\n  url: \"ws://127.0.0.1:9\"\n  login: \"1000@localhost\"\n  password: \"p\"\n\
+             calls:\n  destination: \"9196\"\nstate_dir: \"{}\"\n",
+            dir.display()
+        );
+        let cfg = Config::parse(&yaml).expect("config");
+        let store = StateStore::open(&dir).expect("state_dir");
+        let matrix = MatrixClient::with_tls("http://127.0.0.1:9", None, false).expect("client");
+        let (tx, _rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let (verto, _task) =
+            crate::verto::spawn(&cfg.verto, "s".into(), tx, cancel.clone()).expect("verto");
+        let b = Bridge::new(
+            &cfg,
+            store,
+            matrix,
+            verto,
+            "@bot:localhost".into(),
+            "P".into(),
+        );
+        (b, cancel)
+    }
+
+    /// The sync task ending on its own (its sender dropped) stops the bridge with a reason,
+    /// instead of running on with no Matrix input.
+    #[tokio::test]
+    async fn a_lost_sync_task_stops_the_bridge() {
+        let (b, verto_cancel) = bridge().await;
+        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let (_verto_tx, verto_rx) = mpsc::channel(1);
+        drop(batch_tx);
+        let lost = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.run(
+                batch_rx,
+                verto_rx,
+                CancellationToken::new(),
+                Duration::from_millis(10),
+            ),
+        )
+        .await
+        .expect("the bridge stops");
+        assert_eq!(lost, Some(Lost::Sync));
+        verto_cancel.cancel();
+    }
+
+    /// The same for the verto event stream; a stop signal is not a loss.
+    #[tokio::test]
+    async fn a_lost_verto_task_stops_the_bridge_and_a_stop_is_not_a_loss() {
+        let (b, verto_cancel) = bridge().await;
+        let (_batch_tx, batch_rx) = mpsc::channel(1);
+        let (verto_tx, verto_rx) = mpsc::channel(1);
+        drop(verto_tx);
+        let run = b.run(
+            batch_rx,
+            verto_rx,
+            CancellationToken::new(),
+            Duration::from_millis(10),
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .ok(),
+            Some(Some(Lost::Verto))
+        );
+
+        let (b, _) = bridge().await;
+        let (_batch_tx, batch_rx) = mpsc::channel(1);
+        let (_verto_tx, verto_rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let run = b.run(batch_rx, verto_rx, stop, Duration::from_millis(10));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .ok(),
+            Some(None)
+        );
+        verto_cancel.cancel();
+    }
+
+    /// A batch is confirmed only once the bridge has handled it: that is when the sync loop
+    /// may save the position after it.
+    #[tokio::test]
+    async fn a_batch_is_confirmed_after_it_is_handled() {
+        let (b, verto_cancel) = bridge().await;
+        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let (_verto_tx, verto_rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(b.run(batch_rx, verto_rx, stop.clone(), Duration::from_millis(10)));
+        let (done, handled) = tokio::sync::oneshot::channel();
+        let batch = Batch {
+            received: std::time::Instant::now().into(),
+            rooms: Vec::new(),
+            handled: Some(done),
+        };
+        batch_tx
+            .send(batch)
+            .await
+            .expect("the bridge takes batches");
+        tokio::time::timeout(Duration::from_secs(10), handled)
+            .await
+            .expect("confirmed in time")
+            .expect("confirmed, not dropped");
+        stop.cancel();
+        assert_eq!(run.await.expect("no panic"), None);
+        verto_cancel.cancel();
+    }
 }

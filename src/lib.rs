@@ -120,16 +120,25 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         session.user_id.clone(),
         our_party,
     );
-    bridge
+    let lost = bridge
         .run(batch_rx, verto_rx, cancel.clone(), SHUTDOWN_GRACE)
         .await;
     sync_cancel.cancel();
     verto_cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = sync_task.await;
-        let _ = verto_task.await;
+        if let Err(e) = sync_task.await {
+            tracing::error!(error = %e, "the Matrix sync task failed");
+        }
+        if let Err(e) = verto_task.await {
+            tracing::error!(error = %e, "the verto task failed");
+        }
     })
     .await;
+    if let Some(lost) = lost {
+        // A non-zero exit lets systemd or the container runtime start a fresh bridge, which
+        // takes the kept calls back; running on without the input would serve nobody.
+        anyhow::bail!("{lost} ended unexpectedly; vertobot stopped its calls as on a stop signal");
+    }
     info!("stopped");
     Ok(())
 }

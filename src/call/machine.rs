@@ -725,7 +725,10 @@ impl Call {
             }
             Input::VertoDown => {
                 info!("verto connection lost; keeping the call until FreeSWITCH re-offers it");
+                // A `verto.modify` in flight fails with the socket; its offer must not block
+                // the caller's next renegotiation once the call is back.
                 self.matrix_media = None;
+                self.caller_offer = None;
                 self.stage = Stage::Detached {
                     due: now + self.setup.recovery.detach_timeout,
                 };
@@ -2138,6 +2141,19 @@ mod tests {
         };
         let sdp = negotiate_answer_sdp(answer);
         assert_eq!(sdp::direction(&sdp), sdp::Direction::SendRecv);
+    }
+
+    #[test]
+    fn a_modify_lost_with_the_socket_does_not_block_the_next_offer() {
+        let (mut c, now) = answered_call(Version::V1);
+        let restart = OFFER.replace("a=ice-ufrag:", "a=ice-ufrag:new");
+        assert!(matches!(
+            c.handle(caller_offer(&restart), now).as_slice(),
+            [Action::Modify { .. }]
+        ));
+        c.handle(Input::VertoDown, now);
+        c.handle(Input::ModifyResult(Err("disconnected".into())), now);
+        assert!(c.caller_offer.is_none());
     }
 
     #[test]

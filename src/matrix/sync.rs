@@ -1,7 +1,7 @@
 //! The `/sync` loop: login, long poll, invites, hand-over of batches.
 //!
-//! The position is saved only after a batch has been handed to the consumer, so a crash
-//! replays at most one batch and never skips one. On a first start (no saved position) the
+//! The position is saved only after the consumer has handled a batch (it fires
+//! [`Batch::handled`]), so a crash or a stop replays at most one batch and never skips one. On a first start (no saved position) the
 //! timeline is skipped, because it holds calls that ended long ago, but pending invites are
 //! still joined: the bot must not ignore rooms people invited it to while it was not running.
 
@@ -97,6 +97,9 @@ pub struct Batch {
     pub received: Instant,
     /// Rooms with relevant events, each in timeline order.
     pub rooms: Vec<(String, Vec<TimelineEvent>)>,
+    /// Fired by the consumer once it has handled the batch. Only then is the position after
+    /// it saved, so a stop with a batch still queued replays it on the next start.
+    pub handled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
@@ -166,6 +169,29 @@ pub async fn login(
     Ok((client, session))
 }
 
+/// Sends a batch to the consumer and waits until it has been handled. False when the consumer
+/// is gone or we are stopping: the position must then stay before this batch.
+async fn hand_over(
+    tx: &mpsc::Sender<Batch>,
+    received: Instant,
+    rooms: Vec<(String, Vec<TimelineEvent>)>,
+    cancel: &CancellationToken,
+) -> bool {
+    let (done, handled) = tokio::sync::oneshot::channel();
+    let batch = Batch {
+        received,
+        rooms,
+        handled: Some(done),
+    };
+    if tx.send(batch).await.is_err() {
+        return false;
+    }
+    tokio::select! {
+        r = handled => r.is_ok(),
+        _ = cancel.cancelled() => false,
+    }
+}
+
 /// Runs until cancelled, sending one [`Batch`] per sync response.
 pub async fn run(
     client: MatrixClient,
@@ -231,7 +257,7 @@ pub async fn run(
                         }
                     }
                 }
-                if !rooms.is_empty() && tx.send(Batch { received, rooms }).await.is_err() {
+                if !rooms.is_empty() && !hand_over(&tx, received, rooms, &cancel).await {
                     return;
                 }
                 if let Err(e) = store.save_since(&resp.next_batch) {
