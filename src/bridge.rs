@@ -232,31 +232,23 @@ impl Bridge {
         settled: &HashSet<String>,
         received: Instant,
     ) {
-        let call = match ev.kind {
-            EventKind::Call(c) => c,
+        match ev.kind {
+            EventKind::Call(call) => {
+                let key: Key = (room_id.to_owned(), call.call_id().to_owned());
+                self.on_call_event(key, ev.sender, call, ev.age_ms, settled, received)
+            }
             EventKind::Member {
                 user_id,
                 membership,
             } => {
                 if membership != "join" && membership != "invite" {
-                    let keys: Vec<Key> = self
-                        .calls
-                        .iter()
-                        .filter(|((r, _), e)| r == room_id && e.caller == user_id)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in keys {
-                        info!(room_id, call_id = %k.1, "caller left the room: hanging up");
-                        self.deliver(&k, Input::Hangup { reason: None });
-                    }
+                    self.on_caller_left(room_id, &user_id);
                 }
-                return;
             }
             EventKind::Message { body, .. } => {
                 if let Some(cmd) = command::parse(&body) {
                     self.on_command(room_id, &ev.sender, &ev.event_id, cmd);
                 }
-                return;
             }
             EventKind::Malformed {
                 event_type,
@@ -264,89 +256,123 @@ impl Bridge {
                 error,
             } => {
                 warn!(room_id, event_id = %ev.event_id, %event_type, %error, "malformed call event");
-                if event_type == "m.call.invite" {
-                    if let Some(call_id) = call_id {
-                        self.reject(
-                            room_id,
-                            &call_id,
-                            Version::V1,
-                            "unknown_error",
-                            "the call invite could not be read",
-                        );
-                    }
+                if let (true, Some(call_id)) = (event_type == "m.call.invite", call_id) {
+                    let why = "the call invite could not be read";
+                    self.reject(room_id, &call_id, Version::V1, "unknown_error", why);
                 }
-                return;
-            }
-        };
-        let key: Key = (room_id.to_owned(), call.call_id().to_owned());
-        match call {
-            CallEvent::Invite(inv) => {
-                self.on_invite(key, &ev.sender, *inv, ev.age_ms, settled, received)
-            }
-            CallEvent::Candidates(c) => {
-                let input = Input::Candidates {
-                    party_id: c.party_id.map(|p| p.to_string()),
-                    candidates: c
-                        .candidates
-                        .into_iter()
-                        .map(|c| TrickleCandidate {
-                            candidate: c.candidate,
-                            sdp_mid: c.sdp_mid,
-                            sdp_m_line_index: c.sdp_m_line_index.map(u64::from),
-                        })
-                        .collect(),
-                };
-                if self.calls.contains_key(&key) {
-                    self.deliver_from(&key, &ev.sender, input);
-                } else if let Some(e) = self.early.get_mut(&key) {
-                    if e.sender == ev.sender && e.inputs.len() < MAX_EARLY_EVENTS {
-                        e.inputs.push(input);
-                    }
-                } else if self.early.len() < MAX_EARLY_CALLS {
-                    debug!(room_id, call_id = %key.1, "candidates before their invite: kept");
-                    self.early.insert(
-                        key,
-                        Early {
-                            sender: ev.sender,
-                            inputs: vec![input],
-                        },
-                    );
-                } else {
-                    debug!(room_id, "too many orphan candidate events; dropped");
-                }
-            }
-            CallEvent::Hangup(h) => {
-                self.early.remove(&key);
-                self.deliver_from(
-                    &key,
-                    &ev.sender,
-                    Input::Hangup {
-                        reason: Some(h.reason.as_str().to_owned()),
-                    },
-                )
-            }
-            CallEvent::Reject(_) => {
-                self.deliver_from(&key, &ev.sender, Input::Hangup { reason: None })
-            }
-            CallEvent::SelectAnswer(s) => self.deliver_from(
-                &key,
-                &ev.sender,
-                Input::SelectAnswer {
-                    party_id: s.selected_party_id.to_string(),
-                },
-            ),
-            CallEvent::Answer(_) => {
-                debug!(room_id, call_id = %key.1, "answer from another party ignored")
-            }
-            CallEvent::Negotiate(n) => {
-                let input = Input::Negotiate {
-                    party_id: Some(n.party_id.to_string()),
-                    kind: n.description.session_type.clone(),
-                    sdp: n.description.sdp.clone(),
-                };
-                self.deliver_from(&key, &ev.sender, input)
             }
         }
+    }
+
+    /// Leaving the room is hanging up, for every call of that caller in it.
+    fn on_caller_left(&mut self, room_id: &str, user_id: &str) {
+        let keys: Vec<Key> = self
+            .calls
+            .iter()
+            .filter(|((r, _), e)| r == room_id && e.caller == user_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            info!(room_id, call_id = %k.1, "caller left the room: hanging up");
+            self.deliver(&k, Input::Hangup { reason: None });
+        }
+    }
+
+    fn on_call_event(
+        &mut self,
+        key: Key,
+        sender: String,
+        call: CallEvent,
+        age_ms: Option<u64>,
+        settled: &HashSet<String>,
+        received: Instant,
+    ) {
+        let input = match call {
+            CallEvent::Invite(inv) => {
+                return self.on_invite(key, &sender, *inv, age_ms, settled, received)
+            }
+            CallEvent::Candidates(c) => return self.on_candidates(key, sender, c),
+            CallEvent::Hangup(h) => {
+                self.early.remove(&key);
+                Input::Hangup {
+                    reason: Some(h.reason.as_str().to_owned()),
+                }
+            }
+            CallEvent::Reject(_) => Input::Hangup { reason: None },
+            CallEvent::SelectAnswer(s) => Input::SelectAnswer {
+                party_id: s.selected_party_id.to_string(),
+            },
+            CallEvent::Answer(_) => {
+                debug!(room_id = %key.0, call_id = %key.1, "answer from another party ignored");
+                return;
+            }
+            CallEvent::Negotiate(n) => Input::Negotiate {
+                party_id: Some(n.party_id.to_string()),
+                kind: n.description.session_type.clone(),
+                sdp: n.description.sdp.clone(),
+            },
+        };
+        self.deliver_from(&key, &sender, input)
+    }
+
+    /// Candidates go to their call, or wait for an invite that has not come yet (clients race
+    /// the two events), within limits.
+    fn on_candidates(
+        &mut self,
+        key: Key,
+        sender: String,
+        c: ruma::events::call::candidates::CallCandidatesEventContent,
+    ) {
+        let input = Input::Candidates {
+            party_id: c.party_id.map(|p| p.to_string()),
+            candidates: c
+                .candidates
+                .into_iter()
+                .map(|c| TrickleCandidate {
+                    candidate: c.candidate,
+                    sdp_mid: c.sdp_mid,
+                    sdp_m_line_index: c.sdp_m_line_index.map(u64::from),
+                })
+                .collect(),
+        };
+        if self.calls.contains_key(&key) {
+            self.deliver_from(&key, &sender, input);
+        } else if let Some(e) = self.early.get_mut(&key) {
+            if e.sender == sender && e.inputs.len() < MAX_EARLY_EVENTS {
+                e.inputs.push(input);
+            }
+        } else if self.early.len() < MAX_EARLY_CALLS {
+            debug!(room_id = %key.0, call_id = %key.1, "candidates before their invite: kept");
+            let early = Early {
+                sender,
+                inputs: vec![input],
+            };
+            self.early.insert(key, early);
+        } else {
+            debug!(room_id = %key.0, "too many orphan candidate events; dropped");
+        }
+    }
+
+    /// Whether a new call may start: the access list and the limits. The error is what the
+    /// caller is told.
+    fn admission(&self, room_id: &str, call_id: &str, sender: &str) -> Result<(), String> {
+        if !route::allowed(&self.access, &self.own_server, sender) {
+            info!(room_id, call_id, %sender, "call refused: not on access.allow");
+            return Err("you are not allowed to call through this bridge".into());
+        }
+        let max = self.calls_cfg.max_calls;
+        if self.calls.len() >= max {
+            warn!(room_id, call_id, max, "call refused: too many calls");
+            return Err(format!(
+                "the bridge is at its limit of {max} calls; try again later"
+            ));
+        }
+        let mine = self.calls.values().filter(|e| e.caller == sender).count();
+        if mine >= self.calls_cfg.max_calls_per_user {
+            info!(room_id, call_id, %sender, "call refused: per-user limit");
+            return Err(format!("you already have {mine} calls; hang one up first"));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -395,46 +421,8 @@ impl Bridge {
             .filter(|e| e.sender == sender)
             .into_iter()
             .for_each(|e| early_inputs.extend(e.inputs));
-        if !route::allowed(&self.access, &self.own_server, sender) {
-            info!(room_id, call_id, %sender, "call refused: not on access.allow");
-            self.reject(
-                room_id,
-                call_id,
-                version,
-                "user_busy",
-                "you are not allowed to call through this bridge",
-            );
-            return;
-        }
-        if self.calls.len() >= self.calls_cfg.max_calls {
-            warn!(
-                room_id,
-                call_id,
-                max = self.calls_cfg.max_calls,
-                "call refused: too many calls"
-            );
-            self.reject(
-                room_id,
-                call_id,
-                version,
-                "user_busy",
-                &format!(
-                    "the bridge is at its limit of {} calls; try again later",
-                    self.calls_cfg.max_calls
-                ),
-            );
-            return;
-        }
-        let mine = self.calls.values().filter(|e| e.caller == sender).count();
-        if mine >= self.calls_cfg.max_calls_per_user {
-            info!(room_id, call_id, %sender, "call refused: per-user limit");
-            self.reject(
-                room_id,
-                call_id,
-                version,
-                "user_busy",
-                &format!("you already have {mine} calls; hang one up first"),
-            );
+        if let Err(why) = self.admission(room_id, call_id, sender) {
+            self.reject(room_id, call_id, version, "user_busy", &why);
             return;
         }
         let now = Instant::now();
