@@ -640,6 +640,7 @@ impl Bridge {
     /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
     /// a notice saying why when notices are on.
     fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
+        self.matrix.metrics().call_refused();
         let (event_type, content) =
             machine::ending_event(version, false, call_id, &self.our_party, reason);
         let matrix = self.matrix.clone();
