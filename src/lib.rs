@@ -75,15 +75,15 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     // when run returns, whichever way.
     let metrics_cancel = cancel.child_token();
     let _metrics_stop = metrics_cancel.clone().drop_guard();
-    let metrics = match cfg.metrics.addr() {
+    let (metrics, metrics_task) = match cfg.metrics.addr() {
         Some(addr) => {
             let m = metrics::Metrics::new(Duration::from_secs(cfg.matrix.health_limit_secs()));
-            metrics::serve(addr, m.clone(), metrics_cancel)
+            let task = metrics::serve(addr, m.clone(), metrics_cancel.clone())
                 .await
                 .with_context(|| format!("metrics.listen {addr}"))?;
-            m
+            (m, Some(task))
         }
-        None => metrics::Metrics::disabled(),
+        None => (metrics::Metrics::disabled(), None),
     };
 
     // Matrix login, retried while the homeserver is unreachable.
@@ -145,9 +145,13 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         .await;
     sync_cancel.cancel();
     verto_cancel.cancel();
+    metrics_cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = sync_task.await;
         let _ = verto_task.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
     })
     .await;
     info!("stopped");
