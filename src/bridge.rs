@@ -657,6 +657,7 @@ impl Bridge {
     /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
     /// a notice saying why when notices are on.
     fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
+        self.matrix.metrics().call_refused();
         let event = machine::ending_event(version, false, call_id, &self.our_party, reason);
         let (event_type, content) = (event.event_type(), event.content());
         let matrix = self.matrix.clone();

@@ -92,6 +92,34 @@ pub struct Config {
     /// Where the device id, access token, sync position and verto session live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` of the HTTP listener for `/metrics`, `/health/live` and `/health/ready`;
+    /// unset (the default): no listener.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The validated listen address, if set.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
+}
+
+impl MatrixConfig {
+    /// How old the last successful sync may be for the bridge to count as healthy: a sync
+    /// returns at least every `sync_timeout_secs`; two of them and a margin.
+    pub fn health_limit_secs(&self) -> u64 {
+        2 * self.sync_timeout_secs + 60
+    }
 }
 
 /// `matrix:` section.
@@ -585,6 +613,13 @@ impl Config {
         if self.state_dir.as_os_str().is_empty() {
             p.push("state_dir: must not be empty".into());
         }
+        if let Some(l) = &self.metrics.listen {
+            if let Err(e) = l.parse::<std::net::SocketAddr>() {
+                p.push(format!(
+                    "metrics.listen: not an ip:port such as 127.0.0.1:9100 or [::]:9100 ({e})"
+                ));
+            }
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -725,6 +760,32 @@ state_dir: "./st"
         cfg.apply_env(|k| (k == ENV_VERTO_PASSWORD).then(|| "from-env".to_string()));
         cfg.validate().unwrap();
         assert_eq!(cfg.verto.password.unwrap().expose(), "from-env");
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_checked() {
+        let cfg = Config::parse(GOOD).unwrap();
+        assert_eq!(cfg.metrics.listen, None);
+        assert_eq!(cfg.metrics.addr(), None);
+        for ok in ["127.0.0.1:9100", "0.0.0.0:9100", "[::]:9100"] {
+            let yaml = format!("{GOOD}metrics:\n  listen: \"{ok}\"\n");
+            assert_eq!(problems(&yaml), Vec::<String>::new(), "{ok}");
+            let cfg = Config::parse(&yaml).unwrap();
+            assert_eq!(cfg.metrics.addr(), Some(ok.parse().unwrap()));
+        }
+        for bad in ["localhost:9100", "9100", "127.0.0.1", ""] {
+            let yaml = format!("{GOOD}metrics:\n  listen: \"{bad}\"\n");
+            let p = problems(&yaml);
+            assert!(
+                p.len() == 1 && p[0].starts_with("metrics.listen: "),
+                "{bad}: {p:?}"
+            );
+        }
+        // Listed with the others by --check.
+        let yaml = format!("{GOOD}metrics:\n  listen: \"nope\"\n").replace("wss://", "tcp://");
+        assert_eq!(problems(&yaml).len(), 2);
+        let yaml = format!("{GOOD}metrics:\n  listn: \"127.0.0.1:9100\"\n");
+        assert!(Config::parse(&yaml).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`state`]: what survives a restart.
 //! - [`backoff`]: the retry pacing every layer shares.
 //! - [`chain`]: error messages with their causes, for the logs.
+//! - [`metrics`]: Prometheus metrics and health endpoints on the opt-in `metrics.listen`.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod call;
 pub mod chain;
 pub mod config;
 pub mod matrix;
+pub mod metrics;
 pub mod sdp;
 pub mod state;
 pub mod verto;
@@ -69,6 +71,21 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         tracing::error!("matrix.tls_insecure_skip_verify is set: the homeserver's TLS certificate is NOT verified, so anyone on the network path can impersonate it and read the bot's password and token");
     }
 
+    // The metrics listener first, so /health/live answers while the bridge logs in. It stops
+    // when run returns, whichever way.
+    let metrics_cancel = cancel.child_token();
+    let _metrics_stop = metrics_cancel.clone().drop_guard();
+    let (metrics, metrics_task) = match cfg.metrics.addr() {
+        Some(addr) => {
+            let m = metrics::Metrics::new(Duration::from_secs(cfg.matrix.health_limit_secs()));
+            let task = metrics::serve(addr, m.clone(), metrics_cancel.clone())
+                .await
+                .with_context(|| format!("metrics.listen {addr}"))?;
+            (m, Some(task))
+        }
+        None => (metrics::Metrics::disabled(), None),
+    };
+
     // Matrix login, retried while the homeserver is unreachable.
     let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let (matrix, session) = loop {
@@ -86,6 +103,8 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         }
     };
     let our_party = party_id_from_device(&session.device_id);
+    let matrix = matrix.with_metrics(metrics.clone());
+    metrics.matrix_logged_in();
 
     // The verto session id is kept in state_dir: a reconnect, and a restart, log in with the
     // same one, which is what makes FreeSWITCH re-offer the answered calls.
@@ -94,6 +113,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     let verto_cancel = CancellationToken::new();
     let (verto, verto_task) =
         verto::spawn(&cfg.verto, sessid, verto_tx, verto_cancel.clone()).context("verto")?;
+    let verto_rx = metrics::observe_verto(verto_rx, &metrics);
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();
@@ -125,12 +145,16 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         .await;
     sync_cancel.cancel();
     verto_cancel.cancel();
+    metrics_cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         if let Err(e) = sync_task.await {
             tracing::error!(error = %e, "the Matrix sync task failed");
         }
         if let Err(e) = verto_task.await {
             tracing::error!(error = %e, "the verto task failed");
+        }
+        if let Some(t) = metrics_task {
+            let _ = t.await;
         }
     })
     .await;

@@ -37,8 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if cli.health {
-        // A sync returns at least every sync_timeout_secs; allow two of them and a margin.
-        let limit = 2 * cfg.matrix.sync_timeout_secs + 60;
+        let limit = cfg.matrix.health_limit_secs();
         let age = vertobot::state::StateStore::open(&cfg.state_dir)
             .ok()
             .and_then(|s| s.alive_age().ok().flatten());

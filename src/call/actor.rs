@@ -66,6 +66,7 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = %ctx.room_id, verto_call_id = %ctx.verto_call_id);
     async move {
+        let mut probe = crate::metrics::CallProbe::new(ctx.matrix.metrics(), ctx.recovered);
         let routed = if ctx.recovered {
             info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
             Routed {
@@ -96,8 +97,10 @@ pub async fn run(
         let mut actions = call.start(Instant::now());
         loop {
             for a in actions.drain(..) {
+                probe.action(&a);
                 execute(a, &ctx, &routed, &mtx, &self_tx, &mut side_tasks);
             }
+            probe.state(call.state());
             if !saved && call.state() == super::machine::State::Answered {
                 saved = true;
                 let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
@@ -111,7 +114,10 @@ pub async fn run(
             let deadline = call.poll_timeout();
             tokio::select! {
                 input = inbox.recv() => match input {
-                    Some(i) => actions = call.handle(i, Instant::now()),
+                    Some(i) => {
+                        probe.input(&i);
+                        actions = call.handle(i, Instant::now())
+                    }
                     None => actions = call.handle(super::machine::Input::Shutdown, Instant::now()),
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
@@ -128,6 +134,7 @@ pub async fn run(
             reason = call.end_reason.as_deref().unwrap_or("-"),
             "call ended"
         );
+        drop(probe);
         if !call.kept {
             if let Ok(mut store) = ctx.calls.lock() {
                 store.set(&ctx.verto_call_id, None);

@@ -94,6 +94,7 @@ pub struct MatrixClient {
     http: reqwest::Client,
     base: String,
     token: Arc<RwLock<Secret>>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Response of `GET /joined_members`.
@@ -134,7 +135,19 @@ impl MatrixClient {
             http,
             base: homeserver.trim_end_matches('/').to_owned(),
             token: Arc::new(RwLock::new(token.unwrap_or_default())),
+            metrics: Default::default(),
         })
+    }
+
+    /// This client, counting its requests (and carrying `metrics` to its users).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics handle (off unless [`with_metrics`](Self::with_metrics) set one).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Replaces the access token (after a re-login).
@@ -152,6 +165,19 @@ impl MatrixClient {
     }
 
     async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, MatrixError> {
+        let res = self.request(method, path, query, body, timeout).await;
+        self.metrics.matrix_api(path, res.is_ok());
+        res
+    }
+
+    async fn request(
         &self,
         method: Method,
         path: &str,
@@ -437,6 +463,7 @@ impl MatrixClient {
                     let ours = backoff.next_wait();
                     let wait = e.retry_after().unwrap_or(ours);
                     warn!(%event_type, error = %Chain(&e), retry_in = ?wait, "sending event failed; retrying with the same transaction id");
+                    self.metrics.send_retry();
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),

@@ -247,7 +247,12 @@ pub async fn run(
                                 Ok(ev) if is_before(fresh_start, received, ev.age_ms) => {
                                     debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
                                 }
-                                Ok(ev) => events.push(ev),
+                                Ok(ev) => {
+                                    if ev.sender != cfg.user_id {
+                                        client.metrics().matrix_event(&ev.kind);
+                                    }
+                                    events.push(ev)
+                                }
                                 Err(EventError::Irrelevant) => {}
                                 Err(e) => warn!(%room_id, error = %e, "skipping event"),
                             }
@@ -264,9 +269,11 @@ pub async fn run(
                     error!(error = %Chain(&e), "cannot save the sync position");
                 }
                 let _ = store.touch_alive();
+                client.metrics().sync_ok();
                 since = Some(resp.next_batch);
             }
             Err(e) => {
+                client.metrics().sync_error();
                 let wait = if e.is_unknown_token() {
                     match &cfg.password {
                         Some(_) => {

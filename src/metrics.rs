@@ -1,0 +1,773 @@
+//! Prometheus metrics and the health endpoints, served on the opt-in `metrics.listen`.
+//!
+//! [`Metrics`] is a cheap cloneable handle. When `metrics.listen` is unset it is empty and
+//! every method returns at once, so the layers call it unconditionally. It travels inside the
+//! [`MatrixClient`](crate::matrix::MatrixClient) (which the sync loop, the bridge and every
+//! call already hold); the verto side is observed on its event stream ([`observe_verto`]).
+//!
+//! Counters are exposed in the OpenMetrics text format, where a counter's samples end in
+//! `_total`: `bridge_matrix_event` is scraped as `bridge_matrix_event_total`, while the names
+//! that already end in `_total` (`vertobot_calls_total` ...) are scraped exactly as named.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::call::machine::{Action, Input, State};
+use crate::matrix::events::{CallEvent, EventKind};
+use crate::verto::VertoEvent;
+
+type L1 = [(&'static str, &'static str); 1];
+type L2 = [(&'static str, &'static str); 2];
+
+/// The direction of today's calls: Matrix caller → SIP.
+pub const OUTBOUND: &str = "outbound";
+
+/// The `outcome` label of `vertobot_calls_total`.
+pub const OUTCOMES: [&str; 4] = ["answered", "rejected", "failed", "caller_cancelled"];
+
+/// Buckets of `vertobot_call_setup_seconds`: candidate collection, dialling and ringing.
+const SETUP_BUCKETS: [f64; 14] = [
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+];
+
+/// The metrics registry and the health state, or nothing when metrics are off.
+#[derive(Clone, Default)]
+pub struct Metrics(Option<Arc<Inner>>);
+
+struct Inner {
+    registry: Registry,
+    matrix_event: Family<L1, Counter>,
+    api_calls: Family<L1, Counter>,
+    api_failed: Family<L1, Counter>,
+    connected: Gauge,
+    calls_active: Family<L1, Gauge>,
+    calls_total: Family<L2, Counter>,
+    setup: Histogram,
+    verto_reconnects: Counter,
+    reattached: Counter,
+    sync_errors: Counter,
+    send_retries: Counter,
+    dtmf: Family<L1, Counter>,
+    // Health.
+    started: Instant,
+    matrix_logged_in: AtomicBool,
+    /// Milliseconds after `started` of the last successful sync, plus one (0: none yet).
+    last_sync: AtomicU64,
+    verto_logins: AtomicU64,
+    sync_limit: Duration,
+}
+
+impl Metrics {
+    /// A live registry. `sync_limit`: how old the last successful sync may be for
+    /// `/health/ready` (the same limit as `vertobot --health`).
+    pub fn new(sync_limit: Duration) -> Self {
+        let mut registry = Registry::default();
+        let matrix_event = Family::<L1, Counter>::default();
+        registry.register(
+            "bridge_matrix_event",
+            "Matrix events the bridge handled, by type",
+            matrix_event.clone(),
+        );
+        let api_calls = Family::<L1, Counter>::default();
+        registry.register(
+            "bridge_matrix_api_calls",
+            "Client-server API requests, by endpoint",
+            api_calls.clone(),
+        );
+        let api_failed = Family::<L1, Counter>::default();
+        registry.register(
+            "bridge_matrix_api_calls_failed",
+            "Client-server API requests that failed (network or error status), by endpoint",
+            api_failed.clone(),
+        );
+        let connected = Gauge::default();
+        registry.register(
+            "bridge_connected",
+            "1 while the verto session is logged in to FreeSWITCH, else 0",
+            connected.clone(),
+        );
+        let calls_active = Family::<L1, Gauge>::default();
+        registry.register(
+            "vertobot_calls_active",
+            "Calls in progress, by direction",
+            calls_active.clone(),
+        );
+        // Make the usual series visible from the first scrape.
+        drop(calls_active.get_or_create(&[("direction", OUTBOUND)]));
+        let calls_total = Family::<L2, Counter>::default();
+        // A counter's samples get `_total`: registered without it, scraped as named.
+        registry.register(
+            "vertobot_calls",
+            "Finished calls, by direction and outcome",
+            calls_total.clone(),
+        );
+        let setup = Histogram::new(SETUP_BUCKETS);
+        registry.register(
+            "vertobot_call_setup_seconds",
+            "Seconds from the caller's invite to the bridge sending m.call.answer",
+            setup.clone(),
+        );
+        let verto_reconnects = Counter::default();
+        registry.register(
+            "vertobot_verto_reconnects",
+            "Verto logins after the first one (the connection was lost and re-established)",
+            verto_reconnects.clone(),
+        );
+        let reattached = Counter::default();
+        registry.register(
+            "vertobot_calls_reattached",
+            "Answered calls taken back after a verto reconnect or a restart",
+            reattached.clone(),
+        );
+        let sync_errors = Counter::default();
+        registry.register(
+            "vertobot_sync_errors",
+            "Failed /sync requests",
+            sync_errors.clone(),
+        );
+        let send_retries = Counter::default();
+        registry.register(
+            "vertobot_event_send_retries",
+            "Matrix event sends retried after a transient error",
+            send_retries.clone(),
+        );
+        let dtmf = Family::<L1, Counter>::default();
+        registry.register(
+            "vertobot_dtmf_digits",
+            "DTMF digits: to_sip (sent to FreeSWITCH), from_sip (pressed by the far end)",
+            dtmf.clone(),
+        );
+        for d in ["to_sip", "from_sip"] {
+            drop(dtmf.get_or_create(&[("direction", d)]));
+        }
+        for o in OUTCOMES {
+            drop(calls_total.get_or_create(&[("direction", OUTBOUND), ("outcome", o)]));
+        }
+        Self(Some(Arc::new(Inner {
+            registry,
+            matrix_event,
+            api_calls,
+            api_failed,
+            connected,
+            calls_active,
+            calls_total,
+            setup,
+            verto_reconnects,
+            reattached,
+            sync_errors,
+            send_retries,
+            dtmf,
+            started: Instant::now(),
+            matrix_logged_in: AtomicBool::new(false),
+            last_sync: AtomicU64::new(0),
+            verto_logins: AtomicU64::new(0),
+            sync_limit,
+        })))
+    }
+
+    /// Off: every method is a no-op.
+    pub fn disabled() -> Self {
+        Self(None)
+    }
+
+    /// True when a registry is kept.
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The OpenMetrics text of every metric (empty when off).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Some(m) = &self.0 {
+            if let Err(e) = encode(&mut out, &m.registry) {
+                warn!(error = %e, "cannot encode the metrics");
+            }
+        }
+        out
+    }
+
+    /// A Matrix event handed to the bridge.
+    pub fn matrix_event(&self, kind: &EventKind) {
+        if let Some(m) = &self.0 {
+            m.matrix_event
+                .get_or_create(&[("event_type", event_type(kind))])
+                .inc();
+        }
+    }
+
+    /// One client-server request to `path` (below `/_matrix/client/v3`) and how it went.
+    pub fn matrix_api(&self, path: &str, ok: bool) {
+        if let Some(m) = &self.0 {
+            let l = [("method", endpoint(path))];
+            m.api_calls.get_or_create(&l).inc();
+            if !ok {
+                m.api_failed.get_or_create(&l).inc();
+            }
+        }
+    }
+
+    /// A Matrix event send is retried.
+    pub fn send_retry(&self) {
+        if let Some(m) = &self.0 {
+            m.send_retries.inc();
+        }
+    }
+
+    /// Logged in to Matrix (the access token works).
+    pub fn matrix_logged_in(&self) {
+        if let Some(m) = &self.0 {
+            m.matrix_logged_in.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A `/sync` request succeeded.
+    pub fn sync_ok(&self) {
+        if let Some(m) = &self.0 {
+            let ms = u64::try_from(m.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            m.last_sync.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A `/sync` request failed.
+    pub fn sync_error(&self) {
+        if let Some(m) = &self.0 {
+            m.sync_errors.inc();
+        }
+    }
+
+    /// The bridge refused an invite (access.allow, a limit, an unreadable invite).
+    pub fn call_refused(&self) {
+        if let Some(m) = &self.0 {
+            m.calls_total
+                .get_or_create(&[("direction", OUTBOUND), ("outcome", "rejected")])
+                .inc();
+        }
+    }
+
+    fn verto_event(&self, ev: &VertoEvent) {
+        let Some(m) = &self.0 else { return };
+        match ev {
+            VertoEvent::Connected {} => {
+                m.connected.set(1);
+                if m.verto_logins.fetch_add(1, Ordering::Relaxed) > 0 {
+                    m.verto_reconnects.inc();
+                }
+            }
+            VertoEvent::Disconnected | VertoEvent::Punted => {
+                m.connected.set(0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the bridge can take calls: `Err` says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(m) = &self.0 else {
+            return Err("metrics are off".into());
+        };
+        if !m.matrix_logged_in.load(Ordering::Relaxed) {
+            return Err("not logged in to Matrix".into());
+        }
+        let last = m.last_sync.load(Ordering::Relaxed);
+        if last == 0 {
+            return Err("no successful sync yet".into());
+        }
+        let age = m
+            .started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last - 1));
+        if age > m.sync_limit {
+            return Err(format!(
+                "last successful sync {} s ago (limit {} s)",
+                age.as_secs(),
+                m.sync_limit.as_secs()
+            ));
+        }
+        if m.connected.get() != 1 {
+            return Err("not logged in to FreeSWITCH (verto)".into());
+        }
+        Ok(())
+    }
+}
+
+/// The label of a Matrix event (a fixed set, so a remote user cannot grow the series).
+fn event_type(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Call(c) => match c {
+            CallEvent::Invite(_) => "m.call.invite",
+            CallEvent::Candidates(_) => "m.call.candidates",
+            CallEvent::Answer(_) => "m.call.answer",
+            CallEvent::SelectAnswer(_) => "m.call.select_answer",
+            CallEvent::Hangup(_) => "m.call.hangup",
+            CallEvent::Reject(_) => "m.call.reject",
+            CallEvent::Negotiate(_) => "m.call.negotiate",
+        },
+        EventKind::Member { .. } => "m.room.member",
+        EventKind::Message { .. } => "m.room.message",
+        EventKind::Malformed { .. } => "malformed",
+    }
+}
+
+/// The endpoint kind of a client-server path (room ids are percent-encoded, so `/` splits
+/// only the path).
+fn endpoint(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["login"] => "login",
+        ["account", "whoami"] => "whoami",
+        ["sync"] => "sync",
+        ["directory", "room", ..] => "resolve_alias",
+        ["rooms", _, "join"] => "join",
+        ["rooms", _, "leave"] => "leave",
+        ["rooms", _, "joined_members"] => "joined_members",
+        ["rooms", _, "state", ..] => "room_state",
+        ["rooms", _, "send", ..] => "send",
+        _ => "other",
+    }
+}
+
+/// Passes verto events on unchanged while keeping `bridge_connected` and
+/// `vertobot_verto_reconnects_total` (and readiness) up to date. Off: `rx` itself.
+pub fn observe_verto(
+    rx: mpsc::Receiver<VertoEvent>,
+    metrics: &Metrics,
+) -> mpsc::Receiver<VertoEvent> {
+    if !metrics.enabled() {
+        return rx;
+    }
+    let (tx, out) = mpsc::channel(256);
+    let metrics = metrics.clone();
+    let mut rx = rx;
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            metrics.verto_event(&ev);
+            if tx.send(ev).await.is_err() {
+                break;
+            }
+        }
+    });
+    out
+}
+
+/// Watches one call from its task: `vertobot_calls_active` while it lives, and its outcome,
+/// setup time, reattachments and digits. Dropping it ends the call's accounting.
+pub struct CallProbe {
+    metrics: Metrics,
+    start: Instant,
+    recovered: bool,
+    admitted: bool,
+    answered: bool,
+    detached: bool,
+    caller_ended: bool,
+}
+
+impl CallProbe {
+    /// A call starts (`recovered`: taken back after a restart, already counted then).
+    pub fn new(metrics: &Metrics, recovered: bool) -> Self {
+        if let Some(m) = &metrics.0 {
+            m.calls_active
+                .get_or_create(&[("direction", OUTBOUND)])
+                .inc();
+        }
+        Self {
+            metrics: metrics.clone(),
+            start: Instant::now(),
+            recovered,
+            admitted: false,
+            answered: recovered,
+            detached: false,
+            caller_ended: false,
+        }
+    }
+
+    /// The machine's state after each step.
+    pub fn state(&mut self, state: State) {
+        self.admitted = true;
+        let Some(m) = &self.metrics.0 else { return };
+        match state {
+            State::Answered if !self.answered => {
+                self.answered = true;
+                m.setup.observe(self.start.elapsed().as_secs_f64());
+            }
+            State::Answered if self.detached => {
+                self.detached = false;
+                m.reattached.inc();
+            }
+            State::Detached => self.detached = true,
+            _ => {}
+        }
+    }
+
+    /// An input, before the machine sees it.
+    pub fn input(&mut self, input: &Input) {
+        match input {
+            Input::Hangup { .. } | Input::SelectAnswer { .. } if !self.answered => {
+                self.caller_ended = true;
+            }
+            Input::FarDtmf { digit } => self.digits("from_sip", digit),
+            _ => {}
+        }
+    }
+
+    /// An action, before the task performs it.
+    pub fn action(&mut self, action: &Action) {
+        if let Action::SendDtmf { digits, .. } = action {
+            self.digits("to_sip", digits);
+        }
+    }
+
+    fn digits(&self, direction: &'static str, digits: &str) {
+        if let Some(m) = &self.metrics.0 {
+            let n = digits
+                .chars()
+                .filter(|c| crate::config::is_dtmf_digit(*c) && !matches!(c, 'w' | 'W'))
+                .count();
+            m.dtmf
+                .get_or_create(&[("direction", direction)])
+                .inc_by(n as u64);
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        if !self.admitted {
+            "rejected"
+        } else if self.answered {
+            "answered"
+        } else if self.caller_ended {
+            "caller_cancelled"
+        } else {
+            "failed"
+        }
+    }
+}
+
+impl Drop for CallProbe {
+    fn drop(&mut self) {
+        let Some(m) = &self.metrics.0 else { return };
+        m.calls_active
+            .get_or_create(&[("direction", OUTBOUND)])
+            .dec();
+        if !self.recovered {
+            m.calls_total
+                .get_or_create(&[("direction", OUTBOUND), ("outcome", self.outcome())])
+                .inc();
+        }
+    }
+}
+
+/// Binds `listen` and serves `/metrics`, `/health/live` and `/health/ready` until `cancel`.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    info!(address = %listener.local_addr()?, "metrics and health endpoints listening");
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "metrics listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let metrics = metrics.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let resp = respond(&metrics, req.method(), req.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        debug!(%peer, error = %e, "metrics connection");
+                    },
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            });
+        }
+    }))
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// The answer to one request.
+fn respond(metrics: &Metrics, method: &hyper::Method, path: &str) -> hyper::Response<Body> {
+    use hyper::StatusCode;
+    let text = |status: StatusCode, body: String| {
+        let mut r = hyper::Response::new(Body::from(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if method != hyper::Method::GET && method != hyper::Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match path {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, metrics.encode());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/health/live" => text(StatusCode::OK, "live\n".into()),
+        "/health/ready" => match metrics.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics, /health/live, /health/ready\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_metric_is_encoded_with_its_name() {
+        let m = Metrics::new(Duration::from_secs(120));
+        m.matrix_event(&EventKind::Message { body: "hi".into() });
+        m.matrix_api("/sync", true);
+        m.matrix_api("/rooms/%21r%3Ax/send/m.call.answer/vb1", false);
+        m.send_retry();
+        m.sync_error();
+        m.call_refused();
+        m.verto_event(&VertoEvent::Connected {});
+        m.verto_event(&VertoEvent::Disconnected);
+        m.verto_event(&VertoEvent::Connected {});
+        let t = m.encode();
+        for (series, want) in [
+            (
+                "bridge_matrix_event_total{event_type=\"m.room.message\"}",
+                1.0,
+            ),
+            ("bridge_matrix_api_calls_total{method=\"sync\"}", 1.0),
+            ("bridge_matrix_api_calls_total{method=\"send\"}", 1.0),
+            ("bridge_matrix_api_calls_failed_total{method=\"send\"}", 1.0),
+            ("bridge_connected", 1.0),
+            ("vertobot_calls_active{direction=\"outbound\"}", 0.0),
+            (
+                "vertobot_calls_total{direction=\"outbound\",outcome=\"rejected\"}",
+                1.0,
+            ),
+            ("vertobot_call_setup_seconds_count", 0.0),
+            ("vertobot_verto_reconnects_total", 1.0),
+            ("vertobot_calls_reattached_total", 0.0),
+            ("vertobot_sync_errors_total", 1.0),
+            ("vertobot_event_send_retries_total", 1.0),
+        ] {
+            assert_eq!(sample(&t, series), Some(want), "{series} in\n{t}");
+        }
+        assert!(
+            t.contains("# TYPE vertobot_call_setup_seconds histogram"),
+            "{t}"
+        );
+        assert!(t.contains("# TYPE bridge_matrix_event counter"), "{t}");
+        assert_eq!(
+            sample(&t, "vertobot_dtmf_digits_total{direction=\"to_sip\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "vertobot_calls_total{direction=\"outbound\",outcome=\"failed\"}"
+            ),
+            Some(0.0)
+        );
+        assert!(t.ends_with("# EOF\n"), "{t}");
+        assert_eq!(
+            sample(&t, "bridge_matrix_api_calls_failed_total{method=\"sync\"}"),
+            None
+        );
+    }
+
+    #[test]
+    fn calls_are_counted_by_outcome() {
+        let m = Metrics::new(Duration::from_secs(120));
+        let active =
+            |m: &Metrics| sample(&m.encode(), "vertobot_calls_active{direction=\"outbound\"}");
+        let total = |m: &Metrics, o: &str| {
+            sample(
+                &m.encode(),
+                &format!("vertobot_calls_total{{direction=\"outbound\",outcome=\"{o}\"}}"),
+            )
+        };
+        // Answered, with digits both ways and a reattachment.
+        let mut p = CallProbe::new(&m, false);
+        assert_eq!(active(&m), Some(1.0));
+        p.state(State::Collecting);
+        p.state(State::Ringing);
+        p.action(&Action::SendDtmf {
+            digits: "12w#".into(),
+            react_to: None,
+        });
+        p.state(State::Answered);
+        p.input(&Input::FarDtmf { digit: "5".into() });
+        p.input(&Input::Hangup { reason: None });
+        p.state(State::Detached);
+        p.state(State::Renegotiating);
+        p.state(State::Answered);
+        p.state(State::Ended);
+        drop(p);
+        // The caller hangs up while it rings.
+        let mut p = CallProbe::new(&m, false);
+        p.state(State::Ringing);
+        p.input(&Input::Hangup {
+            reason: Some("user_hangup".into()),
+        });
+        p.state(State::Dialling);
+        p.state(State::Ended);
+        drop(p);
+        // FreeSWITCH refuses it.
+        let mut p = CallProbe::new(&m, false);
+        p.state(State::Dialling);
+        p.state(State::Ended);
+        drop(p);
+        // Not admitted (not a 1:1 room).
+        drop(CallProbe::new(&m, false));
+        // Recovered after a restart: active, reattached, not counted again.
+        let mut p = CallProbe::new(&m, true);
+        p.state(State::Detached);
+        p.state(State::Answered);
+        assert_eq!(active(&m), Some(1.0));
+        drop(p);
+        let t = m.encode();
+        assert_eq!(active(&m), Some(0.0));
+        for (o, n) in [
+            ("answered", 1.0),
+            ("caller_cancelled", 1.0),
+            ("failed", 1.0),
+            ("rejected", 1.0),
+        ] {
+            assert_eq!(total(&m, o), Some(n), "{o}\n{t}");
+        }
+        assert_eq!(
+            sample(&t, "vertobot_call_setup_seconds_count"),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "vertobot_calls_reattached_total"),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "vertobot_dtmf_digits_total{direction=\"to_sip\"}"),
+            Some(3.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "vertobot_dtmf_digits_total{direction=\"from_sip\"}"),
+            Some(1.0),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn disabled_handles_do_nothing() {
+        let m = Metrics::disabled();
+        m.matrix_api("/sync", false);
+        m.sync_ok();
+        let mut p = CallProbe::new(&m, false);
+        p.state(State::Answered);
+        drop(p);
+        assert_eq!(m.encode(), "");
+        assert!(m.readiness().is_err());
+    }
+
+    #[test]
+    fn endpoints_are_a_fixed_set() {
+        for (path, want) in [
+            ("/login", "login"),
+            ("/account/whoami", "whoami"),
+            ("/sync", "sync"),
+            ("/rooms/%21a%3Ab/join", "join"),
+            ("/rooms/%21a%3Ab/leave", "leave"),
+            ("/rooms/%21a%3Ab/joined_members", "joined_members"),
+            ("/rooms/%21a%3Ab/state/m.room.join_rules/", "room_state"),
+            ("/rooms/%21a%3Ab/send/m.call.invite/vb1", "send"),
+            ("/directory/room/%23a%3Ab", "resolve_alias"),
+            ("/something/else", "other"),
+        ] {
+            assert_eq!(endpoint(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn readiness_needs_matrix_sync_and_verto() {
+        let m = Metrics::new(Duration::from_millis(200));
+        let why = |m: &Metrics| m.readiness().unwrap_err();
+        assert!(why(&m).contains("Matrix"));
+        m.matrix_logged_in();
+        assert!(why(&m).contains("sync"));
+        m.sync_ok();
+        assert!(why(&m).contains("verto"));
+        m.verto_event(&VertoEvent::Connected {});
+        assert_eq!(m.readiness(), Ok(()));
+        m.verto_event(&VertoEvent::Disconnected);
+        assert!(why(&m).contains("verto"));
+        m.verto_event(&VertoEvent::Connected {});
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(why(&m).contains("last successful sync"), "{}", why(&m));
+    }
+
+    #[test]
+    fn routes_and_statuses() {
+        let m = Metrics::new(Duration::from_secs(120));
+        let get = |p: &str| respond(&m, &hyper::Method::GET, p).status().as_u16();
+        assert_eq!(get("/health/live"), 200);
+        assert_eq!(get("/health/ready"), 503);
+        assert_eq!(get("/metrics"), 200);
+        assert_eq!(get("/nope"), 404);
+        assert_eq!(
+            respond(&m, &hyper::Method::POST, "/metrics")
+                .status()
+                .as_u16(),
+            405
+        );
+        let r = respond(&m, &hyper::Method::GET, "/metrics");
+        assert!(r.headers()[hyper::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"));
+    }
+}
