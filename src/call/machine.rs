@@ -98,6 +98,8 @@ struct Reneg {
     answer: Option<String>,
     candidates: Vec<TrickleCandidate>,
     deadline: Instant,
+    /// The latest attach: `candidate_wait` after the caller's answer, however long it trickles.
+    attach_by: Option<Instant>,
 }
 
 /// Where the call is.
@@ -934,6 +936,7 @@ impl Call {
             answer: None,
             candidates: Vec::new(),
             deadline: now + self.setup.recovery.first_round,
+            attach_by: None,
         });
         vec![self.negotiate_offer(altered)]
     }
@@ -1111,7 +1114,11 @@ impl Call {
         if complete {
             return self.reneg_attach();
         }
-        r.deadline = now + rec.candidate_wait;
+        // The caller still listens where it did (its offer's and trickled candidates, which
+        // `reneg_attach` falls back to), so waiting ~2 s for matrix-js-sdk's new batch only
+        // delays the audio: attach after a short quiet window unless candidates keep coming.
+        r.deadline = now + rec.quiet;
+        r.attach_by = Some(now + rec.candidate_wait);
         Vec::new()
     }
 
@@ -1130,8 +1137,8 @@ impl Call {
             return self.reneg_attach();
         }
         // matrix-js-sdk never re-sends the marker after a renegotiation: attach once the
-        // batch has gone quiet.
-        r.deadline = r.deadline.min(now + quiet);
+        // batch has gone quiet, and no later than `attach_by`.
+        r.deadline = (now + quiet).min(r.attach_by.unwrap_or(now + quiet));
         Vec::new()
     }
 
@@ -1989,12 +1996,18 @@ mod tests {
             second.contains("a=fingerprint:sha-256 58:2D:1D"),
             "real: {second}"
         );
-        // The answer to the real offer has no candidates: wait for the trickle.
+        // The answer to the real offer has no candidates: a short quiet window for a trickle,
+        // extended while candidates keep coming.
         assert!(c.handle(neg_answer(), now).is_empty());
         let ms = Duration::from_millis;
-        assert!(c.handle(cands(vec![udp(7)]), now + ms(2000)).is_empty());
+        assert_eq!(
+            c.poll_timeout(),
+            Some(now + ms(300)),
+            "quiet window after the answer"
+        );
+        assert!(c.handle(cands(vec![udp(7)]), now + ms(200)).is_empty());
         let due = c.poll_timeout().unwrap();
-        assert_eq!(due, now + ms(2300), "quiet window after the batch");
+        assert_eq!(due, now + ms(500), "quiet window after the batch");
         let a = c.handle_timeout(due);
         let [Action::Attach { sdp }] = a.as_slice() else {
             panic!("{a:?}")
