@@ -457,159 +457,15 @@ impl Config {
     /// Checks every value and returns all problems together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
-        match url::Url::parse(&self.matrix.homeserver) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.push(format!(
-                "matrix.homeserver: scheme must be http or https, not {}",
-                u.scheme()
-            )),
-            Err(e) => p.push(format!("matrix.homeserver: not a URL ({e})")),
-        }
-        if let Err(e) = ruma::UserId::parse(&self.matrix.user_id) {
-            p.push(format!(
-                "matrix.user_id: not a Matrix user id like @bot:example.org ({e})"
-            ));
-        }
-        let has = |s: &Option<Secret>| s.as_ref().is_some_and(|s| !s.expose().is_empty());
-        match (has(&self.matrix.password), has(&self.matrix.access_token)) {
-            (false, false) => p.push(format!(
-                "matrix: set password or access_token (or {ENV_MATRIX_PASSWORD} / {ENV_MATRIX_ACCESS_TOKEN})"
-            )),
-            (true, true) => p.push("matrix: set only one of password and access_token".into()),
-            _ => {}
-        }
-        if !(1..=300).contains(&self.matrix.sync_timeout_secs) {
-            p.push("matrix.sync_timeout_secs: must be between 1 and 300".into());
-        }
-        match url::Url::parse(&self.verto.url) {
-            Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
-            Ok(u) => p.push(format!(
-                "verto.url: scheme must be ws or wss, not {}",
-                u.scheme()
-            )),
-            Err(e) => p.push(format!("verto.url: not a URL ({e})")),
-        }
-        if self.verto.login.trim().is_empty() {
-            p.push("verto.login: must not be empty (user@domain)".into());
-        }
-        if !has(&self.verto.password) {
-            p.push(format!(
-                "verto.password: must be set (or {ENV_VERTO_PASSWORD})"
-            ));
-        }
-        if let Some(ca) = &self.verto.ca_file {
-            if !ca.is_file() {
-                p.push(format!(
-                    "verto.ca_file: {} is not a readable file",
-                    ca.display()
-                ));
-            }
-        }
-        if !(1..=120).contains(&self.verto.request_timeout_secs) {
-            p.push("verto.request_timeout_secs: must be between 1 and 120".into());
-        }
-        if !(1..=600).contains(&self.verto.keepalive_secs) {
-            p.push("verto.keepalive_secs: must be between 1 and 600".into());
-        }
-        if !(1..=3600).contains(&self.verto.reconnect_max_secs) {
-            p.push("verto.reconnect_max_secs: must be between 1 and 3600".into());
-        }
-        let d = &self.calls.destination;
-        if d.is_empty() || d.len() > 128 || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            p.push("calls.destination: must be 1-128 characters without spaces".into());
-        }
-        if !(100..=30_000).contains(&self.calls.candidate_wait_ms) {
-            p.push("calls.candidate_wait_ms: must be between 100 and 30000".into());
-        }
-        if !(1..=1000).contains(&self.calls.max_candidates) {
-            p.push("calls.max_candidates: must be between 1 and 1000".into());
-        }
-        if !(1024..=1024 * 1024).contains(&self.calls.max_sdp_bytes) {
-            p.push("calls.max_sdp_bytes: must be between 1024 and 1048576".into());
-        }
-        for (key, t) in [
-            ("calls.caller_id_name", &self.calls.caller_id_name),
-            ("calls.caller_id_number", &self.calls.caller_id_number),
-        ] {
-            if let Some(why) = template_problem(t) {
-                p.push(format!("{key}: {why}"));
-            }
-        }
-        if !self.calls.digits_on_answer.is_empty() && !valid_digits(&self.calls.digits_on_answer) {
-            p.push("calls.digits_on_answer: only 0-9 * # A-D and w/W pauses".into());
-        }
-        if self.calls.digits_delay_ms > 60_000 {
-            p.push("calls.digits_delay_ms: at most 60000".into());
-        }
-        if !(1..=10_000).contains(&self.calls.max_calls) {
-            p.push("calls.max_calls: must be between 1 and 10000".into());
-        }
-        if !(1..=1000).contains(&self.calls.max_calls_per_user) {
-            p.push("calls.max_calls_per_user: must be between 1 and 1000".into());
-        }
+        self.matrix.check(&mut p);
+        self.verto.check(&mut p);
+        self.calls.check(&mut p);
         for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            if let Some(room) = &r.room {
-                let ok = (room.starts_with('!') || room.starts_with('#')) && room.contains(':');
-                if !ok {
-                    p.push(format!(
-                        "{key}.room: a room id (!id:server) or alias (#name:server)"
-                    ));
-                }
-            }
-            if let Some(u) = &r.user {
-                if u.is_empty() || u.chars().any(char::is_whitespace) {
-                    p.push(format!(
-                        "{key}.user: a user id glob (@*:example.org) or a server glob"
-                    ));
-                }
-            }
-            let d = &r.destination;
-            if d.is_empty()
-                || d.len() > 128
-                || d.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                p.push(format!(
-                    "{key}.destination: must be 1-128 characters without spaces"
-                ));
-            }
-            for (k, t) in [
-                ("caller_id_name", &r.caller_id_name),
-                ("caller_id_number", &r.caller_id_number),
-            ] {
-                if let Some(why) = t.as_deref().and_then(template_problem) {
-                    p.push(format!("{key}.{k}: {why}"));
-                }
-            }
-            if let Some(d) = &r.digits_on_answer {
-                if !d.is_empty() && !valid_digits(d) {
-                    p.push(format!(
-                        "{key}.digits_on_answer: only 0-9 * # A-D and w/W pauses"
-                    ));
-                }
-            }
-            if r.digits_delay_ms.is_some_and(|d| d > 60_000) {
-                p.push(format!("{key}.digits_delay_ms: at most 60000"));
-            }
+            r.check(&format!("routes[{i}]"), &mut p);
         }
-        if !(1..=256).contains(&self.dtmf.max_digits) {
-            p.push("dtmf.max_digits: must be between 1 and 256".into());
-        }
-        if !(100..=60_000).contains(&self.dtmf.burst_ms) {
-            p.push("dtmf.burst_ms: must be between 100 and 60000".into());
-        }
-        if let Some(pat) = &self.dial.pattern {
-            if let Err(e) = regex::Regex::new(pat) {
-                p.push(format!("dial.pattern: not a regular expression ({e})"));
-            }
-        }
-        for (i, a) in self.access.allow.iter().enumerate() {
-            if a.is_empty() || a.chars().any(char::is_whitespace) {
-                p.push(format!(
-                    "access.allow[{i}]: a user id or server glob without spaces"
-                ));
-            }
-        }
+        self.dtmf.check(&mut p);
+        self.dial.check(&mut p);
+        self.access.check(&mut p);
         if self.state_dir.as_os_str().is_empty() {
             p.push("state_dir: must not be empty".into());
         }
@@ -624,6 +480,200 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(p))
+        }
+    }
+}
+
+/// An empty secret (`password: ""`) counts as unset: it is a placeholder, not a password.
+fn is_set(s: &Option<Secret>) -> bool {
+    s.as_ref().is_some_and(|s| !s.expose().is_empty())
+}
+
+/// A destination goes into a dial string, where whitespace or control characters would
+/// split or corrupt it.
+fn bad_destination(d: &str) -> bool {
+    d.is_empty() || d.len() > 128 || d.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+// Each section adds its problems to the same list, named by their full key, so that
+// `validate` reports them all at once and in the file's order.
+
+impl MatrixConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        match url::Url::parse(&self.homeserver) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => p.push(format!(
+                "matrix.homeserver: scheme must be http or https, not {}",
+                u.scheme()
+            )),
+            Err(e) => p.push(format!("matrix.homeserver: not a URL ({e})")),
+        }
+        if let Err(e) = ruma::UserId::parse(&self.user_id) {
+            p.push(format!(
+                "matrix.user_id: not a Matrix user id like @bot:example.org ({e})"
+            ));
+        }
+        match (is_set(&self.password), is_set(&self.access_token)) {
+            (false, false) => p.push(format!(
+                "matrix: set password or access_token (or {ENV_MATRIX_PASSWORD} / {ENV_MATRIX_ACCESS_TOKEN})"
+            )),
+            (true, true) => p.push("matrix: set only one of password and access_token".into()),
+            _ => {}
+        }
+        if !(1..=300).contains(&self.sync_timeout_secs) {
+            p.push("matrix.sync_timeout_secs: must be between 1 and 300".into());
+        }
+    }
+}
+
+impl VertoConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        match url::Url::parse(&self.url) {
+            Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
+            Ok(u) => p.push(format!(
+                "verto.url: scheme must be ws or wss, not {}",
+                u.scheme()
+            )),
+            Err(e) => p.push(format!("verto.url: not a URL ({e})")),
+        }
+        if self.login.trim().is_empty() {
+            p.push("verto.login: must not be empty (user@domain)".into());
+        }
+        if !is_set(&self.password) {
+            p.push(format!(
+                "verto.password: must be set (or {ENV_VERTO_PASSWORD})"
+            ));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                p.push(format!(
+                    "verto.ca_file: {} is not a readable file",
+                    ca.display()
+                ));
+            }
+        }
+        if !(1..=120).contains(&self.request_timeout_secs) {
+            p.push("verto.request_timeout_secs: must be between 1 and 120".into());
+        }
+        if !(1..=600).contains(&self.keepalive_secs) {
+            p.push("verto.keepalive_secs: must be between 1 and 600".into());
+        }
+        if !(1..=3600).contains(&self.reconnect_max_secs) {
+            p.push("verto.reconnect_max_secs: must be between 1 and 3600".into());
+        }
+    }
+}
+
+impl CallsConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        if bad_destination(&self.destination) {
+            p.push("calls.destination: must be 1-128 characters without spaces".into());
+        }
+        if !(100..=30_000).contains(&self.candidate_wait_ms) {
+            p.push("calls.candidate_wait_ms: must be between 100 and 30000".into());
+        }
+        if !(1..=1000).contains(&self.max_candidates) {
+            p.push("calls.max_candidates: must be between 1 and 1000".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_sdp_bytes) {
+            p.push("calls.max_sdp_bytes: must be between 1024 and 1048576".into());
+        }
+        for (key, t) in [
+            ("calls.caller_id_name", &self.caller_id_name),
+            ("calls.caller_id_number", &self.caller_id_number),
+        ] {
+            if let Some(why) = template_problem(t) {
+                p.push(format!("{key}: {why}"));
+            }
+        }
+        if !self.digits_on_answer.is_empty() && !valid_digits(&self.digits_on_answer) {
+            p.push("calls.digits_on_answer: only 0-9 * # A-D and w/W pauses".into());
+        }
+        if self.digits_delay_ms > 60_000 {
+            p.push("calls.digits_delay_ms: at most 60000".into());
+        }
+        if !(1..=10_000).contains(&self.max_calls) {
+            p.push("calls.max_calls: must be between 1 and 10000".into());
+        }
+        if !(1..=1000).contains(&self.max_calls_per_user) {
+            p.push("calls.max_calls_per_user: must be between 1 and 1000".into());
+        }
+    }
+}
+
+impl RouteConfig {
+    /// `key` is `routes[i]`: a route has no name of its own that is sure to be set.
+    fn check(&self, key: &str, p: &mut Vec<String>) {
+        if let Some(room) = &self.room {
+            let ok = (room.starts_with('!') || room.starts_with('#')) && room.contains(':');
+            if !ok {
+                p.push(format!(
+                    "{key}.room: a room id (!id:server) or alias (#name:server)"
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.chars().any(char::is_whitespace) {
+                p.push(format!(
+                    "{key}.user: a user id glob (@*:example.org) or a server glob"
+                ));
+            }
+        }
+        if bad_destination(&self.destination) {
+            p.push(format!(
+                "{key}.destination: must be 1-128 characters without spaces"
+            ));
+        }
+        for (k, t) in [
+            ("caller_id_name", &self.caller_id_name),
+            ("caller_id_number", &self.caller_id_number),
+        ] {
+            if let Some(why) = t.as_deref().and_then(template_problem) {
+                p.push(format!("{key}.{k}: {why}"));
+            }
+        }
+        if let Some(d) = &self.digits_on_answer {
+            if !d.is_empty() && !valid_digits(d) {
+                p.push(format!(
+                    "{key}.digits_on_answer: only 0-9 * # A-D and w/W pauses"
+                ));
+            }
+        }
+        if self.digits_delay_ms.is_some_and(|d| d > 60_000) {
+            p.push(format!("{key}.digits_delay_ms: at most 60000"));
+        }
+    }
+}
+
+impl DtmfConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        if !(1..=256).contains(&self.max_digits) {
+            p.push("dtmf.max_digits: must be between 1 and 256".into());
+        }
+        if !(100..=60_000).contains(&self.burst_ms) {
+            p.push("dtmf.burst_ms: must be between 100 and 60000".into());
+        }
+    }
+}
+
+impl DialConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        if let Some(pat) = &self.pattern {
+            if let Err(e) = regex::Regex::new(pat) {
+                p.push(format!("dial.pattern: not a regular expression ({e})"));
+            }
+        }
+    }
+}
+
+impl AccessConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        for (i, a) in self.allow.iter().enumerate() {
+            if a.is_empty() || a.chars().any(char::is_whitespace) {
+                p.push(format!(
+                    "access.allow[{i}]: a user id or server glob without spaces"
+                ));
+            }
         }
     }
 }

@@ -253,39 +253,74 @@ pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Me
     if lines.media.is_empty() {
         return Err(SdpError::NoMediaSection);
     }
-    let mut dropped = Vec::new();
-    let mut usable = 0;
+    let mut found = Found {
+        cands: vec![Vec::new(); lines.media.len()],
+        usable: 0,
+        dropped: Vec::new(),
+    };
     let mids: Vec<Option<String>> = lines.media.iter().map(|m| mid_of(m)).collect();
+    let rest = found.take_from_offer(&lines.media);
+    for t in trickled.iter().filter(|t| !t.is_end_of_candidates()) {
+        found.place_trickled(t, &mids);
+    }
+    let media = with_candidates(rest, std::mem::take(&mut found.cands));
+    let session = found.filter_session(&lines.session);
+    Ok(Merged {
+        sdp: join(lines.eol, &session, &media),
+        usable: found.usable,
+        dropped: found.dropped,
+    })
+}
 
-    // Candidate lines per section, in order: the offer's first, then trickled ones.
-    let mut cands: Vec<Vec<String>> = vec![Vec::new(); lines.media.len()];
-    let mut rest: Vec<Vec<String>> = Vec::with_capacity(lines.media.len());
-    for (i, section) in lines.media.iter().enumerate() {
-        let mut kept = Vec::new();
-        for line in section {
-            if let Some(value) = line.strip_prefix("a=") {
-                if value.starts_with("candidate:") {
-                    match classify(value) {
-                        Ok(()) => {
-                            if !cands[i].iter().any(|c| c == value) {
-                                cands[i].push(value.to_owned());
-                                usable += 1;
-                            }
-                        }
-                        Err(why) => dropped.push((value.to_owned(), why)),
-                    }
-                    continue;
-                }
-                if value == "end-of-candidates" {
-                    continue;
-                }
-            }
-            kept.push((*line).to_owned());
+/// The candidates gathered for [`merge_candidates`]. Offer candidates come first in each
+/// section so the browser's own order (its priorities) survives; the count and the drop list
+/// span every source, since FreeSWITCH hangs up when no usable one is left at all.
+struct Found {
+    /// Candidate values (without `a=`) per media section, in order.
+    cands: Vec<Vec<String>>,
+    usable: usize,
+    dropped: Vec<(String, Unusable)>,
+}
+
+impl Found {
+    /// Keeps a usable candidate once per section: the browser may send in an event a
+    /// candidate the offer already has.
+    fn add(&mut self, i: usize, value: String) {
+        if !self.cands[i].contains(&value) {
+            self.cands[i].push(value);
+            self.usable += 1;
         }
-        rest.push(kept);
     }
 
-    for t in trickled.iter().filter(|t| !t.is_end_of_candidates()) {
+    /// Moves the offer's candidates out of its sections and returns the other lines. Old
+    /// `a=end-of-candidates` lines go too: one is added back after the last candidate.
+    fn take_from_offer(&mut self, media: &[Vec<&str>]) -> Vec<Vec<String>> {
+        let mut rest = Vec::with_capacity(media.len());
+        for (i, section) in media.iter().enumerate() {
+            let mut kept = Vec::new();
+            for line in section {
+                if let Some(value) = line.strip_prefix("a=") {
+                    if value.starts_with("candidate:") {
+                        match classify(value) {
+                            Ok(()) => self.add(i, value.to_owned()),
+                            Err(why) => self.dropped.push((value.to_owned(), why)),
+                        }
+                        continue;
+                    }
+                    if value == "end-of-candidates" {
+                        continue;
+                    }
+                }
+                kept.push((*line).to_owned());
+            }
+            rest.push(kept);
+        }
+        rest
+    }
+
+    /// The `sdpMid` wins over the index: browsers may reorder or bundle sections, and the
+    /// mid is what names a section for sure.
+    fn place_trickled(&mut self, t: &TrickleCandidate, mids: &[Option<String>]) {
         let target = t
             .sdp_mid
             .as_deref()
@@ -293,17 +328,17 @@ pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Me
             .or_else(|| {
                 t.sdp_m_line_index
                     .and_then(|i| usize::try_from(i).ok())
-                    .filter(|i| *i < lines.media.len())
+                    .filter(|i| *i < mids.len())
             });
         let Some(i) = target else {
-            dropped.push((
+            self.dropped.push((
                 t.candidate.clone(),
                 Unusable::NoSection {
                     mid: t.sdp_mid.clone(),
                     index: t.sdp_m_line_index,
                 },
             ));
-            continue;
+            return;
         };
         match classify(&t.candidate) {
             Ok(()) => {
@@ -313,17 +348,39 @@ pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Me
                     .strip_prefix("a=")
                     .unwrap_or(t.candidate.trim())
                     .to_owned();
-                if !cands[i].contains(&value) {
-                    cands[i].push(value);
-                    usable += 1;
-                }
+                self.add(i, value);
             }
-            Err(why) => dropped.push((t.candidate.clone(), why)),
+            Err(why) => self.dropped.push((t.candidate.clone(), why)),
         }
     }
 
-    let media: Vec<Vec<String>> = rest
-        .into_iter()
+    /// Session-level candidates (FreeSWITCH reads them after the media-level ones) are
+    /// filtered and counted the same way, but stay where they are.
+    fn filter_session(&mut self, lines: &[&str]) -> Vec<String> {
+        let mut session = Vec::with_capacity(lines.len());
+        for line in lines {
+            match line
+                .strip_prefix("a=")
+                .filter(|v| v.starts_with("candidate:"))
+            {
+                Some(value) => match classify(value) {
+                    Ok(()) => {
+                        self.usable += 1;
+                        session.push((*line).to_owned());
+                    }
+                    Err(why) => self.dropped.push((value.to_owned(), why)),
+                },
+                None => session.push((*line).to_owned()),
+            }
+        }
+        session
+    }
+}
+
+/// Appends each section's candidates and, because the offer is now complete, a single
+/// `a=end-of-candidates`; a section without any gets neither.
+fn with_candidates(rest: Vec<Vec<String>>, cands: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rest.into_iter()
         .zip(cands)
         .map(|(mut section, c)| {
             if !c.is_empty() {
@@ -332,30 +389,7 @@ pub fn merge_candidates(offer: &str, trickled: &[TrickleCandidate]) -> Result<Me
             }
             section
         })
-        .collect();
-    // Session-level candidates (FreeSWITCH reads them after the media-level ones) are
-    // filtered and counted the same way.
-    let mut session = Vec::with_capacity(lines.session.len());
-    for line in &lines.session {
-        match line
-            .strip_prefix("a=")
-            .filter(|v| v.starts_with("candidate:"))
-        {
-            Some(value) => match classify(value) {
-                Ok(()) => {
-                    usable += 1;
-                    session.push((*line).to_owned());
-                }
-                Err(why) => dropped.push((value.to_owned(), why)),
-            },
-            None => session.push((*line).to_owned()),
-        }
-    }
-    Ok(Merged {
-        sdp: join(lines.eol, &session, &media),
-        usable,
-        dropped,
-    })
+        .collect()
 }
 
 /// Makes FreeSWITCH's answer acceptable to the browser that sent `offer`.

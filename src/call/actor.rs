@@ -67,24 +67,8 @@ pub async fn run(
     let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = %ctx.room_id, verto_call_id = %ctx.verto_call_id);
     async move {
         let mut probe = crate::metrics::CallProbe::new(ctx.matrix.metrics(), ctx.recovered);
-        let routed = if ctx.recovered {
-            info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
-            Routed {
-                name: "recovered".into(),
-                destination: String::new(),
-                caller_id_name: String::new(),
-                caller_id_number: String::new(),
-                digits_on_answer: None,
-            }
-        } else {
-        let Some(display_name) = admit(&ctx).await else {
+        let Some(routed) = accept(&mut call, &ctx).await else {
             return;
-        };
-        let caller = Caller { user_id: &ctx.caller, display_name: &display_name };
-        let routed = ctx.router.route(&ctx.room_id, &caller, ctx.dial_override.as_deref()).await;
-        info!(caller = %ctx.caller, route = %routed.name, destination = %routed.destination, "call accepted");
-        call.set_digits_on_answer(routed.digits_on_answer.clone());
-        routed
         };
         let mut saved = ctx.recovered;
         let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
@@ -103,58 +87,126 @@ pub async fn run(
             probe.state(call.state());
             if !saved && call.state() == super::machine::State::Answered {
                 saved = true;
-                let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
-                if let Ok(mut store) = ctx.calls.lock() {
-                    store.set(&ctx.verto_call_id, Some(r));
-                }
+                save(&call, &ctx);
             }
             if call.is_ended() {
                 break;
             }
-            let deadline = call.poll_timeout();
-            tokio::select! {
-                input = inbox.recv() => match input {
-                    Some(i) => {
-                        probe.input(&i);
-                        actions = call.handle(i, Instant::now())
-                    }
-                    None => actions = call.handle(super::machine::Input::Shutdown, Instant::now()),
-                },
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    actions = call.handle_timeout(Instant::now());
-                }
-                _ = cancel.cancelled(), if !shutting_down => {
-                    shutting_down = true;
-                    let input = if ctx.detach_on_shutdown { Input::Detach } else { Input::Shutdown };
-                    actions = call.handle(input, Instant::now());
-                }
-            }
+            actions = next_actions(
+                &mut call,
+                &ctx,
+                &mut inbox,
+                &cancel,
+                &mut shutting_down,
+                &mut probe,
+            )
+            .await;
         }
-        info!(
-            reason = call.end_reason.as_deref().unwrap_or("-"),
-            "call ended"
-        );
         drop(probe);
-        if !call.kept {
-            if let Ok(mut store) = ctx.calls.lock() {
-                store.set(&ctx.verto_call_id, None);
-            }
-        }
-        drop(mtx);
-        // Let the last events out; during shutdown only briefly.
-        let grace = if cancel.is_cancelled() {
-            Duration::from_secs(4)
-        } else {
-            Duration::from_secs(90)
-        };
-        let _ = tokio::time::timeout(grace, async {
-            while side_tasks.join_next().await.is_some() {}
-            let _ = sender.await;
-        })
-        .await;
+        finish(&call, &ctx, mtx, sender, side_tasks, &cancel).await;
     }
     .instrument(span)
     .await
+}
+
+/// The route of a new call, or `None` when it is not admitted. A recovered call was admitted
+/// and routed in the last run, and FreeSWITCH re-offers it without being dialled again, so it
+/// gets a placeholder route.
+async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
+    if ctx.recovered {
+        info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
+        return Some(Routed {
+            name: "recovered".into(),
+            destination: String::new(),
+            caller_id_name: String::new(),
+            caller_id_number: String::new(),
+            digits_on_answer: None,
+        });
+    }
+    let display_name = admit(ctx).await?;
+    let caller = Caller {
+        user_id: &ctx.caller,
+        display_name: &display_name,
+    };
+    let routed = ctx
+        .router
+        .route(&ctx.room_id, &caller, ctx.dial_override.as_deref())
+        .await;
+    info!(caller = %ctx.caller, route = %routed.name, destination = %routed.destination, "call accepted");
+    call.set_digits_on_answer(routed.digits_on_answer.clone());
+    Some(routed)
+}
+
+/// Saved once, on answer: from then on a restart can take the call back when FreeSWITCH
+/// re-offers it, instead of dropping a call that is in progress.
+fn save(call: &Call, ctx: &Ctx) {
+    let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
+    if let Ok(mut store) = ctx.calls.lock() {
+        store.set(&ctx.verto_call_id, Some(r));
+    }
+}
+
+/// Waits for whatever moves the call on: an input, a due timer, or the stop. The stop is
+/// taken once; after that the call ends through its own inputs and timers.
+async fn next_actions(
+    call: &mut Call,
+    ctx: &Ctx,
+    inbox: &mut mpsc::Receiver<Input>,
+    cancel: &CancellationToken,
+    shutting_down: &mut bool,
+    probe: &mut crate::metrics::CallProbe,
+) -> Vec<Action> {
+    let deadline = call.poll_timeout();
+    tokio::select! {
+        input = inbox.recv() => match input {
+            Some(i) => {
+                probe.input(&i);
+                call.handle(i, Instant::now())
+            }
+            None => call.handle(super::machine::Input::Shutdown, Instant::now()),
+        },
+        _ = sleep_until(deadline), if deadline.is_some() => {
+            call.handle_timeout(Instant::now())
+        }
+        _ = cancel.cancelled(), if !*shutting_down => {
+            *shutting_down = true;
+            let input = if ctx.detach_on_shutdown { Input::Detach } else { Input::Shutdown };
+            call.handle(input, Instant::now())
+        }
+    }
+}
+
+/// Forgets the saved call unless it was kept for the next start, then gives the last Matrix
+/// events and side tasks time to finish: the caller should still see the hangup.
+async fn finish(
+    call: &Call,
+    ctx: &Ctx,
+    mtx: MatrixQueue,
+    sender: tokio::task::JoinHandle<()>,
+    mut side_tasks: JoinSet<()>,
+    cancel: &CancellationToken,
+) {
+    info!(
+        reason = call.end_reason.as_deref().unwrap_or("-"),
+        "call ended"
+    );
+    if !call.kept {
+        if let Ok(mut store) = ctx.calls.lock() {
+            store.set(&ctx.verto_call_id, None);
+        }
+    }
+    drop(mtx);
+    // Let the last events out; during shutdown only briefly.
+    let grace = if cancel.is_cancelled() {
+        Duration::from_secs(4)
+    } else {
+        Duration::from_secs(90)
+    };
+    let _ = tokio::time::timeout(grace, async {
+        while side_tasks.join_next().await.is_some() {}
+        let _ = sender.await;
+    })
+    .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

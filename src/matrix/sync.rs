@@ -201,13 +201,7 @@ pub async fn run(
     accept: InvitePolicy,
     cancel: CancellationToken,
 ) {
-    let mut since = match store.since() {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %Chain(&e), "cannot read the sync position; starting fresh");
-            None
-        }
-    };
+    let mut since = saved_since(&store);
     // Without a saved position, anything created before this start is history. The initial
     // sync alone does not guarantee that: Synapse may answer it from a response cache made
     // minutes ago, and the next incremental sync then replays what came after it. So events
@@ -230,82 +224,155 @@ pub async fn run(
             Ok(resp) => {
                 backoff.reset();
                 let received = Instant::now();
-                for (room, invited) in &resp.rooms.invite {
-                    let inviter = invited.inviter(&cfg.user_id).unwrap_or("");
-                    if accept(inviter) {
-                        spawn_join(&client, room, &joining, &cancel);
-                    } else {
-                        spawn_decline(&client, room, inviter, &joining);
-                    }
-                }
-                let mut rooms = Vec::new();
-                if !first {
-                    for (room_id, room) in resp.rooms.join {
-                        let mut events = Vec::new();
-                        for raw in room.timeline.events {
-                            match parse_event(&raw) {
-                                Ok(ev) if is_before(fresh_start, received, ev.age_ms) => {
-                                    debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
-                                }
-                                Ok(ev) => {
-                                    if ev.sender != cfg.user_id {
-                                        client.metrics().matrix_event(&ev.kind);
-                                    }
-                                    events.push(ev)
-                                }
-                                Err(EventError::Irrelevant) => {}
-                                Err(e) => warn!(%room_id, error = %e, "skipping event"),
-                            }
-                        }
-                        if !events.is_empty() {
-                            rooms.push((room_id, events));
-                        }
-                    }
-                }
+                answer_invites(
+                    &client,
+                    &cfg,
+                    &resp.rooms.invite,
+                    &accept,
+                    &joining,
+                    &cancel,
+                );
+                let rooms = if first {
+                    Vec::new()
+                } else {
+                    timeline_events(
+                        &client,
+                        &cfg.user_id,
+                        resp.rooms.join,
+                        fresh_start,
+                        received,
+                    )
+                };
                 if !rooms.is_empty() && !hand_over(&tx, received, rooms, &cancel).await {
                     return;
                 }
-                if let Err(e) = store.save_since(&resp.next_batch) {
-                    error!(error = %Chain(&e), "cannot save the sync position");
-                }
-                let _ = store.touch_alive();
+                save_position(&store, &resp.next_batch);
                 client.metrics().sync_ok();
                 since = Some(resp.next_batch);
             }
             Err(e) => {
                 client.metrics().sync_error();
-                let wait = if e.is_unknown_token() {
-                    match &cfg.password {
-                        Some(_) => {
-                            warn!("Matrix access token rejected; logging in again");
-                            match login(&cfg, &store).await {
-                                Ok((c, s)) => {
-                                    client.set_token(Secret::new(&s.access_token));
-                                    drop(c);
-                                    continue;
-                                }
-                                Err(e) => {
-                                    error!(error = %Chain(&e), "Matrix login failed");
-                                    Duration::from_secs(30)
-                                }
-                            }
-                        }
-                        None => {
-                            error!("the configured Matrix access_token was rejected (M_UNKNOWN_TOKEN): configure a new token or a password");
-                            Duration::from_secs(60)
-                        }
-                    }
-                } else {
-                    let ours = backoff.next_wait();
-                    let w = e.retry_after().unwrap_or(ours);
-                    warn!(error = %Chain(&e), retry_in = ?w, "sync failed");
-                    w
+                let Some(wait) = after_sync_error(&e, &client, &cfg, &store, &mut backoff).await
+                else {
+                    continue;
                 };
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
+        }
+    }
+}
+
+/// An unreadable position is not fatal: starting fresh only skips old timeline events.
+fn saved_since(store: &StateStore) -> Option<String> {
+    match store.since() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %Chain(&e), "cannot read the sync position; starting fresh");
+            None
+        }
+    }
+}
+
+/// Joins or declines in the background, so a slow homeserver does not hold up the calls
+/// in the same sync response.
+fn answer_invites(
+    client: &MatrixClient,
+    cfg: &MatrixConfig,
+    invites: &HashMap<String, InvitedRoom>,
+    accept: &InvitePolicy,
+    joining: &Arc<Mutex<HashSet<String>>>,
+    cancel: &CancellationToken,
+) {
+    for (room, invited) in invites {
+        let inviter = invited.inviter(&cfg.user_id).unwrap_or("");
+        if accept(inviter) {
+            spawn_join(client, room, joining, cancel);
+        } else {
+            spawn_decline(client, room, inviter, joining);
+        }
+    }
+}
+
+/// The events the bridge acts on, per room; rooms left without any are dropped so that an
+/// idle sync hands nothing over and is not waited for.
+fn timeline_events(
+    client: &MatrixClient,
+    bot: &str,
+    join: HashMap<String, JoinedRoom>,
+    fresh_start: Option<Instant>,
+    received: Instant,
+) -> Vec<(String, Vec<TimelineEvent>)> {
+    let mut rooms = Vec::new();
+    for (room_id, room) in join {
+        let mut events = Vec::new();
+        for raw in room.timeline.events {
+            match parse_event(&raw) {
+                Ok(ev) if is_before(fresh_start, received, ev.age_ms) => {
+                    debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
+                }
+                Ok(ev) => {
+                    if ev.sender != bot {
+                        client.metrics().matrix_event(&ev.kind);
+                    }
+                    events.push(ev)
+                }
+                Err(EventError::Irrelevant) => {}
+                Err(e) => warn!(%room_id, error = %e, "skipping event"),
+            }
+        }
+        if !events.is_empty() {
+            rooms.push((room_id, events));
+        }
+    }
+    rooms
+}
+
+/// A position that cannot be saved costs at most a replay after a restart, so the loop
+/// goes on; the alive mark is what `vertobot --health` reads.
+fn save_position(store: &StateStore, next_batch: &str) {
+    if let Err(e) = store.save_since(next_batch) {
+        error!(error = %Chain(&e), "cannot save the sync position");
+    }
+    let _ = store.touch_alive();
+}
+
+/// How long to wait before the next sync, or `None` to sync again at once because a fresh
+/// login replaced a rejected token. A token-only setup cannot log in, so it waits long and
+/// says what to configure instead.
+async fn after_sync_error(
+    e: &MatrixError,
+    client: &MatrixClient,
+    cfg: &MatrixConfig,
+    store: &StateStore,
+    backoff: &mut Backoff,
+) -> Option<Duration> {
+    if !e.is_unknown_token() {
+        let ours = backoff.next_wait();
+        let w = e.retry_after().unwrap_or(ours);
+        warn!(error = %Chain(e), retry_in = ?w, "sync failed");
+        return Some(w);
+    }
+    match &cfg.password {
+        Some(_) => {
+            warn!("Matrix access token rejected; logging in again");
+            match login(cfg, store).await {
+                Ok((c, s)) => {
+                    client.set_token(Secret::new(&s.access_token));
+                    drop(c);
+                    None
+                }
+                Err(e) => {
+                    error!(error = %Chain(&e), "Matrix login failed");
+                    Some(Duration::from_secs(30))
+                }
+            }
+        }
+        None => {
+            error!("the configured Matrix access_token was rejected (M_UNKNOWN_TOKEN): configure a new token or a password");
+            Some(Duration::from_secs(60))
         }
     }
 }

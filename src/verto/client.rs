@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
@@ -523,13 +523,35 @@ impl Actor {
         id
     }
 
-    async fn session(
-        &mut self,
-        mut ws: Ws,
-        cancel: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> End {
-        // Log in first. Nothing else is sent until FreeSWITCH accepts us.
+    /// One connection, from the login to the end. Nothing but the login is sent until
+    /// FreeSWITCH accepts it, so no request can reach an unauthenticated socket.
+    async fn session(&mut self, ws: Ws, cancel: &CancellationToken, backoff: &mut Backoff) -> End {
+        let mut conn = match self.login(ws).await {
+            Ok(conn) => conn,
+            Err(end) => return end,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let step = tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = conn.ws.close(None).await;
+                    Err(End::Cancelled)
+                }
+                msg = conn.ws.next() => self.on_frame(&mut conn, msg, backoff).await,
+                cmd = self.rx.recv(), if conn.logged_in => self.on_command(&mut conn, cmd).await,
+                _ = tick.tick() => self.on_tick(&mut conn).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends the login; its pending entry has no reply channel, so a login that times out
+    /// ends the connection instead of failing a caller.
+    async fn login(&mut self, mut ws: Ws) -> Result<Conn, End> {
         let login_id = self.alloc_id();
         let frame = rpc::request(
             login_id,
@@ -543,7 +565,7 @@ impl Actor {
             }),
         );
         if let Err(e) = self.send(&mut ws, &frame).await {
-            return End::Lost(e);
+            return Err(End::Lost(e));
         }
         self.pending.insert(
             login_id,
@@ -553,146 +575,250 @@ impl Actor {
                 reply: None,
             },
         );
-        let mut logged_in = false;
-        let mut ping: Option<(u64, Instant)> = None;
-        let mut last_ping = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Conn {
+            ws,
+            login_id,
+            logged_in: false,
+            ping: None,
+            last_ping: Instant::now(),
+        })
+    }
 
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    let _ = ws.close(None).await;
-                    return End::Cancelled;
+    /// One WebSocket frame may carry several verto messages; each is handled in order and
+    /// the first one that ends the connection stops the rest.
+    async fn on_frame(
+        &mut self,
+        conn: &mut Conn,
+        msg: Option<Result<Message, tungstenite::Error>>,
+        backoff: &mut Backoff,
+    ) -> Result<(), End> {
+        let Some(text) = frame_text(msg)? else {
+            return Ok(());
+        };
+        trace!(frame = %text, "verto recv");
+        for item in rpc::parse_frame(&text) {
+            match item {
+                Err(e) => warn!(error = %e, "ignoring verto frame"),
+                Ok(Incoming::Response { id, outcome }) => {
+                    self.on_response(conn, id, outcome, backoff).await?;
                 }
-                msg = ws.next() => {
-                    let text = match msg {
-                        None => return End::Lost("socket closed".into()),
-                        Some(Err(e)) => return End::Lost(Chain(&e).to_string()),
-                        Some(Ok(Message::Text(t))) => t.to_string(),
-                        Some(Ok(Message::Close(f))) => {
-                            return End::Lost(format!("closed by FreeSWITCH ({f:?})"));
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            warn!("ignoring binary frame from FreeSWITCH");
-                            continue;
-                        }
-                        Some(Ok(_)) => continue,
-                    };
-                    trace!(frame = %text, "verto recv");
-                    for item in rpc::parse_frame(&text) {
-                        match item {
-                            Err(e) => warn!(error = %e, "ignoring verto frame"),
-                            Ok(Incoming::Response { id, outcome }) => {
-                                if id == Some(login_id) && !logged_in {
-                                    self.pending.remove(&login_id);
-                                    match outcome {
-                                        Ok(_) => {
-                                            logged_in = true;
-                                            backoff.reset();
-                                            info!(login = %self.login, "logged in to FreeSWITCH");
-                                            let _ = self.events.send(VertoEvent::Connected {}).await;
-                                        }
-                                        Err(e) => {
-                                            error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
-                                            // Do not hammer FreeSWITCH with a bad password.
-                                            backoff.set_next(self.reconnect_max);
-                                            let _ = ws.close(None).await;
-                                            return End::Lost("login refused".into());
-                                        }
-                                    }
-                                    continue;
-                                }
-                                if let (Some(id), Some((pid, _))) = (id, ping) {
-                                    if id == pid {
-                                        ping = None;
-                                        continue;
-                                    }
-                                }
-                                match id.and_then(|id| self.pending.remove(&id)) {
-                                    Some(p) => {
-                                        debug!(method = %p.method, ok = outcome.is_ok(), "verto reply");
-                                        if let Some(r) = p.reply {
-                                            let _ = r.send(outcome.map_err(VertoError::Rpc));
-                                        }
-                                    }
-                                    None => warn!(?id, outcome = ?outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()), "verto reply to no pending request"),
-                                }
-                            }
-                            Ok(Incoming::Request { id, method, params }) => {
-                                if let Err(e) = self.send(&mut ws, &rpc::ack(&id, &method)).await {
-                                    return End::Lost(e);
-                                }
-                                if method == "verto.punt" {
-                                    let now = Instant::now();
-                                    self.punts.retain(|t| now.duration_since(*t) < Duration::from_secs(600));
-                                    self.punts.push_back(now);
-                                    if self.punts.len() > 1 {
-                                        error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
-                                        backoff.set_next(self.reconnect_max);
-                                    } else {
-                                        warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
-                                        backoff.set_next(Duration::from_millis(200));
-                                    }
-                                    let _ = self.events.send(VertoEvent::Punted).await;
-                                    let _ = ws.close(None).await;
-                                    return End::Lost("punted".into());
-                                }
-                                if let Some(ev) = to_event(&method, &params) {
-                                    let _ = self.events.send(ev).await;
-                                }
-                            }
-                            Ok(Incoming::Notification { method, .. }) => {
-                                debug!(%method, "verto notification ignored");
-                            }
-                        }
-                    }
+                Ok(Incoming::Request { id, method, params }) => {
+                    self.on_request(conn, id, method, params, backoff).await?;
                 }
-                cmd = self.rx.recv(), if logged_in => {
-                    let Some(Command::Request { method, mut params, reply }) = cmd else {
-                        let _ = ws.close(None).await;
-                        return End::Cancelled;
-                    };
-                    if let Value::Object(m) = &mut params {
-                        m.insert("sessid".into(), Value::String(self.sessid.clone()));
-                    }
-                    let id = self.alloc_id();
-                    let frame = rpc::request(id, &method, params);
-                    if let Err(e) = self.send(&mut ws, &frame).await {
-                        let _ = reply.send(Err(VertoError::Disconnected));
-                        return End::Lost(e);
-                    }
-                    self.pending.insert(id, Pending { method, deadline: Instant::now() + self.timeout, reply: Some(reply) });
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
-                    for id in expired {
-                        if let Some(p) = self.pending.remove(&id) {
-                            warn!(method = %p.method, "no reply from FreeSWITCH in time");
-                            match p.reply {
-                                Some(r) => { let _ = r.send(Err(VertoError::Timeout(self.timeout))); }
-                                None => return End::Lost(format!("no reply to {}", p.method)),
-                            }
-                        }
-                    }
-                    if let Some((_, sent)) = ping {
-                        if now.duration_since(sent) > self.timeout {
-                            let _ = ws.close(None).await;
-                            return End::Lost("verto.ping unanswered".into());
-                        }
-                    } else if logged_in && now.duration_since(last_ping) >= self.keepalive {
-                        let id = self.alloc_id();
-                        let frame = rpc::request(id, "verto.ping", json!({"sessid": self.sessid}));
-                        if let Err(e) = self.send(&mut ws, &frame).await {
-                            return End::Lost(e);
-                        }
-                        ping = Some((id, now));
-                        last_ping = now;
-                    }
+                Ok(Incoming::Notification { method, .. }) => {
+                    debug!(%method, "verto notification ignored");
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The login reply and the keepalive reply are ours; every other reply goes to the
+    /// request that waits for it.
+    async fn on_response(
+        &mut self,
+        conn: &mut Conn,
+        id: Option<u64>,
+        outcome: Result<Value, RpcError>,
+        backoff: &mut Backoff,
+    ) -> Result<(), End> {
+        if id == Some(conn.login_id) && !conn.logged_in {
+            return self.on_login_reply(conn, outcome, backoff).await;
+        }
+        if let (Some(id), Some((pid, _))) = (id, conn.ping) {
+            if id == pid {
+                conn.ping = None;
+                return Ok(());
+            }
+        }
+        match id.and_then(|id| self.pending.remove(&id)) {
+            Some(p) => {
+                debug!(method = %p.method, ok = outcome.is_ok(), "verto reply");
+                if let Some(r) = p.reply {
+                    let _ = r.send(outcome.map_err(VertoError::Rpc));
+                }
+            }
+            None => {
+                warn!(?id, outcome = ?outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()), "verto reply to no pending request")
+            }
+        }
+        Ok(())
+    }
+
+    /// Only an accepted login resets the backoff, so a connection that is refused every
+    /// time never reconnects at full speed.
+    async fn on_login_reply(
+        &mut self,
+        conn: &mut Conn,
+        outcome: Result<Value, RpcError>,
+        backoff: &mut Backoff,
+    ) -> Result<(), End> {
+        self.pending.remove(&conn.login_id);
+        match outcome {
+            Ok(_) => {
+                conn.logged_in = true;
+                backoff.reset();
+                info!(login = %self.login, "logged in to FreeSWITCH");
+                let _ = self.events.send(VertoEvent::Connected {}).await;
+                Ok(())
+            }
+            Err(e) => {
+                error!(login = %self.login, error = %e, "FreeSWITCH refused the verto login; check verto.login and verto.password");
+                // Do not hammer FreeSWITCH with a bad password.
+                backoff.set_next(self.reconnect_max);
+                let _ = conn.ws.close(None).await;
+                Err(End::Lost("login refused".into()))
+            }
+        }
+    }
+
+    /// Every server request is acknowledged before it is acted on, as FreeSWITCH expects.
+    async fn on_request(
+        &mut self,
+        conn: &mut Conn,
+        id: Value,
+        method: String,
+        params: Value,
+        backoff: &mut Backoff,
+    ) -> Result<(), End> {
+        if let Err(e) = self.send(&mut conn.ws, &rpc::ack(&id, &method)).await {
+            return Err(End::Lost(e));
+        }
+        if method == "verto.punt" {
+            return Err(self.on_punt(conn, backoff).await);
+        }
+        if let Some(ev) = to_event(&method, &params) {
+            let _ = self.events.send(ev).await;
+        }
+        Ok(())
+    }
+
+    /// A single punt is usually our own stale connection, so one quick reconnect is fine;
+    /// repeated punts mean another client shares the session id, and reconnecting fast would
+    /// only make the two fight.
+    async fn on_punt(&mut self, conn: &mut Conn, backoff: &mut Backoff) -> End {
+        let now = Instant::now();
+        self.punts
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(600));
+        self.punts.push_back(now);
+        if self.punts.len() > 1 {
+            error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
+            backoff.set_next(self.reconnect_max);
+        } else {
+            warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
+            backoff.set_next(Duration::from_millis(200));
+        }
+        let _ = self.events.send(VertoEvent::Punted).await;
+        let _ = conn.ws.close(None).await;
+        End::Lost("punted".into())
+    }
+
+    /// Requests wait for the login, so none is sent on a socket FreeSWITCH has not accepted;
+    /// the pending entry is made only after the send succeeded.
+    async fn on_command(&mut self, conn: &mut Conn, cmd: Option<Command>) -> Result<(), End> {
+        let Some(Command::Request {
+            method,
+            mut params,
+            reply,
+        }) = cmd
+        else {
+            let _ = conn.ws.close(None).await;
+            return Err(End::Cancelled);
+        };
+        if let Value::Object(m) = &mut params {
+            m.insert("sessid".into(), Value::String(self.sessid.clone()));
+        }
+        let id = self.alloc_id();
+        let frame = rpc::request(id, &method, params);
+        if let Err(e) = self.send(&mut conn.ws, &frame).await {
+            let _ = reply.send(Err(VertoError::Disconnected));
+            return Err(End::Lost(e));
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                method,
+                deadline: Instant::now() + self.timeout,
+                reply: Some(reply),
+            },
+        );
+        Ok(())
+    }
+
+    /// Deadlines and the keepalive share one clock tick, so both see the same `now`.
+    async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), End> {
+        let now = Instant::now();
+        self.expire_pending(now)?;
+        self.keepalive(conn, now).await
+    }
+
+    /// A request without a reply channel is the login: its timeout ends the connection.
+    fn expire_pending(&mut self, now: Instant) -> Result<(), End> {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                warn!(method = %p.method, "no reply from FreeSWITCH in time");
+                match p.reply {
+                    Some(r) => {
+                        let _ = r.send(Err(VertoError::Timeout(self.timeout)));
+                    }
+                    None => return Err(End::Lost(format!("no reply to {}", p.method))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At most one ping is outstanding; an unanswered one means the socket is dead even if
+    /// TCP has not noticed yet.
+    async fn keepalive(&mut self, conn: &mut Conn, now: Instant) -> Result<(), End> {
+        if let Some((_, sent)) = conn.ping {
+            if now.duration_since(sent) > self.timeout {
+                let _ = conn.ws.close(None).await;
+                return Err(End::Lost("verto.ping unanswered".into()));
+            }
+        } else if conn.logged_in && now.duration_since(conn.last_ping) >= self.keepalive {
+            let id = self.alloc_id();
+            let frame = rpc::request(id, "verto.ping", json!({"sessid": self.sessid}));
+            if let Err(e) = self.send(&mut conn.ws, &frame).await {
+                return Err(End::Lost(e));
+            }
+            conn.ping = Some((id, now));
+            conn.last_ping = now;
+        }
+        Ok(())
+    }
+}
+
+/// One connection's socket and where its login and keepalive stand; it starts afresh on
+/// every reconnect while the actor's pending map and punt history carry over.
+struct Conn {
+    ws: Ws,
+    login_id: u64,
+    logged_in: bool,
+    /// The outstanding `verto.ping`: its id and when it was sent.
+    ping: Option<(u64, Instant)>,
+    last_ping: Instant,
+}
+
+/// The text of a frame, `None` for frames that carry no verto message, or how the
+/// connection ended.
+fn frame_text(msg: Option<Result<Message, tungstenite::Error>>) -> Result<Option<String>, End> {
+    match msg {
+        None => Err(End::Lost("socket closed".into())),
+        Some(Err(e)) => Err(End::Lost(Chain(&e).to_string())),
+        Some(Ok(Message::Text(t))) => Ok(Some(t.to_string())),
+        Some(Ok(Message::Close(f))) => Err(End::Lost(format!("closed by FreeSWITCH ({f:?})"))),
+        Some(Ok(Message::Binary(_))) => {
+            warn!("ignoring binary frame from FreeSWITCH");
+            Ok(None)
+        }
+        Some(Ok(_)) => Ok(None),
     }
 }
 
