@@ -75,32 +75,10 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     // when run returns, whichever way.
     let metrics_cancel = cancel.child_token();
     let _metrics_stop = metrics_cancel.clone().drop_guard();
-    let (metrics, metrics_task) = match cfg.metrics.addr() {
-        Some(addr) => {
-            let m = metrics::Metrics::new(Duration::from_secs(cfg.matrix.health_limit_secs()));
-            let task = metrics::serve(addr, m.clone(), metrics_cancel.clone())
-                .await
-                .with_context(|| format!("metrics.listen {addr}"))?;
-            (m, Some(task))
-        }
-        None => (metrics::Metrics::disabled(), None),
-    };
+    let (metrics, metrics_task) = start_metrics(&cfg, &metrics_cancel).await?;
 
-    // Matrix login, retried while the homeserver is unreachable.
-    let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let (matrix, session) = loop {
-        match matrix::sync::login(&cfg.matrix, &store).await {
-            Ok(x) => break x,
-            Err(e) if e.is_transient() => {
-                let wait = backoff.next_wait();
-                warn!(error = %Chain(&e), retry_in = ?wait, "Matrix login failed; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            Err(e) => return Err(e).context("Matrix login"),
-        }
+    let Some((matrix, session)) = login(&cfg, &store, &cancel).await? else {
+        return Ok(());
     };
     let our_party = party_id_from_device(&session.device_id);
     let matrix = matrix.with_metrics(metrics.clone());
@@ -165,6 +143,44 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     }
     info!("stopped");
     Ok(())
+}
+
+/// The metrics handle, and the listener's task when `metrics.listen` is set.
+async fn start_metrics(
+    cfg: &config::Config,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(metrics::Metrics, Option<tokio::task::JoinHandle<()>>)> {
+    let Some(addr) = cfg.metrics.addr() else {
+        return Ok((metrics::Metrics::disabled(), None));
+    };
+    let m = metrics::Metrics::new(Duration::from_secs(cfg.matrix.health_limit_secs()));
+    let task = metrics::serve(addr, m.clone(), cancel.clone())
+        .await
+        .with_context(|| format!("metrics.listen {addr}"))?;
+    Ok((m, Some(task)))
+}
+
+/// The Matrix login, retried while the homeserver is unreachable; `None` when stopped first.
+async fn login(
+    cfg: &config::Config,
+    store: &state::StateStore,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(matrix::MatrixClient, matrix::Session)>> {
+    let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match matrix::sync::login(&cfg.matrix, store).await {
+            Ok(x) => return Ok(Some(x)),
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next_wait();
+                warn!(error = %Chain(&e), retry_in = ?wait, "Matrix login failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e).context("Matrix login"),
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

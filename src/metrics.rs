@@ -73,90 +73,13 @@ impl Metrics {
     /// A live registry. `sync_limit`: how old the last successful sync may be for
     /// `/health/ready` (the same limit as `vertobot --health`).
     pub fn new(sync_limit: Duration) -> Self {
-        let mut registry = Registry::default();
-        let matrix_event = Family::<L1, Counter>::default();
-        registry.register(
-            "bridge_matrix_event",
-            "Matrix events the bridge handled, by type",
-            matrix_event.clone(),
-        );
-        let api_calls = Family::<L1, Counter>::default();
-        registry.register(
-            "bridge_matrix_api_calls",
-            "Client-server API requests, by endpoint",
-            api_calls.clone(),
-        );
-        let api_failed = Family::<L1, Counter>::default();
-        registry.register(
-            "bridge_matrix_api_calls_failed",
-            "Client-server API requests that failed (network or error status), by endpoint",
-            api_failed.clone(),
-        );
-        let connected = Gauge::default();
-        registry.register(
-            "bridge_connected",
-            "1 while the verto session is logged in to FreeSWITCH, else 0",
-            connected.clone(),
-        );
-        let calls_active = Family::<L1, Gauge>::default();
-        registry.register(
-            "vertobot_calls_active",
-            "Calls in progress, by direction",
-            calls_active.clone(),
-        );
-        // Make the usual series visible from the first scrape.
-        drop(calls_active.get_or_create(&[("direction", OUTBOUND)]));
-        let calls_total = Family::<L2, Counter>::default();
-        // A counter's samples get `_total`: registered without it, scraped as named.
-        registry.register(
-            "vertobot_calls",
-            "Finished calls, by direction and outcome",
-            calls_total.clone(),
-        );
-        let setup = Histogram::new(SETUP_BUCKETS);
-        registry.register(
-            "vertobot_call_setup_seconds",
-            "Seconds from the caller's invite to the bridge sending m.call.answer",
-            setup.clone(),
-        );
-        let verto_reconnects = Counter::default();
-        registry.register(
-            "vertobot_verto_reconnects",
-            "Verto logins after the first one (the connection was lost and re-established)",
-            verto_reconnects.clone(),
-        );
-        let reattached = Counter::default();
-        registry.register(
-            "vertobot_calls_reattached",
-            "Answered calls taken back after a verto reconnect or a restart",
-            reattached.clone(),
-        );
-        let sync_errors = Counter::default();
-        registry.register(
-            "vertobot_sync_errors",
-            "Failed /sync requests",
-            sync_errors.clone(),
-        );
-        let send_retries = Counter::default();
-        registry.register(
-            "vertobot_event_send_retries",
-            "Matrix event sends retried after a transient error",
-            send_retries.clone(),
-        );
-        let dtmf = Family::<L1, Counter>::default();
-        registry.register(
-            "vertobot_dtmf_digits",
-            "DTMF digits: to_sip (sent to FreeSWITCH), from_sip (pressed by the far end)",
-            dtmf.clone(),
-        );
-        for d in ["to_sip", "from_sip"] {
-            drop(dtmf.get_or_create(&[("direction", d)]));
-        }
-        for o in OUTCOMES {
-            drop(calls_total.get_or_create(&[("direction", OUTBOUND), ("outcome", o)]));
-        }
+        let mut r = Registry::default();
+        let (matrix_event, api_calls, api_failed, sync_errors, send_retries) =
+            register_matrix(&mut r);
+        let (connected, verto_reconnects, reattached) = register_verto(&mut r);
+        let (calls_active, calls_total, setup, dtmf) = register_calls(&mut r);
         Self(Some(Arc::new(Inner {
-            registry,
+            registry: r,
             matrix_event,
             api_calls,
             api_failed,
@@ -551,6 +474,122 @@ fn respond(metrics: &Metrics, method: &hyper::Method, path: &str) -> hyper::Resp
             "not found: /metrics, /health/live, /health/ready\n".into(),
         ),
     }
+}
+
+type C = Counter;
+type CounterFamily = Family<L1, Counter>;
+
+/// The Matrix side's metrics, in the names other Matrix bridges use.
+fn register_matrix(r: &mut Registry) -> (CounterFamily, CounterFamily, CounterFamily, C, C) {
+    let event = reg(
+        r,
+        "bridge_matrix_event",
+        "Matrix events the bridge handled, by type",
+        CounterFamily::default(),
+    );
+    let api = reg(
+        r,
+        "bridge_matrix_api_calls",
+        "Client-server API requests, by endpoint",
+        CounterFamily::default(),
+    );
+    let failed = reg(
+        r,
+        "bridge_matrix_api_calls_failed",
+        "Client-server API requests that failed (network or error status), by endpoint",
+        CounterFamily::default(),
+    );
+    let sync_errors = reg(
+        r,
+        "vertobot_sync_errors",
+        "Failed /sync requests",
+        C::default(),
+    );
+    let retries = reg(
+        r,
+        "vertobot_event_send_retries",
+        "Matrix event sends retried after a transient error",
+        C::default(),
+    );
+    (event, api, failed, sync_errors, retries)
+}
+
+/// The verto side's metrics.
+fn register_verto(r: &mut Registry) -> (Gauge, C, C) {
+    let connected = reg(
+        r,
+        "bridge_connected",
+        "1 while the verto session is logged in to FreeSWITCH, else 0",
+        Gauge::default(),
+    );
+    let reconnects = reg(
+        r,
+        "vertobot_verto_reconnects",
+        "Verto logins after the first one (the connection was lost and re-established)",
+        C::default(),
+    );
+    let reattached = reg(
+        r,
+        "vertobot_calls_reattached",
+        "Answered calls taken back after a verto reconnect or a restart",
+        C::default(),
+    );
+    (connected, reconnects, reattached)
+}
+
+/// The calls' metrics, with the usual series created so that they show from the first scrape.
+fn register_calls(
+    r: &mut Registry,
+) -> (
+    Family<L1, Gauge>,
+    Family<L2, Counter>,
+    Histogram,
+    CounterFamily,
+) {
+    let active = reg(
+        r,
+        "vertobot_calls_active",
+        "Calls in progress, by direction",
+        Family::<L1, Gauge>::default(),
+    );
+    drop(active.get_or_create(&[("direction", OUTBOUND)]));
+    // A counter's samples get `_total`: registered without it, scraped as named.
+    let total = reg(
+        r,
+        "vertobot_calls",
+        "Finished calls, by direction and outcome",
+        Family::<L2, Counter>::default(),
+    );
+    for o in OUTCOMES {
+        drop(total.get_or_create(&[("direction", OUTBOUND), ("outcome", o)]));
+    }
+    let setup = reg(
+        r,
+        "vertobot_call_setup_seconds",
+        "Seconds from the caller's invite to the bridge sending m.call.answer",
+        Histogram::new(SETUP_BUCKETS),
+    );
+    let dtmf = reg(
+        r,
+        "vertobot_dtmf_digits",
+        "DTMF digits: to_sip (sent to FreeSWITCH), from_sip (pressed by the far end)",
+        CounterFamily::default(),
+    );
+    for d in ["to_sip", "from_sip"] {
+        drop(dtmf.get_or_create(&[("direction", d)]));
+    }
+    (active, total, setup, dtmf)
+}
+
+/// Registers a metric and hands it back, so each one is declared in one statement.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    r.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]
