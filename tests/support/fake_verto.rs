@@ -215,23 +215,8 @@ impl FakeVerto {
             return;
         };
         let (mut up_sink, mut up_stream) = up.split();
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-        let conn = {
-            let mut i = self.inner.lock().unwrap();
-            i.next_conn += 1;
-            let c = i.next_conn;
-            i.conns.insert(c, tx.clone());
-            c
-        };
-        let writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                let close = matches!(m, Message::Close(_));
-                if sink.send(m).await.is_err() || close {
-                    break;
-                }
-            }
-        });
+        let (sink, mut stream) = ws.split();
+        let (conn, tx, writer) = self.open_conn(sink);
         let me = self.clone();
         let down = tokio::spawn(async move {
             while let Some(Ok(m)) = up_stream.next().await {
@@ -707,11 +692,19 @@ impl FakeVerto {
             .collect()
     }
 
-    async fn serve<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>)
+    /// Registers a new connection and starts its writer: what the fake or the switch sends
+    /// to the bot goes through the returned sender.
+    fn open_conn<K>(
+        &self,
+        mut sink: K,
+    ) -> (
+        usize,
+        mpsc::UnboundedSender<Message>,
+        tokio::task::JoinHandle<()>,
+    )
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        K: futures_util::Sink<Message> + Unpin + Send + 'static,
     {
-        let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         let conn = {
             let mut i = self.inner.lock().unwrap();
@@ -728,6 +721,15 @@ impl FakeVerto {
                 }
             }
         });
+        (conn, tx, writer)
+    }
+
+    async fn serve<S>(&self, ws: tokio_tungstenite::WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sink, mut stream) = ws.split();
+        let (conn, tx, writer) = self.open_conn(sink);
         let mut authed = false;
         while let Some(Ok(msg)) = stream.next().await {
             let text = match msg {
