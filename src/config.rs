@@ -17,6 +17,8 @@ use serde::Deserialize;
 pub const ENV_MATRIX_PASSWORD: &str = "VERTOBOT_MATRIX_PASSWORD";
 /// Overrides `matrix.access_token`.
 pub const ENV_MATRIX_ACCESS_TOKEN: &str = "VERTOBOT_MATRIX_ACCESS_TOKEN";
+/// Overrides `matrix.store_passphrase`.
+pub const ENV_MATRIX_STORE_PASSPHRASE: &str = "VERTOBOT_MATRIX_STORE_PASSPHRASE";
 /// Overrides `verto.password`.
 pub const ENV_VERTO_PASSWORD: &str = "VERTOBOT_VERTO_PASSWORD";
 
@@ -145,6 +147,34 @@ pub struct MatrixConfig {
     /// Accept any TLS certificate from the homeserver. For tests only; logged loudly.
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+    /// Encrypts the encryption store (the bot's device keys) at rest. Without it the store
+    /// is kept unencrypted, with a warning at start.
+    #[serde(default)]
+    pub store_passphrase: Option<Secret>,
+    /// Calls in encrypted rooms.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// `matrix.encryption:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Off: encrypted rooms are not served (their events cannot be read).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Whose devices' events the bot decrypts and whose devices get its keys.
+    #[serde(default)]
+    pub trust: crate::matrix::crypto::Trust,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trust: Default::default(),
+        }
+    }
 }
 
 /// `verto:` section.
@@ -448,6 +478,9 @@ impl Config {
         }
         if let Some(v) = get(ENV_MATRIX_ACCESS_TOKEN).filter(|v| !v.is_empty()) {
             self.matrix.access_token = Some(Secret::new(v));
+        }
+        if let Some(v) = get(ENV_MATRIX_STORE_PASSPHRASE).filter(|v| !v.is_empty()) {
+            self.matrix.store_passphrase = Some(Secret::new(v));
         }
         if let Some(v) = get(ENV_VERTO_PASSWORD).filter(|v| !v.is_empty()) {
             self.verto.password = Some(Secret::new(v));

@@ -95,6 +95,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();
+    let crypto_task = start_crypto(&cfg, &store, &session, &matrix, &sync_cancel).await?;
     let own_server = matrix::server_name(&session.user_id).to_owned();
     let allow = cfg.access.allow.clone();
     let accept: matrix::sync::InvitePolicy = std::sync::Arc::new(move |inviter: &str| {
@@ -134,6 +135,9 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
+        if let Some(t) = crypto_task {
+            let _ = t.await;
+        }
     })
     .await;
     if let Some(lost) = lost {
@@ -158,6 +162,38 @@ async fn start_metrics(
         .await
         .with_context(|| format!("metrics.listen {addr}"))?;
     Ok((m, Some(task)))
+}
+
+/// Opens the encryption store and gives `matrix` encryption, when it is on: the bot then
+/// reads and answers calls in encrypted rooms. Returns the task that sends key requests.
+async fn start_crypto(
+    cfg: &config::Config,
+    store: &state::StateStore,
+    session: &matrix::Session,
+    matrix: &matrix::MatrixClient,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let enc = &cfg.matrix.encryption;
+    if !enc.enabled {
+        info!("encryption is off (matrix.encryption.enabled: false): calls in encrypted rooms are not seen");
+        return Ok(None);
+    }
+    let passphrase = cfg.matrix.store_passphrase.as_ref().map(|p| p.expose());
+    if passphrase.is_none() {
+        tracing::warn!("no matrix.store_passphrase: the encryption store (the bot's device keys) is kept unencrypted in state_dir; protect that directory, or set a passphrase");
+    }
+    let crypto = matrix::crypto::Crypto::open(store.dir(), passphrase, session, enc.trust)
+        .await
+        .context("encryption store")?;
+    matrix.set_crypto(crypto.clone());
+    if let Err(e) = crypto.flush(matrix).await {
+        warn!(error = %Chain(&e), "cannot upload the device keys yet; retrying in the background");
+    } else if let Err(e) = crypto.ensure_identity(matrix).await {
+        warn!(error = %Chain(&e), "cannot set up the bot's cross-signing identity; the next start tries again");
+    }
+    Ok(Some(tokio::spawn(
+        crypto.run_outgoing(matrix.clone(), cancel.clone()),
+    )))
 }
 
 /// The Matrix login, retried while the homeserver is unreachable; `None` when stopped first.

@@ -257,6 +257,12 @@ fn endpoint(path: &str) -> &'static str {
         ["rooms", _, "joined_members"] => "joined_members",
         ["rooms", _, "state", ..] => "room_state",
         ["rooms", _, "send", ..] => "send",
+        ["keys", "upload"] => "keys_upload",
+        ["keys", "query"] => "keys_query",
+        ["keys", "claim"] => "keys_claim",
+        ["keys", "device_signing", "upload"] => "keys_device_signing_upload",
+        ["keys", "signatures", "upload"] => "keys_signatures_upload",
+        ["sendToDevice", ..] => "send_to_device",
         _ => "other",
     }
 }

@@ -96,6 +96,11 @@ impl StateStore {
     }
 
     /// The saved `/sync` position.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved `/sync` position.
     pub fn since(&self) -> Result<Option<String>, StateError> {
         Ok(self.read::<SyncPos>("sync.json")?.map(|p| p.since))
     }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::media::MediaPeer;
+use support::media::{run_browser, MediaPeer};
 use support::*;
 
 const MEDIA_T: Duration = Duration::from_secs(20);
@@ -335,29 +335,6 @@ async fn chromium_hold_and_resume() {
         assert!(w[1] > w[0], "audio stalled after the resume: {rx:?}");
     }
     bot.stop().await;
-}
-
-/// Runs `tests/media/js/caller.mjs` (matrix-js-sdk in Chromium) and returns its report.
-async fn run_browser(opts: Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(opts.to_string())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("the browser caller finished")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "caller.mjs failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
-    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
-    r
 }
 
 /// The conference (3000): the Matrix caller joins, a second member (a loopback leg playing a

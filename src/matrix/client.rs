@@ -48,6 +48,15 @@ pub enum MatrixError {
     /// The response body was not what the spec says.
     #[error("cannot decode response: {0}")]
     Decode(String),
+    /// The end-to-end encryption store or state machine failed.
+    #[error("{what}")]
+    Crypto {
+        /// What was being done, in plain words.
+        what: String,
+        /// The crate's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl MatrixError {
@@ -58,7 +67,7 @@ impl MatrixError {
             MatrixError::Api {
                 status, errcode, ..
             } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
-            MatrixError::Client(_) | MatrixError::Decode(_) => false,
+            MatrixError::Client(_) | MatrixError::Decode(_) | MatrixError::Crypto { .. } => false,
         }
     }
     /// The access token is no longer valid.
@@ -95,6 +104,9 @@ pub struct MatrixClient {
     base: String,
     token: Arc<RwLock<Secret>>,
     metrics: crate::metrics::Metrics,
+    /// Set once after login when encryption is on: sending into an encrypted room goes
+    /// through it.
+    crypto: Arc<std::sync::OnceLock<super::crypto::Crypto>>,
 }
 
 /// Response of `GET /joined_members`.
@@ -136,6 +148,7 @@ impl MatrixClient {
             base: homeserver.trim_end_matches('/').to_owned(),
             token: Arc::new(RwLock::new(token.unwrap_or_default())),
             metrics: Default::default(),
+            crypto: Default::default(),
         })
     }
 
@@ -148,6 +161,16 @@ impl MatrixClient {
     /// The metrics handle (off unless [`with_metrics`](Self::with_metrics) set one).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
+    }
+
+    /// Turns on encryption for rooms that ask for it (once; later calls are ignored).
+    pub fn set_crypto(&self, crypto: super::crypto::Crypto) {
+        let _ = self.crypto.set(crypto);
+    }
+
+    /// The encryption state, when encryption is on.
+    pub fn crypto(&self) -> Option<&super::crypto::Crypto> {
+        self.crypto.get()
     }
 
     /// Replaces the access token (after a re-login).
@@ -206,43 +229,114 @@ impl MatrixClient {
         };
         let resp = req.send().await.map_err(network)?;
         let status = resp.status();
-        let header_retry = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let header_retry = retry_after_header(&resp);
         let bytes = resp.bytes().await.map_err(network)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| MatrixError::Decode(e.to_string()));
         }
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Err(MatrixError::Api {
-            status: status.as_u16(),
-            errcode: v
-                .get("errcode")
-                .and_then(Value::as_str)
-                .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
-                    "M_LIMIT_EXCEEDED"
-                } else {
-                    "M_UNKNOWN"
-                })
-                .to_owned(),
-            message: v
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(300)
-                .collect(),
-            retry_after: v
-                .get("retry_after_ms")
-                .and_then(Value::as_u64)
-                .map(Duration::from_millis)
-                .or(header_retry),
-        })
+        Err(api_error(status, header_retry, &bytes))
     }
 
+    /// Sends one of ruma's typed requests (the key requests of the encryption state machine)
+    /// and parses the typed response; errors are classified as for every other call.
+    pub(super) async fn ruma<R>(&self, req: R) -> Result<R::IncomingResponse, MatrixError>
+    where
+        R: ruma::api::OutgoingRequest<
+            Authentication = ruma::api::auth_scheme::AccessToken,
+            PathBuilder = ruma::api::path_builder::VersionHistory,
+        >,
+    {
+        use ruma::api::IncomingResponse;
+        let versions =
+            ruma::api::SupportedVersions::from_parts(&["v1.11".to_owned()], &Default::default());
+        let token = self.token();
+        let path = R::PATH_BUILDER
+            .stable_paths()
+            .last()
+            .map_or("", |(_, p)| p.trim_start_matches("/_matrix/client/v3"));
+        let req: http::Request<Vec<u8>> = req
+            .try_into_http_request(
+                &self.base,
+                ruma::api::auth_scheme::SendAccessToken::Always(&token),
+                std::borrow::Cow::Owned(versions),
+            )
+            .map_err(|e| MatrixError::Decode(format!("cannot build {path}: {e}")))?;
+        let res = self.send_http(req).await;
+        self.metrics.matrix_api(path, res.is_ok());
+        let (status, body) = res?;
+        let resp = http::Response::builder()
+            .status(status)
+            .body(body)
+            .map_err(|e| MatrixError::Decode(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(resp)
+            .map_err(|e| MatrixError::Decode(format!("{path}: {e}")))
+    }
+
+    async fn send_http(&self, req: http::Request<Vec<u8>>) -> Result<(u16, Vec<u8>), MatrixError> {
+        let (parts, body) = req.into_parts();
+        let url = parts.uri.to_string();
+        debug!(method = %parts.method, path = %parts.uri.path(), "matrix request");
+        let network = |e: reqwest::Error| MatrixError::Network {
+            homeserver: self.base.clone(),
+            source: e.without_url(),
+        };
+        let resp = self
+            .http
+            .request(parts.method, &url)
+            .headers(parts.headers)
+            .body(body)
+            .timeout(Self::SHORT)
+            .send()
+            .await
+            .map_err(network)?;
+        let status = resp.status();
+        let header_retry = retry_after_header(&resp);
+        let bytes = resp.bytes().await.map_err(network)?;
+        if status.is_success() {
+            return Ok((status.as_u16(), bytes.to_vec()));
+        }
+        Err(api_error(status, header_retry, &bytes))
+    }
+}
+
+fn retry_after_header(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A homeserver error response, classified.
+fn api_error(status: StatusCode, header_retry: Option<Duration>, bytes: &[u8]) -> MatrixError {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    MatrixError::Api {
+        status: status.as_u16(),
+        errcode: v
+            .get("errcode")
+            .and_then(Value::as_str)
+            .unwrap_or(if status == StatusCode::TOO_MANY_REQUESTS {
+                "M_LIMIT_EXCEEDED"
+            } else {
+                "M_UNKNOWN"
+            })
+            .to_owned(),
+        message: v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect(),
+        retry_after: v
+            .get("retry_after_ms")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis)
+            .or(header_retry),
+    }
+}
+
+impl MatrixClient {
     const SHORT: Duration = Duration::from_secs(30);
 
     /// Password login, reusing `device_id` when we have one so the device list stays tidy.
@@ -277,6 +371,13 @@ impl MatrixClient {
             device_id: get("device_id")?,
             access_token: get("access_token")?,
         })
+    }
+
+    /// `POST /logout`: ends this token's session and deletes its device (with its keys).
+    pub async fn logout(&self) -> Result<(), MatrixError> {
+        self.call(Method::POST, "/logout", &[], Some(&json!({})), Self::SHORT)
+            .await
+            .map(|_| ())
     }
 
     /// `GET /account/whoami`: (user_id, device_id).
@@ -386,6 +487,24 @@ impl MatrixClient {
         }
     }
 
+    /// The room's `m.room.encryption` content, `None` for an unencrypted room.
+    pub async fn room_encryption(&self, room_id: &str) -> Result<Option<Value>, MatrixError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("/rooms/{}/state/m.room.encryption/", seg(room_id)),
+                &[],
+                None,
+                Self::SHORT,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(MatrixError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Joined members with their display names.
     pub async fn joined_members(
         &self,
@@ -456,8 +575,23 @@ impl MatrixClient {
         let txn = format!("vb{}", uuid::Uuid::new_v4().simple());
         let start = tokio::time::Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        // Encrypted once, before the first try: every retry then carries the same ciphertext
+        // under the same transaction id.
+        let mut sealed: Option<Value> = None;
         loop {
-            match self.send(room_id, event_type, &txn, content).await {
+            let attempt = match &sealed {
+                Some(c) => self.send(room_id, "m.room.encrypted", &txn, c).await,
+                None => match self.seal(room_id, event_type, content).await {
+                    Ok(Some(c)) => {
+                        let r = self.send(room_id, "m.room.encrypted", &txn, &c).await;
+                        sealed = Some(c);
+                        r
+                    }
+                    Ok(None) => self.send(room_id, event_type, &txn, content).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
                 Ok(id) => return Ok(id),
                 Err(e) if e.is_transient() && start.elapsed() < give_up_after => {
                     let ours = backoff.next_wait();
@@ -469,6 +603,27 @@ impl MatrixClient {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl MatrixClient {
+    /// The encrypted content for an encrypted room, `None` where events go out plain.
+    async fn seal(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<Option<Value>, MatrixError> {
+        let Some(crypto) = self.crypto() else {
+            return Ok(None);
+        };
+        if !crypto.is_encrypted(self, room_id).await? {
+            return Ok(None);
+        }
+        crypto
+            .encrypt(self, room_id, event_type, content)
+            .await
+            .map(Some)
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! - [`client`]: the HTTP calls, error classification, reliable sending.
 //! - [`sync`]: login, the `/sync` loop and auto-join.
+//! - [`crypto`]: end-to-end encryption (decrypting what arrives, encrypting what we send).
 //! - [`events`]: typed `m.call.*` and membership events from the timeline.
 
 pub mod client;
+pub mod crypto;
 pub mod events;
 pub mod sync;
 

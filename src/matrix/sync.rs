@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::client::{MatrixClient, MatrixError, Session};
-use super::events::{parse_event, EventError, TimelineEvent};
+use super::crypto::{self, Decrypted, SyncParts};
+use super::events::{parse_event, CallEvent, EventError, EventKind, TimelineEvent};
 use crate::backoff::Backoff;
 use crate::chain::Chain;
 use crate::config::{MatrixConfig, Secret};
@@ -31,6 +32,27 @@ pub struct SyncResponse {
     /// Per-room sections.
     #[serde(default)]
     pub rooms: Rooms,
+    /// Messages to our device (room keys among them).
+    #[serde(default)]
+    pub to_device: ToDevice,
+    /// Users whose devices changed.
+    #[serde(default)]
+    pub device_lists: ruma::api::client::sync::sync_events::DeviceLists,
+    /// How many one-time keys the server still holds for us.
+    #[serde(default)]
+    pub device_one_time_keys_count:
+        std::collections::BTreeMap<ruma::OneTimeKeyAlgorithm, ruma::UInt>,
+    /// Our fallback key types the server has not handed out.
+    #[serde(default)]
+    pub device_unused_fallback_key_types: Option<Vec<ruma::OneTimeKeyAlgorithm>>,
+}
+
+/// `to_device`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ToDevice {
+    /// The events, handed to the encryption state machine as they are.
+    #[serde(default)]
+    pub events: Vec<ruma::serde::Raw<ruma::events::AnyToDeviceEvent>>,
 }
 
 /// `rooms`.
@@ -77,6 +99,9 @@ pub type InvitePolicy = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// One joined room.
 #[derive(Debug, Default, Deserialize)]
 pub struct JoinedRoom {
+    /// State before the timeline (whether the room is encrypted, members).
+    #[serde(default)]
+    pub state: Timeline,
     /// Its new timeline events.
     #[serde(default)]
     pub timeline: Timeline,
@@ -103,7 +128,7 @@ pub struct Batch {
 }
 
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
-pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message"],"limit":100},"state":{"types":["m.room.member"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
+pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message","m.room.encrypted","m.room.encryption"],"limit":100},"state":{"types":["m.room.member","m.room.encryption"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
 
 /// The file in `state_dir` that holds the [`Session`]. It is private: it has the token.
 const SESSION_FILE: &str = "session.json";
@@ -132,6 +157,7 @@ pub async fn login(
         return Ok((client, session));
     }
     let saved = store.read_json::<Session>(SESSION_FILE).ok().flatten();
+    let saved = forget_if_keys_lost(cfg, store, saved).await;
     if let Some(s) = saved
         .as_ref()
         .filter(|s| s.user_id == cfg.user_id && s.homeserver == cfg.homeserver)
@@ -167,6 +193,31 @@ pub async fn login(
     }
     info!(device_id = %session.device_id, "logged in to Matrix");
     Ok((client, session))
+}
+
+/// A saved session whose device keys are gone (no encryption store in `state_dir`) cannot
+/// read or send encrypted events: reusing the device would leave keys on the server that
+/// nobody holds. Its device is logged out and a new one logged in instead.
+async fn forget_if_keys_lost(
+    cfg: &MatrixConfig,
+    store: &StateStore,
+    saved: Option<Session>,
+) -> Option<Session> {
+    let s = saved?;
+    if !cfg.encryption.enabled || crypto::store_exists(store.dir()) {
+        return Some(s);
+    }
+    warn!(device_id = %s.device_id, "state_dir holds a Matrix session but no encryption store: that device's keys are lost, so it is logged out and the bot logs in as a new device");
+    if let Ok(old) = MatrixClient::with_tls(
+        &s.homeserver,
+        Some(Secret::new(&s.access_token)),
+        cfg.tls_insecure_skip_verify,
+    ) {
+        if let Err(e) = old.logout().await {
+            warn!(error = %Chain(&e), "cannot log out the old device; it stays in the account's device list");
+        }
+    }
+    None
 }
 
 /// Sends a batch to the consumer and waits until it has been handled. False when the consumer
@@ -221,9 +272,13 @@ pub async fn run(
             r = client.sync(since.as_deref(), poll, FILTER) => r,
         };
         match res {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 backoff.reset();
                 let received = Instant::now();
+                // Keys first: this sync's timeline may need them, and its position must not
+                // be saved before the machine has seen them.
+                let keys = receive_keys(&client, &mut resp).await;
+                learn_rooms(&client, &resp.rooms.join).await;
                 answer_invites(
                     &client,
                     &cfg,
@@ -235,13 +290,16 @@ pub async fn run(
                 let rooms = if first {
                     Vec::new()
                 } else {
-                    timeline_events(
+                    let mut rooms = timeline_events(
                         &client,
                         &cfg.user_id,
                         resp.rooms.join,
                         fresh_start,
                         received,
                     )
+                    .await;
+                    late_events(&client, &cfg.user_id, &keys, &mut rooms).await;
+                    rooms
                 };
                 if !rooms.is_empty() && !hand_over(&tx, received, rooms, &cancel).await {
                     return;
@@ -298,7 +356,7 @@ fn answer_invites(
 
 /// The events the bridge acts on, per room; rooms left without any are dropped so that an
 /// idle sync hands nothing over and is not waited for.
-fn timeline_events(
+async fn timeline_events(
     client: &MatrixClient,
     bot: &str,
     join: HashMap<String, JoinedRoom>,
@@ -309,25 +367,202 @@ fn timeline_events(
     for (room_id, room) in join {
         let mut events = Vec::new();
         for raw in room.timeline.events {
-            match parse_event(&raw) {
-                Ok(ev) if is_before(fresh_start, received, ev.age_ms) => {
-                    debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
-                }
-                Ok(ev) => {
-                    if ev.sender != bot {
-                        client.metrics().matrix_event(&ev.kind);
-                    }
-                    events.push(ev)
-                }
-                Err(EventError::Irrelevant) => {}
-                Err(e) => warn!(%room_id, error = %e, "skipping event"),
+            let Some(ev) = readable(client, bot, &room_id, &raw).await else {
+                continue;
+            };
+            if is_before(fresh_start, received, ev.age_ms) {
+                debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
+                continue;
             }
+            if ev.sender != bot {
+                client.metrics().matrix_event(&ev.kind);
+            }
+            events.push(ev)
         }
         if !events.is_empty() {
             rooms.push((room_id, events));
         }
     }
     rooms
+}
+
+/// One timeline event as the bridge sees it: decrypted if it was encrypted, parsed, or
+/// `None` (with the reason logged) when it is of no interest or cannot be read.
+async fn readable(
+    client: &MatrixClient,
+    bot: &str,
+    room_id: &str,
+    raw: &RawValue,
+) -> Option<TimelineEvent> {
+    let decrypted = match (event_type(raw).as_deref(), client.crypto()) {
+        (Some("m.room.encrypted"), Some(crypto)) => match crypto.decrypt(room_id, raw).await {
+            Decrypted::Event(plain) => Some(plain),
+            Decrypted::Waiting => {
+                debug!(%room_id, "encrypted event waits for its room key");
+                return None;
+            }
+            Decrypted::Failed(reason) => {
+                warn!(%room_id, %reason, "cannot decrypt an event");
+                return None;
+            }
+            Decrypted::Untrusted(level) => {
+                warn!(%room_id, %level, "not decrypting an event from a device matrix.encryption.trust does not accept");
+                tell_untrusted(client, room_id, raw);
+                return None;
+            }
+        },
+        (Some("m.room.encrypted"), None) => {
+            debug!(%room_id, "encrypted event skipped: encryption is off");
+            return None;
+        }
+        _ => None,
+    };
+    let ev = match parse_event(decrypted.as_deref().unwrap_or(raw)) {
+        Ok(ev) => ev,
+        Err(EventError::Irrelevant) => return None,
+        Err(e) => {
+            warn!(%room_id, error = %e, "skipping event");
+            return None;
+        }
+    };
+    if decrypted.is_some()
+        && ev.sender != bot
+        && matches!(ev.kind, EventKind::Call(CallEvent::Invite(_)))
+    {
+        preshare(client, room_id);
+    }
+    Some(ev)
+}
+
+/// A caller whose device the bot will not trust hears ringing and nothing else: tell them why,
+/// once per room and sender while this process runs, and only for fresh events.
+fn tell_untrusted(client: &MatrixClient, room_id: &str, raw: &RawValue) {
+    #[derive(Deserialize)]
+    struct Env {
+        sender: String,
+        #[serde(default)]
+        unsigned: Unsigned,
+    }
+    #[derive(Deserialize, Default)]
+    struct Unsigned {
+        age: Option<u64>,
+    }
+    static TOLD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let Ok(env) = serde_json::from_str::<Env>(raw.get()) else {
+        return;
+    };
+    if env.unsigned.age.is_none_or(|a| a > 120_000) {
+        return;
+    }
+    let key = format!("{room_id} {}", env.sender);
+    let Ok(mut told) = TOLD.lock() else { return };
+    if !told.get_or_insert_with(HashSet::new).insert(key) {
+        return;
+    }
+    let (client, room_id) = (client.clone(), room_id.to_owned());
+    tokio::spawn(async move {
+        let text = "🔒 I cannot read your messages or calls: your session is not verified by you (cross-signing). Verify this session from another of your sessions, or ask the bridge's operator.";
+        if let Err(e) = client.notice(&room_id, text).await {
+            warn!(%room_id, error = %Chain(&e), "cannot post the untrusted-device notice");
+        }
+    });
+}
+
+/// Shares our room key with the caller's devices as soon as an invite arrives, so that the
+/// answer does not wait for key claims and to-device round trips (Element does the same).
+fn preshare(client: &MatrixClient, room_id: &str) {
+    let (client, room_id) = (client.clone(), room_id.to_owned());
+    tokio::spawn(async move {
+        if let Some(crypto) = client.crypto() {
+            if let Err(e) = crypto.prepare(&client, &room_id).await {
+                warn!(%room_id, error = %Chain(&e), "cannot share the room key ahead of the answer; the answer will try again");
+            }
+        }
+    });
+}
+
+/// The `type` of a raw event, without parsing the rest.
+fn event_type(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Peek>(raw.get()).ok().map(|p| p.kind)
+}
+
+/// Feeds the sync's encryption parts to the machine; the room keys that arrived.
+async fn receive_keys(
+    client: &MatrixClient,
+    resp: &mut SyncResponse,
+) -> Vec<(ruma::OwnedRoomId, String)> {
+    let Some(crypto) = client.crypto() else {
+        return Vec::new();
+    };
+    crypto
+        .receive(SyncParts {
+            to_device: std::mem::take(&mut resp.to_device.events),
+            device_lists: &resp.device_lists,
+            one_time_keys_counts: &resp.device_one_time_keys_count,
+            unused_fallback_keys: resp.device_unused_fallback_key_types.as_deref(),
+            next_batch: &resp.next_batch,
+        })
+        .await
+}
+
+/// Tells the machine which rooms are encrypted and whose membership changed, from the
+/// rooms' state and timelines: encryption first (a room's state lists members before its
+/// `m.room.encryption`), so that every member of an encrypted room has its devices tracked
+/// before the first call's room key arrives.
+async fn learn_rooms(client: &MatrixClient, join: &HashMap<String, JoinedRoom>) {
+    let Some(crypto) = client.crypto() else {
+        return;
+    };
+    for (room_id, room) in join {
+        let events = || room.state.events.iter().chain(&room.timeline.events);
+        if events().any(|raw| event_type(raw).as_deref() == Some("m.room.encryption")) {
+            crypto.room_encrypted(room_id);
+        }
+        for raw in events() {
+            if event_type(raw).as_deref() != Some("m.room.member") {
+                continue;
+            }
+            if let Ok(TimelineEvent {
+                kind: EventKind::Member { user_id, .. },
+                ..
+            }) = parse_event(raw)
+            {
+                crypto.member_changed(room_id, &user_id).await;
+            }
+        }
+    }
+}
+
+/// Events held back for their room key, now decrypted: added to their rooms, after the
+/// events of this sync (their age grown by the wait).
+async fn late_events(
+    client: &MatrixClient,
+    bot: &str,
+    keys: &[(ruma::OwnedRoomId, String)],
+    rooms: &mut Vec<(String, Vec<TimelineEvent>)>,
+) {
+    let Some(crypto) = client.crypto() else {
+        return;
+    };
+    if keys.is_empty() {
+        return;
+    }
+    for (room_id, raw, waited) in crypto.ready(keys) {
+        let Some(mut ev) = readable(client, bot, &room_id, &raw).await else {
+            continue;
+        };
+        info!(%room_id, event_id = %ev.event_id, waited_ms = waited.as_millis() as u64, "decrypted an event once its room key arrived");
+        ev.age_ms = ev.age_ms.map(|a| a + waited.as_millis() as u64);
+        match rooms.iter_mut().find(|(r, _)| *r == room_id) {
+            Some((_, events)) => events.push(ev),
+            None => rooms.push((room_id, vec![ev])),
+        }
+    }
 }
 
 /// A position that cannot be saved costs at most a replay after a restart, so the loop

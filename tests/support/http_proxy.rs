@@ -5,6 +5,8 @@
 //! connection for its next request. Every request is recorded. The first request that matches
 //! the test's predicate is forwarded and fully processed by Synapse, but the client connection
 //! is then closed without a reply: the client sees a network error after the server acted.
+//! Or, started with [`HttpProxy::deferring`], requests that match are answered `200 {}` at
+//! once and reach Synapse only later: a homeserver (or federation) that delivers them late.
 
 #![allow(dead_code)]
 
@@ -35,6 +37,14 @@ struct State {
     dropped_one: bool,
 }
 
+/// What the proxy does to the requests that match `defer`.
+#[derive(Clone)]
+struct Rules {
+    drop_reply: Arc<Pred>,
+    defer: Arc<Pred>,
+    by: std::time::Duration,
+}
+
 /// The running proxy; stops when dropped.
 pub struct HttpProxy {
     /// `http://127.0.0.1:<port>`.
@@ -50,6 +60,36 @@ impl HttpProxy {
         upstream: &str,
         drop_reply: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
     ) -> Self {
+        Self::with_rules(
+            upstream,
+            Rules {
+                drop_reply: Arc::new(drop_reply),
+                defer: Arc::new(|_, _| false),
+                by: std::time::Duration::ZERO,
+            },
+        )
+        .await
+    }
+
+    /// Proxies to `upstream`; every request for which `defer(method, path)` holds is
+    /// answered `200 {}` at once and forwarded `by` later.
+    pub async fn deferring(
+        upstream: &str,
+        defer: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+        by: std::time::Duration,
+    ) -> Self {
+        Self::with_rules(
+            upstream,
+            Rules {
+                drop_reply: Arc::new(|_, _| false),
+                defer: Arc::new(defer),
+                by,
+            },
+        )
+        .await
+    }
+
+    async fn with_rules(upstream: &str, rules: Rules) -> Self {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -60,16 +100,15 @@ impl HttpProxy {
             log: Vec::new(),
             dropped_one: false,
         }));
-        let pred: Arc<Pred> = Arc::new(drop_reply);
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (st, pred, up) = (st.clone(), pred.clone(), upstream.clone());
+                let (st, rules, up) = (st.clone(), rules.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let _ = handle(client, &up, &st, &*pred).await;
+                    let _ = handle(client, &up, &st, &rules).await;
                 });
             }
         });
@@ -151,7 +190,7 @@ async fn handle(
     mut client: TcpStream,
     upstream: &str,
     state: &Mutex<State>,
-    pred: &Pred,
+    rules: &Rules,
 ) -> std::io::Result<()> {
     let Some((head, body)) = read_message(&mut client).await? else {
         return Ok(());
@@ -161,46 +200,76 @@ async fn handle(
     let path = parts.next().unwrap_or_default().to_owned();
     let dropped = {
         let mut st = state.lock().unwrap();
-        let d = !st.dropped_one && pred(&method, &path);
+        let d = !st.dropped_one && (rules.drop_reply)(&method, &path);
         st.dropped_one |= d;
         d
     };
+    if (rules.defer)(&method, &path) {
+        client
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            .await?;
+        client.shutdown().await?;
+        tokio::time::sleep(rules.by).await;
+        let (_, rbody, status) = exchange(upstream, &head, &body).await?;
+        log(state, method, path, status, &rbody, false);
+        return Ok(());
+    }
+    let (rhead, rbody, status) = exchange(upstream, &head, &body).await?;
+    log(state, method, path, status, &rbody, dropped);
+    if dropped || rhead.is_empty() {
+        // Lost on the way back: close without a byte of reply.
+        return client.shutdown().await;
+    }
+    client.write_all(&close_head(&rhead)).await?;
+    client.write_all(&rbody).await?;
+    client.shutdown().await
+}
 
+fn log(
+    state: &Mutex<State>,
+    method: String,
+    path: String,
+    status: u16,
+    body: &[u8],
+    dropped: bool,
+) {
+    state.lock().unwrap().log.push(Forwarded {
+        method,
+        path,
+        status,
+        body: String::from_utf8_lossy(body).into_owned(),
+        dropped,
+    });
+}
+
+/// Sends one request upstream and reads the whole reply: (head lines, body, status).
+async fn exchange(
+    upstream: &str,
+    head: &[String],
+    body: &[u8],
+) -> std::io::Result<(Vec<String>, Vec<u8>, u16)> {
     let mut up = TcpStream::connect(upstream).await?;
-    up.write_all(&close_head(&head)).await?;
-    up.write_all(&body).await?;
+    up.write_all(&close_head(head)).await?;
+    up.write_all(body).await?;
     // Synapse closes after its reply (the request said `Connection: close`): the whole
     // response, so by now the request has been processed.
     let mut resp = Vec::new();
     up.read_to_end(&mut resp).await?;
     let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
-    let (rhead, rbody): (Vec<String>, &[u8]) = match split {
+    let (rhead, rbody): (Vec<String>, Vec<u8>) = match split {
         Some(p) => (
             String::from_utf8_lossy(&resp[..p])
                 .split("\r\n")
                 .map(str::to_owned)
                 .collect(),
-            &resp[p + 4..],
+            resp[p + 4..].to_vec(),
         ),
-        None => (Vec::new(), &[]),
+        None => (Vec::new(), Vec::new()),
     };
     let status = rhead
         .first()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    state.lock().unwrap().log.push(Forwarded {
-        method,
-        path,
-        status,
-        body: String::from_utf8_lossy(rbody).into_owned(),
-        dropped,
-    });
-    if dropped || rhead.is_empty() {
-        // Lost on the way back: close without a byte of reply.
-        return client.shutdown().await;
-    }
-    client.write_all(&close_head(&rhead)).await?;
-    client.write_all(rbody).await?;
-    client.shutdown().await
+    Ok((rhead, rbody, status))
 }

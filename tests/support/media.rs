@@ -136,3 +136,26 @@ impl MediaPeer {
         }
     }
 }
+
+/// Runs `tests/media/js/caller.mjs` (matrix-js-sdk in Chromium) and returns its report.
+pub async fn run_browser(opts: Value) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/caller.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(opts.to_string())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser caller finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "caller.mjs failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap();
+    assert!(r.get("error").is_none(), "matrix-js-sdk call failed: {r:#}");
+    r
+}

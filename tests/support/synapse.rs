@@ -114,8 +114,19 @@ impl TestUser {
 
     /// [`new`](Self::new) on a given homeserver.
     pub async fn new_on(hs: &str, secret: &str, prefix: &str) -> Self {
+        let (user_id, password) = register_on(hs, secret, &unique(prefix)).await;
+        Self::login(hs, user_id, &password).await
+    }
+
+    /// The same user logged in again: a new device.
+    pub async fn second_device(&self) -> Self {
+        let local = self.user_id.trim_start_matches('@');
+        let local = local.split(':').next().unwrap_or_default();
+        Self::login(&self.hs, self.user_id.clone(), &format!("pw-{local}")).await
+    }
+
+    async fn login(hs: &str, user_id: String, password: &str) -> Self {
         let hs = hs.to_owned();
-        let (user_id, password) = register_on(&hs, secret, &unique(prefix)).await;
         let http = reqwest::Client::new();
         let r: Value = http
             .post(format!("{hs}/_matrix/client/v3/login"))
@@ -279,13 +290,15 @@ impl TestUser {
                     self.user_id,
                     self.history
                         .iter()
-                        .map(|s| s.event["type"].to_string()
-                            + " "
-                            + &s.event["content"]
+                        .map(|s| format!(
+                            "{} {}",
+                            s.event["type"],
+                            s.event["content"]
                                 .to_string()
                                 .chars()
                                 .take(200)
-                                .collect::<String>())
+                                .collect::<String>()
+                        ))
                         .collect::<Vec<_>>()
                 );
             }

@@ -1,6 +1,9 @@
 // Drives headless Chromium (Debian's /usr/bin/chromium) through one matrix-js-sdk call.
 //   node caller.mjs '{"hs": ..., "token": ..., "userId": ..., "deviceId": ..., "roomId": ..., "holdMs": 3000, "dtmf": "12#"}'
+// With "encrypted": {"bot": ..., "password": ...} instead of a roomId, the caller does what
+// Element does for a new chat: Rust crypto, its own cross-signing, an encrypted DM with the bot.
 // Prints one JSON line with what the SDK and the peer connection saw.
+import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,10 +25,16 @@ const bundle = await esbuild.build({
 });
 const js = bundle.outputFiles[0].text;
 const html = '<!doctype html><meta charset="utf-8"><title>vertobot caller</title><script type="module" src="/page.js"></script>';
+// matrix-js-sdk's Rust crypto (for encrypted rooms) fetches its WebAssembly module relative to
+// the bundle: /pkg/matrix_sdk_crypto_wasm_bg.wasm.
+const wasm = path.join(here, "node_modules/@matrix-org/matrix-sdk-crypto-wasm/pkg/matrix_sdk_crypto_wasm_bg.wasm");
 const server = http.createServer((req, res) => {
   if (req.url === "/page.js") {
     res.writeHead(200, { "content-type": "text/javascript" });
     res.end(js);
+  } else if (req.url.endsWith(".wasm")) {
+    res.writeHead(200, { "content-type": "application/wasm" });
+    res.end(fs.readFileSync(wasm));
   } else {
     res.writeHead(200, { "content-type": "text/html" });
     res.end(html);
@@ -55,7 +64,8 @@ try {
   await page.goto(`http://127.0.0.1:${port}/`);
   await page.waitForFunction(() => typeof window.runCall === "function");
   try {
-    out = await page.evaluate((o) => window.runCall(o), opts);
+    // With "measure": true, measureSetup (repeated calls, setup times) instead of one call.
+    out = await page.evaluate((o) => (o.measure ? window.measureSetup(o) : window.runCall(o)), opts);
     if (process.env.CALLER_LOGS) out.logs = logs.filter((l) => /negotiat|rror|fail|remote desc/i.test(l)).slice(-30);
   } catch (e) {
     out = { error: String(e), logs: logs.slice(-40) };

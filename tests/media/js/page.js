@@ -1,11 +1,73 @@
 // Runs in headless Chromium: places a voice call with matrix-js-sdk's MatrixCall, the code
-// Element uses for 1:1 calls, and reports what the SDK and the peer connection saw.
+// Element uses for 1:1 calls, and reports what the SDK and the peer connection saw; in an
+// encrypted DM (option `encrypted`), also what its Rust crypto says of the bot.
 import { createClient, createNewMatrixCall } from "matrix-js-sdk";
+import { OnlySignedDevicesIsolationMode } from "matrix-js-sdk/lib/crypto-api/index.js";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs, holdButtonMs }) => {
+const until = async (what, ms, f) => {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+};
+
+// What Element does for a new user and a new chat: Rust crypto, a cross-signing identity
+// for the user (so its device is signed by its owner), and a DM with encryption in the
+// initial state. With onlySigned, the "exclude insecure devices" mode (MSC4153).
+async function encryptedDm(client, userId, { bot, password, onlySigned, roomId }) {
+  const crypto = client.getCrypto();
+  await crypto.bootstrapCrossSigning({
+    authUploadDeviceSigningKeys: async (makeRequest) => {
+      await makeRequest({ type: "m.login.password", identifier: { type: "m.id.user", user: userId }, password });
+    },
+  });
+  if (onlySigned) crypto.setDeviceIsolationMode(new OnlySignedDevicesIsolationMode());
+  if (!roomId) {
+    ({ room_id: roomId } = await client.createRoom({
+      preset: "trusted_private_chat",
+      is_direct: true,
+      invite: [bot],
+      initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
+    }));
+    await client.setAccountData("m.direct", { [bot]: [roomId] });
+  }
+  await until("the bot to join", 20000, () => client.getRoom(roomId)?.getMember(bot)?.membership === "join");
+  return roomId;
+}
+
+// What the caller's client says of the bot: its devices, whether each is signed by its owner,
+// and the shield Element would draw on the bot's events of this call.
+async function botReport(client, roomId, bot, since) {
+  const crypto = client.getCrypto();
+  const devices = (await crypto.getUserDeviceInfo([bot], true)).get(bot) || new Map();
+  const botDevices = [];
+  for (const id of devices.keys()) {
+    const st = await crypto.getDeviceVerificationStatus(bot, id);
+    botDevices.push({ deviceId: id, signedByOwner: !!(st && st.signedByOwner) });
+  }
+  const botEvents = [];
+  for (const ev of client.getRoom(roomId).getLiveTimeline().getEvents()) {
+    if (ev.getSender() !== bot || ev.getTs() < since) continue;
+    const info = ev.isEncrypted() ? await crypto.getEncryptionInfoForEvent(ev) : null;
+    botEvents.push({
+      type: ev.getType(),
+      encrypted: ev.isEncrypted(),
+      failure: ev.isDecryptionFailure() ? String(ev.decryptionFailureReason) : null,
+      shield: info ? info.shieldColour : null,
+      shieldReason: info ? info.shieldReason : null,
+    });
+  }
+  return { botDevices, botEvents };
+}
+
+window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs, holdButtonMs, encrypted }) => {
   const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
+  if (encrypted) await client.initRustCrypto({ useIndexedDB: false });
   await client.startClient({ initialSyncLimit: 1 });
   await new Promise((resolve) => {
     const check = (state) => {
@@ -16,6 +78,8 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
     };
     client.on("sync", check);
   });
+  if (encrypted) roomId = await encryptedDm(client, userId, { ...encrypted, roomId });
+  const callStart = Date.now();
   const call = createNewMatrixCall(client, roomId);
   if (!call) throw new Error("matrix-js-sdk says this browser cannot do VoIP");
   const states = [];
@@ -116,9 +180,41 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
     series,
     hold,
     finalState: call.state,
+    roomId,
   };
   call.hangup("user_hangup", false);
   await sleep(500);
+  if (encrypted) Object.assign(result, await botReport(client, roomId, encrypted.bot, callStart - 1000));
   client.stopClient();
   return result;
+};
+
+// Places `calls` calls one after the other and returns, for each, the milliseconds from the
+// invite leaving (state invite_sent) to the answer arriving (state connecting): what
+// encryption adds is the difference between an encrypted and a plain room.
+window.measureSetup = async ({ hs, token, userId, deviceId, roomId, calls, encrypted }) => {
+  const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
+  if (encrypted) await client.initRustCrypto({ useIndexedDB: false });
+  await client.startClient({ initialSyncLimit: 1 });
+  await until("the first sync", 20000, () => ["PREPARED", "SYNCING"].includes(client.getSyncState()));
+  if (encrypted) roomId = await encryptedDm(client, userId, { ...encrypted, roomId });
+  const times = [];
+  for (let i = 0; i < calls; i++) {
+    const call = createNewMatrixCall(client, roomId);
+    let sent = 0;
+    const answered = new Promise((resolve, reject) => {
+      call.on("state", (s) => {
+        if (s === "invite_sent") sent = performance.now();
+        if (s === "connecting" || s === "connected") resolve(performance.now());
+        if (s === "ended") reject(new Error(`call ended: ${call.hangupReason}`));
+      });
+    });
+    await call.placeVoiceCall();
+    const at = await answered;
+    times.push(Math.round(at - sent));
+    call.hangup("user_hangup", false);
+    await sleep(1500);
+  }
+  client.stopClient();
+  return { times, roomId };
 };
