@@ -141,3 +141,50 @@ async fn sigterm_hangs_up_and_exits() {
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
 }
+
+/// A damaged encryption store (or one of another account, or a wrong passphrase) stops the
+/// bridge at start with an error that names the store: never a panic, never a silent reset of
+/// the bot's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_encryption_store_is_a_clear_error_at_start() {
+    let fake = FakeVerto::tap(&Switch::shared()).await;
+    let (hs, secret) = support::synapse::homeserver();
+    let (bot_user, bot_pw) =
+        support::synapse::register_on(&hs, &secret, &support::synapse::unique("bot")).await;
+    let dir = tmp("state");
+    std::fs::create_dir_all(dir.join("crypto")).unwrap();
+    std::fs::write(
+        dir.join("crypto/matrix-sdk-crypto.sqlite3"),
+        "this is not a database",
+    )
+    .unwrap();
+    let cfg = tmp("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "matrix:\n  homeserver: \"{hs}\"\n  user_id: \"{bot_user}\"\nverto:\n  url: \"{}\"\n  login: \"1000@localhost\"\nstate_dir: \"{}\"\n",
+            fake.url,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("VERTOBOT_MATRIX_PASSWORD", &bot_pw)
+        .env("VERTOBOT_VERTO_PASSWORD", VERTO_PASSWORD)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("vertobot stops at start")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cannot open the encryption store"), "{text}");
+    assert!(text.contains("crypto"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

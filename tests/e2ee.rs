@@ -90,8 +90,9 @@ async fn assert_raw_encrypted(caller: &mut TestUser, room: &str, bot: &str) {
 
 /// Element's default chat with the bot: an encrypted DM, the caller in "exclude insecure
 /// devices" mode (keys only for cross-signed devices, MSC4153). The call connects with audio
-/// both ways, keypad digits reach FreeSWITCH, the bot's answer arrives encrypted and the
-/// bot's device is cross-signed by its owner.
+/// both ways, keypad digits and a typed `!dtmf` reach FreeSWITCH (the bot's ✅ reaction comes
+/// encrypted too), the bot's answer arrives encrypted and the bot's device is cross-signed by
+/// its owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_dm_call_from_a_caller_that_excludes_insecure_devices() {
     let (fake, bot, mut caller, _plain) = setup(BotOpts {
@@ -106,12 +107,13 @@ async fn encrypted_dm_call_from_a_caller_that_excludes_insecure_devices() {
         &hs,
         &bot.user_id,
         None,
-        json!({"dtmf": "12#", "onlySigned": true}),
+        json!({"dtmf": "12#", "dtmfCommand": "4#", "onlySigned": true}),
     );
     let r = run_browser(opts).await;
     eprintln!("Chromium caller: {r}");
     assert_audio(&r);
     assert_eq!(r["tonesPlayed"], "12#", "{r}");
+    assert_eq!(r["dtmfCommandReaction"], "✅", "!dtmf confirmed: {r}");
     assert_bot_trusted(&r);
     let room = r["roomId"].as_str().expect("the DM's room id").to_owned();
     let cid = r["callId"].as_str().unwrap().to_owned();
@@ -120,8 +122,8 @@ async fn encrypted_dm_call_from_a_caller_that_excludes_insecure_devices() {
     let digits = Switch::shared().collected_digits(&verto_id);
     assert_eq!(
         digits.as_deref(),
-        Some("12#"),
-        "digits FreeSWITCH collected"
+        Some("12#4#"),
+        "keypad and !dtmf digits FreeSWITCH collected"
     );
     assert_raw_encrypted(&mut caller, &room, &bot.user_id).await;
     bot.stop().await;
@@ -153,9 +155,10 @@ async fn room_key_after_the_invite() {
 }
 
 /// The bot restarts with the same `state_dir` (same device, no new login) and still answers
-/// in the encrypted room, also a second device of the caller that appeared in the meantime.
+/// in the encrypted room, also a second device of the caller that appeared in the meantime;
+/// after its encryption store is deleted it comes back as a new device and works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_decrypting_and_a_new_caller_device_can_call() {
+async fn restart_keeps_decrypting_new_caller_devices_and_a_lost_store() {
     let (fake, bot, caller, _plain) = setup(BotOpts::default()).await;
     let hs = caller.homeserver().to_owned();
     let r = run_browser(browser_opts(&caller, &hs, &bot.user_id, None, json!({}))).await;
@@ -179,6 +182,28 @@ async fn restart_keeps_decrypting_and_a_new_caller_device_can_call() {
     assert_eq!(
         r["botDevices"][0]["deviceId"], first_device,
         "the same bot device"
+    );
+
+    // The store is lost: the bot logs out its old device, logs in as a new one, and callers
+    // reach it again in the same room.
+    let (_, user_id, password, state_dir) = bot.stop().await;
+    std::fs::remove_dir_all(state_dir.join("crypto")).unwrap();
+    let bot = Bot::start_with(user_id, password, state_dir, &fake, BotOpts::default()).await;
+    let third = caller.second_device().await;
+    let r = run_browser(browser_opts(
+        &third,
+        &hs,
+        &bot.user_id,
+        Some(&room),
+        json!({}),
+    ))
+    .await;
+    assert_audio(&r);
+    let devices = r["botDevices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), 1, "the old device was logged out: {r}");
+    assert_ne!(
+        devices[0]["deviceId"], first_device,
+        "a new bot device: {r}"
     );
     bot.stop().await;
 }

@@ -65,7 +65,7 @@ async function botReport(client, roomId, bot, since) {
   return { botDevices, botEvents };
 }
 
-window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, observeMs, holdButtonMs, encrypted }) => {
+window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, dtmfCommand, observeMs, holdButtonMs, encrypted }) => {
   const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
   if (encrypted) await client.initRustCrypto({ useIndexedDB: false });
   await client.startClient({ initialSyncLimit: 1 });
@@ -125,6 +125,20 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
       dtmfError = String(e);
     }
   }
+  // With dtmfCommand, also type "!dtmf DIGITS" in the room, as a person would, and wait for
+  // the bot's reaction to it.
+  let dtmfCommandReaction = null;
+  if (dtmfCommand) {
+    const { event_id: sent } = await client.sendTextMessage(roomId, `!dtmf ${dtmfCommand}`);
+    const reaction = () =>
+      client
+        .getRoom(roomId)
+        .getLiveTimeline()
+        .getEvents()
+        .find((e) => e.getType() === "m.reaction" && e.getContent()["m.relates_to"]?.event_id === sent);
+    const r = await until("the bot's reaction to !dtmf", 15000, reaction);
+    dtmfCommandReaction = r.getContent()["m.relates_to"].key;
+  }
   await sleep(holdMs);
   // With holdButtonMs, press the hold button (as Element does: setRemoteOnHold), wait, and
   // resume; the series below then shows whether audio comes back.
@@ -181,6 +195,7 @@ window.runCall = async ({ hs, token, userId, deviceId, roomId, holdMs, dtmf, obs
     hold,
     finalState: call.state,
     roomId,
+    dtmfCommandReaction,
   };
   call.hangup("user_hangup", false);
   await sleep(500);
