@@ -239,3 +239,25 @@ async fn measure_encryption_setup_overhead() {
     println!("invite -> answer, median of 10: plain {plain_ms} ms {plain_all:?}, encrypted {enc_ms} ms {enc_all:?}, encryption adds {} ms", enc_ms as i64 - plain_ms as i64);
     bot.stop().await;
 }
+
+/// A caller whose session is not cross-signed by its owner (the default trust does not accept
+/// it) gets a notice that says so, instead of ringing with no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_device_is_told_why() {
+    let (_fake, bot, caller, _plain) = setup(BotOpts::default()).await;
+    let hs = caller.homeserver().to_owned();
+    let mut o = browser_opts(&caller, &hs, &bot.user_id, None, json!({}));
+    o["encrypted"]["crossSign"] = json!(false);
+    o["say"] = json!(true);
+    o["text"] = json!("!help");
+    o["expect"] = json!("not verified");
+    let r = run_browser(o).await;
+    let notices = r["notices"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !notices
+            .iter()
+            .any(|n| n.as_str().unwrap_or("").contains("!dtmf")),
+        "the bot did not read the untrusted message: {r}"
+    );
+    bot.stop().await;
+}

@@ -64,8 +64,12 @@ try {
   await page.goto(`http://127.0.0.1:${port}/`);
   await page.waitForFunction(() => typeof window.runCall === "function");
   try {
-    // With "measure": true, measureSetup (repeated calls, setup times) instead of one call.
-    out = await page.evaluate((o) => (o.measure ? window.measureSetup(o) : window.runCall(o)), opts);
+    // With "measure": true, measureSetup (repeated calls, setup times) instead of one call;
+    // with "say", sayAndWait (a message and the bot's notice).
+    out = await page.evaluate(
+      (o) => (o.measure ? window.measureSetup(o) : o.say ? window.sayAndWait(o) : window.runCall(o)),
+      opts,
+    );
     if (process.env.CALLER_LOGS) out.logs = logs.filter((l) => /negotiat|rror|fail|remote desc/i.test(l)).slice(-30);
   } catch (e) {
     out = { error: String(e), logs: logs.slice(-40) };

@@ -19,9 +19,9 @@ const until = async (what, ms, f) => {
 // What Element does for a new user and a new chat: Rust crypto, a cross-signing identity
 // for the user (so its device is signed by its owner), and a DM with encryption in the
 // initial state. With onlySigned, the "exclude insecure devices" mode (MSC4153).
-async function encryptedDm(client, userId, { bot, password, onlySigned, roomId }) {
+async function encryptedDm(client, userId, { bot, password, onlySigned, roomId, crossSign }) {
   const crypto = client.getCrypto();
-  await crypto.bootstrapCrossSigning({
+  if (crossSign !== false) await crypto.bootstrapCrossSigning({
     authUploadDeviceSigningKeys: async (makeRequest) => {
       await makeRequest({ type: "m.login.password", identifier: { type: "m.id.user", user: userId }, password });
     },
@@ -232,4 +232,25 @@ window.measureSetup = async ({ hs, token, userId, deviceId, roomId, calls, encry
   }
   client.stopClient();
   return { times, roomId };
+};
+
+// Types `text` into an encrypted DM with the bot and waits for a notice from the bot that
+// contains `expect`; returns the notices seen.
+window.sayAndWait = async ({ hs, token, userId, deviceId, text, expect, encrypted }) => {
+  const client = createClient({ baseUrl: hs, accessToken: token, userId, deviceId });
+  await client.initRustCrypto({ useIndexedDB: false });
+  await client.startClient({ initialSyncLimit: 1 });
+  await until("the first sync", 20000, () => ["PREPARED", "SYNCING"].includes(client.getSyncState()));
+  const roomId = await encryptedDm(client, userId, encrypted);
+  await client.sendTextMessage(roomId, text);
+  const notices = () =>
+    client
+      .getRoom(roomId)
+      .getLiveTimeline()
+      .getEvents()
+      .filter((e) => e.getSender() === encrypted.bot && e.getContent().msgtype === "m.notice")
+      .map((e) => e.getContent().body);
+  await until(`a notice with "${expect}"`, 20000, () => notices().some((b) => b.includes(expect)));
+  client.stopClient();
+  return { notices: notices(), roomId };
 };
