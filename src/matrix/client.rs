@@ -164,7 +164,7 @@ impl MatrixClient {
             .unwrap_or_default()
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -243,7 +243,7 @@ impl MatrixClient {
         })
     }
 
-    const SHORT: Duration = Duration::from_secs(30);
+    pub(super) const SHORT: Duration = Duration::from_secs(30);
 
     /// Password login, reusing `device_id` when we have one so the device list stays tidy.
     pub async fn login_password(

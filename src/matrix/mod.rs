@@ -3,9 +3,11 @@
 //! - [`client`]: the HTTP calls, error classification, reliable sending.
 //! - [`sync`]: login, the `/sync` loop and auto-join.
 //! - [`events`]: typed `m.call.*` and membership events from the timeline.
+//! - [`rooms`]: direct chats the bot opens itself (to ring a user).
 
 pub mod client;
 pub mod events;
+pub mod rooms;
 pub mod sync;
 
 pub use client::{MatrixClient, MatrixError, Session};
