@@ -132,11 +132,14 @@ pub async fn run(
 /// and routed in the last run, and FreeSWITCH re-offers it without being dialled again, so it
 /// gets a placeholder route.
 async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
-    if let Direction::Inbound { user, .. } = &call.setup().direction {
-        info!(%user, "call from FreeSWITCH");
-    }
-    if ctx.recovered || matches!(call.setup().direction, Direction::Inbound { .. }) {
+    let inbound = matches!(call.setup().direction, Direction::Inbound { .. });
+    if ctx.recovered {
         info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
+    } else if inbound {
+        // Routed by the bridge already; the room is found by the machine's first action.
+        info!(user = %ctx.caller, "call from FreeSWITCH");
+    }
+    if ctx.recovered || inbound {
         return Some(Routed {
             name: "recovered".into(),
             destination: String::new(),

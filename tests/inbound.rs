@@ -1,0 +1,367 @@
+//! Calls from FreeSWITCH to Matrix users (issue 12), end to end: the real FreeSWITCH rings
+//! the bot's verto user (`originate` over the event socket, with `verto_svar_matrix_user` set
+//! as an administrator's dialplan would), the bot rings the user in Matrix, and the callee is
+//! matrix-js-sdk's MatrixCall in headless Chromium (`tests/media/js/callee.mjs`), which
+//! answers, rejects or lets it ring as Element would.
+//!
+//! Every bot here logs in as verto user 1000, and `user/1000@localhost` rings every session
+//! of that user: the tests take turns ([`serial`]) so that each call reaches one bot.
+
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A bot with inbound calls on (ring timeout `ring_secs`) and a user in a 1:1 room with it.
+async fn inbound_setup(ring_secs: u64, more: &str) -> (FakeVerto, Bot, TestUser, String) {
+    setup(BotOpts {
+        extra: format!("inbound:\n  ring_timeout_secs: {ring_secs}\n{more}"),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The browser callee, running until it reports.
+struct Callee {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Callee {
+    /// Starts matrix-js-sdk in Chromium for `user` and waits until its client syncs, so the
+    /// call can be placed. `opts` go to `window.runCallee` (action, holdMs, dtmf, ...).
+    async fn start(user: &TestUser, device: Option<(&str, &str)>, opts: Value) -> Callee {
+        let (token, device_id) = device.unwrap_or((user.token(), &user.device_id));
+        let mut o = json!({"hs": user.homeserver(), "token": token, "userId": user.user_id,
+            "deviceId": device_id});
+        for (k, v) in opts.as_object().cloned().unwrap_or_default() {
+            o[k] = v;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/js/callee.mjs");
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .arg(o.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut c = Callee {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        };
+        let first = c.line(Duration::from_secs(90)).await;
+        assert_eq!(
+            first["ready"], true,
+            "callee.mjs did not get ready: {first}"
+        );
+        c
+    }
+
+    async fn line(&mut self, timeout: Duration) -> Value {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .expect("callee.mjs reports in time")
+            .expect("callee.mjs stdout")
+            .unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or_else(|_| json!({"error": line}))
+    }
+
+    /// What the callee saw, once it is done.
+    async fn report(mut self) -> Value {
+        let r = self.line(Duration::from_secs(120)).await;
+        let _ = self.child.wait().await;
+        assert!(r.get("error").is_none(), "callee.mjs failed: {r:#}");
+        r
+    }
+}
+
+/// Rings `user` from FreeSWITCH: an `originate` to the bot's verto user with the channel
+/// variable set, and `app` run on the leg once answered. Returns the leg's UUID (the verto
+/// `callID`) and the task that ends with the originate's result.
+fn ring(user: Option<&str>, app: &str) -> (String, tokio::task::JoinHandle<String>) {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let var = user
+        .map(|u| format!(",verto_svar_matrix_user={u}"))
+        .unwrap_or_default();
+    let cmd = format!(
+        "originate {{origination_uuid={uuid},origination_caller_id_name='Alice Smith',origination_caller_id_number=+49301234567,originate_timeout=60{var}}}user/1000@localhost {app}"
+    );
+    let port = Switch::shared().esl_port();
+    let task = tokio::spawn(async move {
+        support::switch::esl_api(port, &cmd)
+            .await
+            .unwrap_or_else(|e| format!("-ERR {e}"))
+    });
+    (uuid, task)
+}
+
+/// The leg runs extension 9664 once answered: an endless 440 Hz tone.
+const TONE: &str = "9664 XML verto";
+
+/// The bot's `verto.answer` for a leg.
+async fn wait_verto_answer(fake: &FakeVerto, uuid: &str) -> Value {
+    let id = uuid.to_owned();
+    fake.wait_for("verto.answer from the bot", T, move |f| {
+        f.msg["method"] == "verto.answer"
+            && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+    })
+    .await
+    .msg
+}
+
+/// The Matrix user is rung in their 1:1 room with the bot, after a notice with the caller
+/// id; the browser answers; FreeSWITCH's tone reaches the browser and the browser's audio
+/// reaches FreeSWITCH; the callee's hangup ends the FreeSWITCH leg.
+#[tokio::test]
+async fn answered_with_audio_both_ways() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(30, "").await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 6000})).await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let invite = user
+        .wait_for("the bot's m.call.invite", T, |s| {
+            s.event["type"] == "m.call.invite"
+        })
+        .await;
+    let c = &invite["content"];
+    assert_eq!(c["invitee"], user.user_id.as_str());
+    assert_eq!(c["version"], "1");
+    assert_eq!(c["capabilities"]["m.call.dtmf"], true);
+    let lifetime = c["lifetime"].as_u64().unwrap();
+    assert!((20_000..=30_000).contains(&lifetime), "{lifetime}");
+    let cid = c["call_id"].as_str().unwrap().to_owned();
+    // The notice came first.
+    let notices = user.notices(&room);
+    assert!(
+        notices
+            .iter()
+            .any(|n| n == "📞 Call from Alice Smith <+49301234567>"),
+        "{notices:?}"
+    );
+    let answer = wait_verto_answer(&fake, &uuid).await;
+    assert!(answer["params"]["sdp"]
+        .as_str()
+        .unwrap()
+        .contains("a=candidate"));
+    let select = user
+        .wait_call_event(&room, "m.call.select_answer", &cid, T)
+        .await;
+    assert!(select["content"]["selected_party_id"].is_string());
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(r["callId"], cid.as_str());
+    assert_eq!(r["roomId"], room.as_str());
+    assert_eq!(r["opponentSupportsDTMF"], true, "{r:#}");
+    assert!(
+        r["packetsReceived"].as_u64().unwrap() > 100,
+        "the tone: {r:#}"
+    );
+    assert!(r["packetsSent"].as_u64().unwrap() > 100, "{r:#}");
+    assert!(originate.await.unwrap().starts_with("+OK"));
+    // The callee hung up: the leg ends with a normal clearing.
+    assert_eq!(wait_bye(&fake, &uuid).await, "NORMAL_CLEARING");
+    sw.wait_channel(&uuid, false, T).await;
+    bot.stop().await;
+}
+
+const MEDIA_T: Duration = Duration::from_secs(20);
+
+/// The callee declines: FreeSWITCH gets CALL_REJECTED and the originate fails with it.
+#[tokio::test]
+async fn rejected_by_the_callee() {
+    let _turn = serial();
+    let (fake, bot, user, _room) = inbound_setup(30, "").await;
+    let callee = Callee::start(&user, None, json!({"action": "reject"})).await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let r = callee.report().await;
+    assert_eq!(r["rung"], true, "{r:#}");
+    assert_eq!(wait_bye(&fake, &uuid).await, "CALL_REJECTED");
+    let res = originate.await.unwrap();
+    assert!(res.contains("CALL_REJECTED"), "{res}");
+    bot.stop().await;
+}
+
+/// Busy: matrix-js-sdk's hangup with `user_busy` becomes USER_BUSY.
+#[tokio::test]
+async fn busy_callee() {
+    let _turn = serial();
+    let (fake, bot, user, _room) = inbound_setup(30, "").await;
+    let callee = Callee::start(&user, None, json!({"action": "busy"})).await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    callee.report().await;
+    assert_eq!(wait_bye(&fake, &uuid).await, "USER_BUSY");
+    assert!(originate.await.unwrap().contains("USER_BUSY"));
+    bot.stop().await;
+}
+
+/// Nobody answers within the ring timeout: the callee's client stops ringing on the bot's
+/// `invite_timeout` hangup, and FreeSWITCH gets NO_ANSWER.
+#[tokio::test]
+async fn not_answered_in_the_ring_time() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(6, "").await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "ignore", "ringWaitMs": 30000}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let invite = user
+        .wait_for("the bot's m.call.invite", T, |s| {
+            s.event["type"] == "m.call.invite"
+        })
+        .await;
+    let cid = invite["content"]["call_id"].as_str().unwrap().to_owned();
+    let hangup = user.wait_call_event(&room, "m.call.hangup", &cid, T).await;
+    assert_eq!(hangup["content"]["reason"], "invite_timeout");
+    assert_eq!(wait_bye(&fake, &uuid).await, "NO_ANSWER");
+    let r = callee.report().await;
+    assert_eq!(r["finalState"], "ended", "{r:#}");
+    assert!(originate.await.unwrap().contains("NO_ANSWER"));
+    bot.stop().await;
+}
+
+/// The SIP side gives up while the user's client rings: the Matrix call is cancelled.
+#[tokio::test]
+async fn caller_hangs_up_while_ringing() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(30, "").await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "ignore", "ringWaitMs": 30000}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let invite = user
+        .wait_for("the bot's m.call.invite", T, |s| {
+            s.event["type"] == "m.call.invite"
+        })
+        .await;
+    let cid = invite["content"]["call_id"].as_str().unwrap().to_owned();
+    Switch::shared()
+        .api(&format!("uuid_kill {uuid} ORIGINATOR_CANCEL"))
+        .await;
+    let hangup = user.wait_call_event(&room, "m.call.hangup", &cid, T).await;
+    assert_eq!(hangup["content"]["reason"], "user_hangup");
+    let r = callee.report().await;
+    assert_eq!(r["finalState"], "ended", "{r:#}");
+    assert_eq!(r["hangupParty"], "remote", "{r:#}");
+    let _ = originate.await;
+    assert!(
+        !fake
+            .frames()
+            .iter()
+            .any(|f| f.msg["method"] == "verto.answer"),
+        "nothing answered"
+    );
+    bot.stop().await;
+}
+
+/// A call no variable, route or default names a user for is refused with
+/// NO_ROUTE_DESTINATION, and nothing reaches Matrix.
+#[tokio::test]
+async fn unrouted_call_is_refused_and_matrix_sees_nothing() {
+    let _turn = serial();
+    let (fake, bot, mut user, _room) = inbound_setup(30, "").await;
+    let (uuid, originate) = ring(None, TONE);
+    assert_eq!(wait_bye(&fake, &uuid).await, "NO_ROUTE_DESTINATION");
+    let res = originate.await.unwrap();
+    assert!(res.contains("NO_ROUTE_DESTINATION"), "{res}");
+    // A later routed call's invite is the first event the bot sends: nothing came before it.
+    let (uuid2, originate2) = ring(Some(&user.user_id), TONE);
+    user.wait_for("the routed call's invite", T, |s| {
+        s.event["type"] == "m.call.invite"
+    })
+    .await;
+    let sent: Vec<String> = user
+        .history
+        .iter()
+        .filter(|s| s.event["sender"] == bot.user_id.as_str())
+        .filter(|s| s.event["type"] != "m.room.member")
+        .map(|s| s.event["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        ["m.room.message", "m.call.invite"],
+        "only the second call's notice and invite"
+    );
+    Switch::shared().api(&format!("uuid_kill {uuid2}")).await;
+    let _ = originate2.await;
+    bot.stop().await;
+}
+
+/// A route picks the user by caller id when the channel has no variable; a user the bot has
+/// no room with gets a new direct chat, and the call rings once they have joined it.
+#[tokio::test]
+async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
+    let _turn = serial();
+    let mut user = TestUser::new("newdm").await;
+    let route = format!(
+        "  routes:\n    - caller: \"+4930*\"\n      user: \"{}\"\n",
+        user.user_id
+    );
+    let (fake, bot, _other, other_room) = inbound_setup(40, &route).await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 2000, "joinInvites": true}),
+    )
+    .await;
+    let (uuid, originate) = ring(None, TONE);
+    let inv = user
+        .wait_for("the bot's room invite", T, |s| {
+            s.event["type"] == "m.room.member" && s.event["content"]["membership"] == "invite"
+        })
+        .await;
+    assert_eq!(inv["content"]["is_direct"], true, "{inv}");
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_ne!(r["roomId"], other_room.as_str());
+    wait_verto_answer(&fake, &uuid).await;
+    assert!(r["packetsReceived"].as_u64().unwrap() > 20, "{r:#}");
+    assert!(originate.await.unwrap().starts_with("+OK"));
+    bot.stop().await;
+}
+
+/// FreeSWITCH hangs up an answered call: the callee's call ends as a remote hangup.
+#[tokio::test]
+async fn far_end_hangs_up_after_the_answer() {
+    let _turn = serial();
+    let (fake, bot, user, _room) = inbound_setup(30, "").await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 500, "endWaitMs": 20000, "hangup": false}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    wait_verto_answer(&fake, &uuid).await;
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 20, MEDIA_T).await;
+    sw.api(&format!("uuid_kill {uuid}")).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(r["finalState"], "ended", "{r:#}");
+    assert_eq!(r["hangupParty"], "remote", "{r:#}");
+    assert_eq!(r["hangupReason"], "user_hangup", "{r:#}");
+    let _ = originate.await;
+    bot.stop().await;
+}
