@@ -365,3 +365,94 @@ async fn far_end_hangs_up_after_the_answer() {
     let _ = originate.await;
     bot.stop().await;
 }
+
+/// A second login of `user`: (access token, device id).
+async fn second_device(user: &TestUser) -> (String, String) {
+    let local = user
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap();
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", user.homeserver()))
+        .json(&json!({"type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": format!("pw-{local}")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        r["access_token"].as_str().expect("second login").to_owned(),
+        r["device_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Two devices of the user ring; the first to answer gets the call, and the bot's
+/// `m.call.select_answer` makes the other stop ringing (matrix-js-sdk ends it as answered
+/// elsewhere).
+#[tokio::test]
+async fn two_devices_ring_and_the_second_stops_when_the_first_answers() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(30, "").await;
+    let (token2, device2) = second_device(&user).await;
+    let other = Callee::start(
+        &user,
+        Some((&token2, &device2)),
+        json!({"action": "ignore", "ringWaitMs": 30000}),
+    )
+    .await;
+    let first = Callee::start(&user, None, json!({"action": "answer", "holdMs": 2000})).await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    wait_verto_answer(&fake, &uuid).await;
+    let r2 = other.report().await;
+    assert_eq!(r2["rung"], true, "{r2:#}");
+    assert_eq!(r2["finalState"], "ended", "{r2:#}");
+    assert_eq!(r2["hangupReason"], "answered_elsewhere", "{r2:#}");
+    let r1 = first.report().await;
+    assert_eq!(r1["connected"], true, "{r1:#}");
+    let cid = r1["callId"].as_str().unwrap().to_owned();
+    let sel = user
+        .wait_call_event(&room, "m.call.select_answer", &cid, T)
+        .await;
+    assert_eq!(sel["content"]["selected_party_id"], user.device_id.as_str());
+    assert!(originate.await.unwrap().starts_with("+OK"));
+    bot.stop().await;
+}
+
+/// Digits from the callee reach FreeSWITCH through `!dtmf` in the call's room (sent as
+/// `verto.info`), where the DTMF collector (extension 5000) logs them. (The dial pad's RFC 4733
+/// events cannot: mod_verto offers no telephone-event, and FreeSWITCH sets no receive payload
+/// for one that only its answerer names; see README.)
+#[tokio::test]
+async fn dtmf_command_from_the_callee_reaches_freeswitch() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(30, "").await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 8000})).await;
+    let (uuid, originate) = ring(Some(&user.user_id), "5000 XML verto");
+    wait_verto_answer(&fake, &uuid).await;
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 20, MEDIA_T).await;
+    let ev = say(&user, &room, "!dtmf 12#").await;
+    let info = fake
+        .wait_for("verto.info dtmf", T, |f| f.msg["method"] == "verto.info")
+        .await;
+    assert_eq!(info.msg["params"]["dtmf"], "12#");
+    assert_eq!(info.msg["params"]["dialogParams"]["callID"], uuid.as_str());
+    user.wait_for("the ✅ reaction", T, |s| {
+        s.event["type"] == "m.reaction"
+            && s.event["content"]["m.relates_to"]["event_id"] == ev.as_str()
+    })
+    .await;
+    sw.wait_until("the collector's digits", T, || async {
+        sw.collected_digits(&uuid).as_deref() == Some("12#")
+    })
+    .await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    let _ = originate.await;
+    bot.stop().await;
+}
