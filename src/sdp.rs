@@ -480,6 +480,17 @@ pub fn offer_for_browser(offer: &str) -> String {
     join(o.eol, &session, &media)
 }
 
+/// True when an answer takes no media at all: every `m=` line has port 0 (a browser answers
+/// so when no codec of the offer is one it has). Not SDP, or no sections: true too.
+pub fn media_rejected(answer: &str) -> bool {
+    let Ok(a) = split(answer) else {
+        return true;
+    };
+    a.media
+        .iter()
+        .all(|m| m[0].split_whitespace().nth(1) == Some("0"))
+}
+
 /// The component id of an `a=candidate:` line.
 fn candidate_component(line: &str) -> Option<&str> {
     line.strip_prefix("a=candidate:")?.split_whitespace().nth(1)
@@ -673,6 +684,18 @@ mod tests {
             sdp_mid: mid.map(Into::into),
             sdp_m_line_index: idx,
         }
+    }
+
+    #[test]
+    fn media_rejected_table() {
+        let ok = "v=0\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        let refused = "v=0\r\nt=0 0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\n";
+        let mixed = format!("{refused}m=video 9 UDP/TLS/RTP/SAVPF 96\r\n");
+        assert!(!media_rejected(ok));
+        assert!(media_rejected(refused));
+        assert!(!media_rejected(&mixed));
+        assert!(media_rejected("v=0\r\n"));
+        assert!(media_rejected("nonsense"));
     }
 
     #[test]

@@ -109,6 +109,29 @@ fn ring(user: Option<&str>, app: &str) -> (String, tokio::task::JoinHandle<Strin
     (uuid, task)
 }
 
+/// Rings `user` as an administrator's dialplan would: a call (a loopback leg to extension 9664,
+/// which answers with an endless 440 Hz tone, standing in for a phone) is bridged to the bot's
+/// verto user with the channel variable set on the bridged leg. A loopback leg offers only
+/// L16, which FreeSWITCH would pass on to the bot's leg; the bridge sets browser codecs, as
+/// the README tells administrators to when the calling leg's are not. Returns the calling leg's UUID,
+/// the bot's leg's UUID (its verto `callID`), and the originate's task.
+fn ring_bridged(user: &str) -> (String, String, tokio::task::JoinHandle<String>) {
+    let (a, b) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let cmd = format!(
+        "originate {{origination_uuid={a},effective_caller_id_name='Alice Smith',effective_caller_id_number=+49301234567}}loopback/9664/verto &bridge({{origination_uuid={b},absolute_codec_string=^^:OPUS:PCMU:PCMA,verto_svar_matrix_user={user}}}user/1000@localhost)"
+    );
+    let port = Switch::shared().esl_port();
+    let task = tokio::spawn(async move {
+        support::switch::esl_api(port, &cmd)
+            .await
+            .unwrap_or_else(|e| format!("-ERR {e}"))
+    });
+    (a, b, task)
+}
+
 /// The leg runs extension 9664 once answered: an endless 440 Hz tone.
 const TONE: &str = "9664 XML verto";
 
@@ -131,7 +154,7 @@ async fn answered_with_audio_both_ways() {
     let _turn = serial();
     let (fake, bot, mut user, room) = inbound_setup(30, "").await;
     let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 6000})).await;
-    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let (phone, uuid, originate) = ring_bridged(&user.user_id);
     let invite = user
         .wait_for("the bot's m.call.invite", T, |s| {
             s.event["type"] == "m.call.invite"
@@ -177,6 +200,7 @@ async fn answered_with_audio_both_ways() {
     // The callee hung up: the leg ends with a normal clearing.
     assert_eq!(wait_bye(&fake, &uuid).await, "NORMAL_CLEARING");
     sw.wait_channel(&uuid, false, T).await;
+    sw.wait_channel(&phone, false, T).await;
     bot.stop().await;
 }
 
@@ -249,15 +273,16 @@ async fn caller_hangs_up_while_ringing() {
         json!({"action": "ignore", "ringWaitMs": 30000}),
     )
     .await;
-    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let (phone, _uuid, originate) = ring_bridged(&user.user_id);
     let invite = user
         .wait_for("the bot's m.call.invite", T, |s| {
             s.event["type"] == "m.call.invite"
         })
         .await;
     let cid = invite["content"]["call_id"].as_str().unwrap().to_owned();
+    // The phone gives up.
     Switch::shared()
-        .api(&format!("uuid_kill {uuid} ORIGINATOR_CANCEL"))
+        .api(&format!("uuid_kill {phone} ORIGINATOR_CANCEL"))
         .await;
     let hangup = user.wait_call_event(&room, "m.call.hangup", &cid, T).await;
     assert_eq!(hangup["content"]["reason"], "user_hangup");

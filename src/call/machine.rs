@@ -189,6 +189,8 @@ enum Stage {
         answer: String,
         /// When to answer FreeSWITCH without the end-of-candidates marker.
         due: Instant,
+        /// While no usable candidate has come, `due` moves on, but not past this.
+        give_up: Instant,
     },
     Ended,
 }
@@ -631,10 +633,7 @@ impl Call {
                 out.extend(self.fail("invite_timeout", "nobody answered"));
                 out
             }
-            Stage::Connecting { due, .. } if now >= *due => {
-                debug!("candidate wait over without end-of-candidates; answering FreeSWITCH");
-                self.answer_verto(now)
-            }
+            Stage::Connecting { due, .. } if now >= *due => self.connecting_timeout(now),
             Stage::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
@@ -1014,6 +1013,20 @@ impl Call {
             return Vec::new();
         };
         info!(party_id = ?party_id, "the callee answered");
+        if sdp::media_rejected(&answer) {
+            // The browser has none of the codecs FreeSWITCH offered (e.g. a leg inheriting
+            // L16 or G.729 from the caller): no media could ever flow.
+            warn!("the callee's answer refuses all media: no common codec");
+            self.stage = Stage::Inviting { early: Vec::new() };
+            let mut out = vec![Action::Bye {
+                cause: Cause::IncompatibleDestination,
+            }];
+            out.extend(self.fail(
+                "user_media_failed",
+                "the callee's client has none of the codecs FreeSWITCH offered",
+            ));
+            return out;
+        }
         let mut out = Vec::new();
         if let Some(p) = &party_id {
             out.push(Action::Send(CallEventOut::SelectAnswer {
@@ -1029,8 +1042,10 @@ impl Call {
             .filter(|(p, _)| party_id.is_none() || *p == party_id)
             .map(|(_, c)| c)
             .collect();
+        let wait = self.setup.candidate_wait;
         self.stage = Stage::Connecting {
-            due: now + self.setup.candidate_wait,
+            due: now + wait,
+            give_up: now + (4 * wait).max(Duration::from_secs(10)),
             answer: answer.clone(),
         };
         let (end, _) = add_capped(&mut self.trickled, mine, self.setup.max_candidates);
@@ -1071,6 +1086,29 @@ impl Call {
         }
     }
 
+    /// The candidate wait is over without the marker. matrix-js-sdk sends an answering
+    /// device's first batch anywhere from a few hundred ms to seconds after the answer; with
+    /// none usable yet, FreeSWITCH would hang up (cause 88), so the wait goes on, bounded.
+    fn connecting_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let wait = self.setup.candidate_wait;
+        let Stage::Connecting {
+            answer,
+            due,
+            give_up,
+        } = &mut self.stage
+        else {
+            return Vec::new();
+        };
+        let usable = sdp::merge_candidates(answer, &self.trickled).is_ok_and(|m| m.usable > 0);
+        if !usable && now < *give_up {
+            debug!("no usable candidate from the answering device yet; waiting on");
+            *due = (now + wait).min(*give_up);
+            return Vec::new();
+        }
+        debug!("candidate wait over without end-of-candidates; answering FreeSWITCH");
+        self.answer_verto(now)
+    }
+
     /// Sends the callee's answer, with its candidates, to FreeSWITCH: from here on the call
     /// is answered as any other.
     fn answer_verto(&mut self, now: Instant) -> Vec<Action> {
@@ -1087,7 +1125,11 @@ impl Call {
                 vec![Action::AnswerVerto { sdp: m.sdp }]
             }
             Ok(_) => {
-                self.stage = Stage::Connecting { answer, due: now };
+                self.stage = Stage::Connecting {
+                    answer,
+                    due: now,
+                    give_up: now,
+                };
                 let mut out = vec![Action::Bye {
                     cause: Cause::IncompatibleDestination,
                 }];
@@ -1098,7 +1140,11 @@ impl Call {
                 out
             }
             Err(e) => {
-                self.stage = Stage::Connecting { answer, due: now };
+                self.stage = Stage::Connecting {
+                    answer,
+                    due: now,
+                    give_up: now,
+                };
                 let mut out = vec![Action::Bye {
                     cause: Cause::IncompatibleDestination,
                 }];
@@ -2776,6 +2822,66 @@ mod tests {
                 due,
             );
             assert_eq!(bye_cause(&a), Some(Cause::NormalClearing));
+        }
+
+        /// matrix-js-sdk's first batch after the answer can come later than the candidate
+        /// wait: without a usable candidate the wait goes on (bounded) instead of failing.
+        #[test]
+        fn a_late_first_batch_is_waited_for() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let bare: String = ANSWER
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("a=candidate"))
+                .collect();
+            c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: bare.clone(),
+                },
+                now,
+            );
+            let due = c.poll_timeout().unwrap();
+            assert!(c.handle_timeout(due).is_empty());
+            assert_eq!(c.state(), State::Connecting);
+            c.handle(cands_of("A", vec![udp(1)]), due);
+            let due = c.poll_timeout().unwrap();
+            assert!(matches!(
+                &c.handle_timeout(due)[..],
+                [Action::AnswerVerto { .. }]
+            ));
+            // Nothing at all: given up after 10 s with ice_failed on both sides.
+            let mut c = ringing(now);
+            c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: bare,
+                },
+                now,
+            );
+            let mut out = Vec::new();
+            while let Some(d) = c.poll_timeout().filter(|_| !c.is_ended()) {
+                assert!(d <= now + Duration::from_secs(10), "{d:?}");
+                out = c.handle_timeout(d);
+            }
+            assert_eq!(bye_cause(&out), Some(Cause::IncompatibleDestination));
+        }
+
+        #[test]
+        fn an_answer_refusing_all_media_fails_at_once() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let refused = ANSWER.replace("m=audio 46805 ", "m=audio 0 ");
+            let a = c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: refused,
+                },
+                now,
+            );
+            assert_eq!(bye_cause(&a), Some(Cause::IncompatibleDestination));
+            assert!(sent_types(&a).contains(&"m.call.hangup"), "{a:?}");
+            assert!(c.is_ended());
         }
 
         #[test]
