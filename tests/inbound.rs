@@ -94,9 +94,12 @@ impl Callee {
 /// `callID`) and the task that ends with the originate's result.
 fn ring(user: Option<&str>, app: &str) -> (String, tokio::task::JoinHandle<String>) {
     let uuid = uuid::Uuid::new_v4().to_string();
-    let var = user
-        .map(|u| format!(",verto_svar_matrix_user={u}"))
-        .unwrap_or_default();
+    // Without the variable, the routes decide; the called number is set as a dialplan would
+    // pass on the number the phone dialled.
+    let var = user.map_or_else(
+        || ",origination_callee_id_number=2001".to_owned(),
+        |u| format!(",verto_svar_matrix_user={u}"),
+    );
     let cmd = format!(
         "originate {{origination_uuid={uuid},origination_caller_id_name='Alice Smith',origination_caller_id_number=+49301234567,originate_timeout=60{var}}}user/1000@localhost {app}"
     );
@@ -340,7 +343,7 @@ async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
     let _turn = serial();
     let mut user = TestUser::new("newdm").await;
     let route = format!(
-        "  routes:\n    - caller: \"+4930*\"\n      user: \"{}\"\n",
+        "  routes:\n    - callee: \"1000\"\n      user: \"@nobody:localhost\"\n    - caller: \"+4930*\"\n      callee: \"2001\"\n      user: \"{}\"\n",
         user.user_id
     );
     let (fake, bot, _other, other_room) = inbound_setup(40, &route).await;
