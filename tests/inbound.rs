@@ -484,3 +484,34 @@ async fn dtmf_command_from_the_callee_reaches_freeswitch() {
     let _ = originate.await;
     bot.stop().await;
 }
+
+/// The verto socket drops during an answered call from FreeSWITCH (cut in the tap):
+/// FreeSWITCH re-offers the call, the bot renegotiates with the callee (two rounds, as for
+/// outgoing calls) and answers with `verto.attach`, and the callee's audio reaches
+/// FreeSWITCH again.
+#[tokio::test]
+async fn an_answered_call_survives_a_verto_reconnect() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(30, "").await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 20000})).await;
+    let (_phone, uuid, originate) = ring_bridged(&user.user_id);
+    wait_verto_answer(&fake, &uuid).await;
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
+    fake.drop_connections();
+    let id = uuid.clone();
+    fake.wait_for("the bot's verto.attach", T, move |f| {
+        f.msg["method"] == "verto.attach"
+            && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+    })
+    .await;
+    sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(r["dtlsState"], "connected", "{r:#}");
+    let cid = r["callId"].as_str().unwrap().to_owned();
+    user.catch_up().await;
+    assert_eq!(user.seen_call_events("m.call.negotiate", &cid).len(), 2);
+    let _ = (room, originate.await);
+    bot.stop().await;
+}
