@@ -515,3 +515,43 @@ async fn an_answered_call_survives_a_verto_reconnect() {
     let _ = (room, originate.await);
     bot.stop().await;
 }
+
+/// A restart with `on_shutdown: detach` keeps an answered call from FreeSWITCH: the next
+/// start reads it back from `calls.json` (as an inbound call) and re-attaches it when
+/// FreeSWITCH re-offers it, and the callee's audio reaches FreeSWITCH again.
+#[tokio::test]
+async fn an_answered_call_survives_a_bot_restart() {
+    let _turn = serial();
+    let opts = BotOpts {
+        extra: "inbound:\n  ring_timeout_secs: 30\n".into(),
+        calls_extra: "  on_shutdown: detach".into(),
+        ..Default::default()
+    };
+    let (fake, bot, mut user, _room) = setup(opts.clone()).await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 25000})).await;
+    let (_phone, uuid, originate) = ring_bridged(&user.user_id);
+    wait_verto_answer(&fake, &uuid).await;
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
+    let (_, user_id, password, state_dir) = bot.stop().await;
+    let saved = std::fs::read_to_string(state_dir.join("calls.json")).unwrap();
+    assert!(
+        saved.contains(&user.user_id) && saved.contains("inbound_user"),
+        "{saved}"
+    );
+    let bot = Bot::start_with(user_id, password, state_dir, &fake, opts).await;
+    let id = uuid.clone();
+    fake.wait_for("the restarted bot's verto.attach", T, move |f| {
+        f.msg["method"] == "verto.attach"
+            && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
+    })
+    .await;
+    sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    let cid = r["callId"].as_str().unwrap().to_owned();
+    user.catch_up().await;
+    assert_eq!(user.seen_call_events("m.call.negotiate", &cid).len(), 2);
+    let _ = originate.await;
+    bot.stop().await;
+}
