@@ -3168,5 +3168,87 @@ mod tests {
                 prop_assert_eq!(c.state(), State::Ended);
             }
         }
+
+        fn inbound_input() -> impl Strategy<Value = Input> {
+            let party = || prop_oneof![Just("CALLER".to_owned()), Just("X".to_owned())];
+            prop_oneof![
+                3 => input(),
+                1 => Just(Input::RoomReady { room_id: "!r:x".into() }),
+                1 => Just(Input::RoomFailed { why: "x".into() }),
+                2 => (party(), prop_oneof![Just(BROWSER_ANSWER.to_owned()), Just(FS_ANSWER.to_owned())])
+                    .prop_map(|(p, sdp)| Input::CalleeAnswer { party_id: Some(p), sdp }),
+                1 => Just(Input::Reject),
+                1 => prop_oneof![Just(Ok(())), Just(Err("x".to_owned()))].prop_map(Input::AnswerResult),
+            ]
+        }
+
+        fn inbound_steps() -> impl Strategy<Value = Vec<Step>> {
+            let step = prop_oneof![
+                3 => inbound_input().prop_map(Step::Feed),
+                2 => prop_oneof![0u64..400, 0u64..5_000, 0u64..200_000].prop_map(Step::Wait),
+            ];
+            prop::collection::vec(step, 0..40)
+        }
+
+        fn byes(actions: &[Action]) -> usize {
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Bye { .. }))
+                .count()
+        }
+
+        proptest! {
+            /// A call from FreeSWITCH, whatever the order of its inputs and timers, ends once
+            /// the bridge stops, leaves nothing ringing: once the user was rung, Matrix is told
+            /// the end exactly once unless the user ended it, and FreeSWITCH gets one
+            /// `verto.bye` unless it ended the call itself (or the call was kept for the next
+            /// start, which tells neither side). A caller never rejects.
+            #[test]
+            fn inbound_calls_end_once_on_both_sides(steps in inbound_steps()) {
+                let mut now = Instant::now();
+                let mut s = setup(Version::V1, now);
+                s.caller_party = None;
+                s.direction = Direction::Inbound { user: "@u:x".into(), notice: "n".into() };
+                s.max_duration = Some(Duration::from_secs(600));
+                let mut c = Call::new(s);
+                let mut out = c.start(now);
+                let (mut user_ended, mut fs_ended) = (false, false);
+                for step in steps.into_iter().chain([Step::Feed(Input::Shutdown)]) {
+                    match step {
+                        Step::Feed(i) => {
+                            if !c.is_ended() {
+                                user_ended |= matches!(i, Input::Reject | Input::Hangup { .. });
+                                fs_ended |= matches!(i, Input::Bye { .. } | Input::VertoDown);
+                            }
+                            out.extend(c.handle(i, now));
+                        }
+                        Step::Wait(ms) => {
+                            now += Duration::from_millis(ms);
+                            while let Some(due) = c.poll_timeout().filter(|d| *d <= now) {
+                                out.extend(c.handle_timeout(now));
+                                let next = c.poll_timeout();
+                                prop_assert!(next.is_none_or(|d| d > now), "deadline {due:?} repeats as {next:?}");
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(c.state(), State::Ended);
+                let types = sent_types(&out);
+                prop_assert!(!types.contains(&"m.call.reject"), "{types:?}");
+                if c.kept {
+                    // Left up on purpose for the next start (`on_shutdown: detach`).
+                    prop_assert_eq!(endings(&out) + byes(&out), 0, "{:?}", types);
+                    return Ok(());
+                }
+                let rung = types.contains(&"m.call.invite");
+                let ended = endings(&out);
+                prop_assert!(ended <= 1, "{types:?}");
+                prop_assert!(!rung || ended == 1 || user_ended, "left ringing in Matrix: {types:?}");
+                prop_assert!(rung || ended == 0, "an ending for a call never rung: {types:?}");
+                let b = byes(&out);
+                prop_assert!(b <= 1, "{types:?}");
+                prop_assert!(b == 1 || fs_ended, "left up in FreeSWITCH: {types:?}");
+            }
+        }
     }
 }
