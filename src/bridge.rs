@@ -320,6 +320,10 @@ impl Bridge {
                 return self.on_invite(key, &sender, *inv, age_ms, settled, received)
             }
             CallEvent::Candidates(c) => return self.on_candidates(key, sender, c),
+            CallEvent::Hangup(h) if self.is_inbound(&key) => Input::CalleeHangup {
+                party_id: h.party_id.map(|p| p.to_string()),
+                reason: Some(h.reason.as_str().to_owned()),
+            },
             CallEvent::Hangup(h) => {
                 self.early.remove(&key);
                 Input::Hangup {

@@ -768,6 +768,47 @@ mod tests {
         );
     }
 
+    /// Calls from FreeSWITCH count under `direction="inbound"`: answered, cancelled by the
+    /// SIP side while ringing, and refused; the outbound series stay untouched.
+    #[test]
+    fn inbound_calls_are_counted_apart() {
+        let m = Metrics::new(Duration::from_secs(120));
+        let series = |d: &str, o: &str| {
+            sample(
+                &m.encode(),
+                &format!("vertobot_calls_total{{direction=\"{d}\",outcome=\"{o}\"}}"),
+            )
+        };
+        let active = |d: &str| {
+            sample(
+                &m.encode(),
+                &format!("vertobot_calls_active{{direction=\"{d}\"}}"),
+            )
+        };
+        assert_eq!(active(INBOUND), Some(0.0), "registered before any call");
+        let mut p = CallProbe::with_direction(&m, false, INBOUND);
+        assert_eq!((active(INBOUND), active(OUTBOUND)), (Some(1.0), Some(0.0)));
+        p.state(State::Placing);
+        p.state(State::Inviting);
+        p.state(State::Answered);
+        p.state(State::Ended);
+        drop(p);
+        let mut p = CallProbe::with_direction(&m, false, INBOUND);
+        p.state(State::Inviting);
+        p.input(&Input::Bye {
+            cause_code: Some(487),
+            cause: None,
+        });
+        p.state(State::Ended);
+        drop(p);
+        m.call_refused_in(INBOUND);
+        assert_eq!(active(INBOUND), Some(0.0));
+        assert_eq!(series(INBOUND, "answered"), Some(1.0));
+        assert_eq!(series(INBOUND, "caller_cancelled"), Some(1.0));
+        assert_eq!(series(INBOUND, "rejected"), Some(1.0));
+        assert_eq!(series(OUTBOUND, "answered"), Some(0.0));
+    }
+
     #[test]
     fn disabled_handles_do_nothing() {
         let m = Metrics::disabled();

@@ -324,6 +324,14 @@ pub enum Input {
     },
     /// Inbound: `m.call.reject` from one of the user's devices.
     Reject,
+    /// Inbound: `m.call.hangup` from one of the user's devices; once a device answered, only
+    /// its own hangup counts.
+    CalleeHangup {
+        /// The device's `party_id`.
+        party_id: Option<String>,
+        /// The Matrix reason.
+        reason: Option<String>,
+    },
     /// Inbound: the reply to our `verto.answer`.
     AnswerResult(Result<(), String>),
 }
@@ -717,6 +725,16 @@ impl Call {
                 Vec::new()
             }
             Input::Detach => self.handle(Input::Shutdown, now),
+            Input::CalleeHangup { party_id, reason } => {
+                if !self.is_callers_party(party_id.as_deref()) {
+                    debug!(
+                        ?party_id,
+                        "hangup from a device that did not get the call ignored"
+                    );
+                    return Vec::new();
+                }
+                self.handle(Input::Hangup { reason }, now)
+            }
             input => match self.state() {
                 State::Collecting => self.collecting(input),
                 State::Dialling => self.dialling(input, now),
@@ -2959,6 +2977,27 @@ mod tests {
         }
 
         #[test]
+        fn only_the_answering_devices_hangup_counts() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            c.handle(answer_of("A"), now);
+            c.handle(cands_of("A", vec![udp(1), end()]), now);
+            let other = Input::CalleeHangup {
+                party_id: Some("B".into()),
+                reason: Some("user_hangup".into()),
+            };
+            assert!(c.handle(other, now).is_empty());
+            assert_eq!(c.state(), State::Answered);
+            let mine = Input::CalleeHangup {
+                party_id: Some("A".into()),
+                reason: Some("user_hangup".into()),
+            };
+            let a = c.handle(mine, now);
+            assert_eq!(bye_cause(&a), Some(Cause::NormalClearing));
+            assert!(c.is_ended());
+        }
+
+        #[test]
         fn no_answer_in_the_ring_time() {
             let now = Instant::now();
             let mut c = ringing(now);
@@ -3178,6 +3217,8 @@ mod tests {
                 2 => (party(), prop_oneof![Just(BROWSER_ANSWER.to_owned()), Just(FS_ANSWER.to_owned())])
                     .prop_map(|(p, sdp)| Input::CalleeAnswer { party_id: Some(p), sdp }),
                 1 => Just(Input::Reject),
+                1 => (party(), prop::option::of(Just("user_busy".to_owned())))
+                    .prop_map(|(p, reason)| Input::CalleeHangup { party_id: Some(p), reason }),
                 1 => prop_oneof![Just(Ok(())), Just(Err("x".to_owned()))].prop_map(Input::AnswerResult),
             ]
         }
@@ -3217,7 +3258,10 @@ mod tests {
                     match step {
                         Step::Feed(i) => {
                             if !c.is_ended() {
-                                user_ended |= matches!(i, Input::Reject | Input::Hangup { .. });
+                                user_ended |= matches!(
+                                    i,
+                                    Input::Reject | Input::Hangup { .. } | Input::CalleeHangup { .. }
+                                );
                                 fs_ended |= matches!(i, Input::Bye { .. } | Input::VertoDown);
                             }
                             out.extend(c.handle(i, now));

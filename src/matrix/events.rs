@@ -244,33 +244,9 @@ impl CallEventOut {
                 "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
                 "sdp_stream_metadata": stream_metadata(stream_ids),
             }),
-            CallEventOut::Invite {
-                call_id,
-                party_id,
-                invitee,
-                lifetime_ms,
-                sdp,
-                stream_ids,
-            } => json!({
-                "call_id": call_id,
-                "party_id": party_id,
-                "version": "1",
-                "invitee": invitee,
-                "lifetime": lifetime_ms,
-                "offer": {"type": "offer", "sdp": sdp},
-                "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
-                "sdp_stream_metadata": stream_metadata(stream_ids),
-            }),
-            CallEventOut::SelectAnswer {
-                call_id,
-                party_id,
-                selected,
-            } => json!({
-                "call_id": call_id,
-                "party_id": party_id,
-                "version": "1",
-                "selected_party_id": selected,
-            }),
+            CallEventOut::Invite { .. } | CallEventOut::SelectAnswer { .. } => {
+                self.caller_content()
+            }
             CallEventOut::EndOfCandidates { call_id, party_id } => json!({
                 "call_id": call_id,
                 "party_id": party_id,
@@ -309,6 +285,42 @@ impl CallEventOut {
             } => {
                 json!({"call_id": call_id, "party_id": party_id, "version": "1", "reason": reason})
             }
+        }
+    }
+}
+
+impl CallEventOut {
+    /// The contents only a caller sends (the bot ringing a Matrix user).
+    fn caller_content(&self) -> Value {
+        match self {
+            CallEventOut::Invite {
+                call_id,
+                party_id,
+                invitee,
+                lifetime_ms,
+                sdp,
+                stream_ids,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "invitee": invitee,
+                "lifetime": lifetime_ms,
+                "offer": {"type": "offer", "sdp": sdp},
+                "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                "sdp_stream_metadata": stream_metadata(stream_ids),
+            }),
+            CallEventOut::SelectAnswer {
+                call_id,
+                party_id,
+                selected,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "selected_party_id": selected,
+            }),
+            _ => Value::Null,
         }
     }
 }
