@@ -543,8 +543,8 @@ impl Bridge {
             info!(verto_call_id = %vid, %user, "call from FreeSWITCH refused: the user's call limit");
             return Err(Cause::UserBusy);
         }
-        if sdp_len > self.calls_cfg.max_sdp_bytes {
-            warn!(verto_call_id = %vid, "call from FreeSWITCH refused: its offer is too large");
+        if sdp_len == 0 || sdp_len > self.calls_cfg.max_sdp_bytes {
+            warn!(verto_call_id = %vid, sdp_len, "call from FreeSWITCH refused: its offer is missing or too large");
             return Err(Cause::IncompatibleDestination);
         }
         Ok(())

@@ -555,3 +555,26 @@ async fn an_answered_call_survives_a_bot_restart() {
     let _ = originate.await;
     bot.stop().await;
 }
+
+/// Digits the phone sends during an answered call from FreeSWITCH are reported to the callee
+/// (`dtmf.report_far_end`), as on outgoing calls: FreeSWITCH's DTMF event on the phone's leg
+/// names the bot's leg as its other leg.
+#[tokio::test]
+async fn far_end_digits_are_reported_to_the_callee() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) =
+        inbound_setup(30, "dtmf:\n  report_far_end: true\n  burst_ms: 300\n").await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 8000})).await;
+    let (phone, uuid, originate) = ring_bridged(&user.user_id);
+    wait_verto_answer(&fake, &uuid).await;
+    let sw = Switch::shared();
+    sw.wait_audio_in(&uuid, 20, MEDIA_T).await;
+    // The phone's keys, as FreeSWITCH receives them on its leg.
+    sw.api(&format!("uuid_recv_dtmf {phone} 12#")).await;
+    user.wait_notice(&room, "The other side pressed: 12#", T)
+        .await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    let _ = originate.await;
+    bot.stop().await;
+}

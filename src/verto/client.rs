@@ -863,7 +863,7 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
         ("verto.invite", Some(call_id)) => match IncomingCall::from_params(p) {
             Some(inc) => Some(VertoEvent::Invite(Box::new(inc))),
             None => {
-                warn!(%call_id, "verto.invite without sdp ignored");
+                warn!(%call_id, "unreadable verto.invite ignored");
                 None
             }
         },

@@ -210,7 +210,9 @@ pub struct IncomingCall {
     /// The verto `callID` (FreeSWITCH's channel UUID).
     #[serde(rename = "callID")]
     pub call_id: String,
-    /// FreeSWITCH's complete offer.
+    /// FreeSWITCH's complete offer; empty when the invite has none (the call layer refuses
+    /// it, so that FreeSWITCH does not ring on).
+    #[serde(default)]
     pub sdp: String,
     /// Who calls.
     #[serde(default)]
@@ -451,7 +453,9 @@ mod tests {
         let inc = IncomingCall::from_params(&odd).unwrap();
         assert_eq!(inc.variables.len(), 1);
         assert_eq!(inc.caller_id_number, "");
-        assert!(IncomingCall::from_params(&json!({"callID": "c"})).is_none());
+        let bare = IncomingCall::from_params(&json!({"callID": "c"})).unwrap();
+        assert!(bare.sdp.is_empty());
+        assert!(IncomingCall::from_params(&json!({"sdp": "v=0"})).is_none());
     }
 
     #[test]
