@@ -578,3 +578,35 @@ async fn far_end_digits_are_reported_to_the_callee() {
     let _ = originate.await;
     bot.stop().await;
 }
+
+/// An invite without an offer (which the real switch never sends: hence the fake) is refused
+/// at once instead of being left to ring, and Matrix sees nothing.
+#[tokio::test]
+async fn an_invite_without_an_offer_is_refused() {
+    let (fake, bot, mut user, _room) = setup_fake(BotOpts {
+        extra: "inbound:\n  default_user: \"@someone:localhost\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    fake.wait_for("the bot's login", T, |f| f.msg["method"] == "login")
+        .await;
+    let conn = fake.last_conn();
+    fake.request(
+        conn,
+        "verto.invite",
+        json!({"callID": "no-offer", "caller_id_number": "1000"}),
+    );
+    assert_eq!(
+        wait_bye(&fake, "no-offer").await,
+        "INCOMPATIBLE_DESTINATION"
+    );
+    user.catch_up().await;
+    assert!(
+        !user
+            .history
+            .iter()
+            .any(|s| s.event["type"] == "m.call.invite"),
+        "nothing rang"
+    );
+    bot.stop().await;
+}
