@@ -363,6 +363,12 @@ async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
     let r = callee.report().await;
     assert_eq!(r["connected"], true, "{r:#}");
     assert_ne!(r["roomId"], other_room.as_str());
+    // Remembered for the next call, and across restarts.
+    let rooms = std::fs::read_to_string(bot.state_dir.join("rooms.json")).unwrap();
+    assert!(
+        rooms.contains(r["roomId"].as_str().unwrap()) && rooms.contains(&user.user_id),
+        "{rooms}"
+    );
     wait_verto_answer(&fake, &uuid).await;
     assert!(r["packetsReceived"].as_u64().unwrap() > 20, "{r:#}");
     assert!(originate.await.unwrap().starts_with("+OK"));

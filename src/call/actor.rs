@@ -130,7 +130,8 @@ pub async fn run(
 
 /// The route of a new call, or `None` when it is not admitted. A recovered call was admitted
 /// and routed in the last run, and FreeSWITCH re-offers it without being dialled again, so it
-/// gets a placeholder route.
+/// gets a placeholder route; so does a call from FreeSWITCH, which the bridge routed to its
+/// Matrix user and which is never dialled.
 async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
     let inbound = matches!(call.setup().direction, Direction::Inbound { .. });
     if ctx.recovered {
@@ -141,7 +142,7 @@ async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
     }
     if ctx.recovered || inbound {
         return Some(Routed {
-            name: "recovered".into(),
+            name: if inbound { "inbound" } else { "recovered" }.into(),
             destination: String::new(),
             caller_id_name: String::new(),
             caller_id_number: String::new(),
