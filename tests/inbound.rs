@@ -372,6 +372,20 @@ async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
     wait_verto_answer(&fake, &uuid).await;
     assert!(r["packetsReceived"].as_u64().unwrap() > 20, "{r:#}");
     assert!(originate.await.unwrap().starts_with("+OK"));
+    // After a restart the next call rings in the same room, with no new invite to accept.
+    let (_, bot_user, password, state_dir) = bot.stop().await;
+    let opts = BotOpts {
+        extra: format!("inbound:\n  ring_timeout_secs: 40\n{route}"),
+        ..Default::default()
+    };
+    let bot = Bot::start_with(bot_user, password, state_dir, &fake, opts).await;
+    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 1000})).await;
+    let (uuid, originate) = ring(None, TONE);
+    let again = callee.report().await;
+    assert_eq!(again["connected"], true, "{again:#}");
+    assert_eq!(again["roomId"], r["roomId"], "{again:#}");
+    wait_verto_answer(&fake, &uuid).await;
+    let _ = originate.await;
     bot.stop().await;
 }
 

@@ -883,7 +883,11 @@ impl Call {
     fn connected(&mut self, input: Input, now: Instant) -> Vec<Action> {
         match input {
             Input::Hangup { reason } => {
-                self.finish("caller hung up");
+                self.finish(if self.is_inbound() {
+                    "the callee hung up"
+                } else {
+                    "caller hung up"
+                });
                 vec![Action::Bye {
                     cause: cause::matrix_to_verto(reason.as_deref(), true),
                 }]
