@@ -379,7 +379,12 @@ async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
         ..Default::default()
     };
     let bot = Bot::start_with(bot_user, password, state_dir, &fake, opts).await;
-    let callee = Callee::start(&user, None, json!({"action": "answer", "holdMs": 1000})).await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 1000, "skipCallIds": [r["callId"]]}),
+    )
+    .await;
     let (uuid, originate) = ring(None, TONE);
     let again = callee.report().await;
     assert_eq!(again["connected"], true, "{again:#}");
