@@ -18,25 +18,30 @@ use tracing::{debug, error, info, warn};
 
 use crate::call::actor::{self, Ctx};
 use crate::call::command::{self, Command};
-use crate::call::machine::{self, Call, Input, Recovery, Setup, Version};
+use crate::call::inbound::{self, Offered};
+use crate::call::machine::{self, Call, Direction, Input, Recovery, Setup, Version};
+use crate::call::room::{self, RoomStore};
 use crate::call::route::{self, Caller, Router};
 use crate::call::store::{self, CallStore, Record};
 use crate::chain::Chain;
-use crate::config::{CallsConfig, Config, DtmfConfig, OnShutdown};
+use crate::config::{CallsConfig, Config, DtmfConfig, InboundConfig, OnShutdown};
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
 use crate::matrix::sync::Batch;
 use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
 use crate::state::{SavedMap, StateStore};
-use crate::verto::messages::{FsDtmf, Subscribe, DTMF_CHANNEL};
+use crate::verto::messages::{FsDtmf, IncomingCall, Subscribe, DTMF_CHANNEL};
 use crate::verto::{Cause, VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
 
 struct Entry {
     tx: mpsc::Sender<Input>,
+    /// The Matrix user of the call: the caller, or for an inbound call the user rung.
     caller: String,
     verto_call_id: String,
+    /// FreeSWITCH called the Matrix user: the user's answer and reject are the call's.
+    inbound: bool,
 }
 
 /// Candidates that arrived before their invite.
@@ -74,6 +79,10 @@ impl std::fmt::Display for Lost {
 pub struct Bridge {
     calls_cfg: CallsConfig,
     dtmf_cfg: DtmfConfig,
+    inbound_cfg: InboundConfig,
+    rooms: Arc<Mutex<RoomStore>>,
+    placed_tx: mpsc::UnboundedSender<(String, String)>,
+    placed_rx: mpsc::UnboundedReceiver<(String, String)>,
     dial_pattern: Option<regex::Regex>,
     access: Vec<String>,
     own_server: String,
@@ -90,8 +99,9 @@ pub struct Bridge {
     by_verto: HashMap<String, Key>,
     early: HashMap<Key, Early>,
     tracker: TaskTracker,
-    done_tx: mpsc::UnboundedSender<Key>,
-    done_rx: mpsc::UnboundedReceiver<Key>,
+    /// A call's task ended: its verto `callID` (an inbound call's key changes once placed).
+    done_tx: mpsc::UnboundedSender<String>,
+    done_rx: mpsc::UnboundedReceiver<String>,
 }
 
 impl Bridge {
@@ -105,10 +115,15 @@ impl Bridge {
         our_party: String,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (placed_tx, placed_rx) = mpsc::unbounded_channel();
         let own_server = crate::matrix::server_name(&bot_user).to_owned();
         Self {
             calls_cfg: cfg.calls.clone(),
             dtmf_cfg: cfg.dtmf.clone(),
+            inbound_cfg: cfg.inbound.clone(),
+            rooms: Arc::new(Mutex::new(RoomStore::load(store.clone(), room::FILE))),
+            placed_tx,
+            placed_rx,
             // Validated by Config::validate; an invalid one just turns !dial off.
             dial_pattern: cfg
                 .dial
@@ -154,6 +169,7 @@ impl Bridge {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                Some((verto_call_id, room)) = self.placed_rx.recv() => self.on_placed(&verto_call_id, room),
                 b = batches.recv() => match b {
                     Some(b) => self.on_batch(b),
                     None => { lost = Some(Lost::Sync); break }
@@ -162,7 +178,7 @@ impl Bridge {
                     Some(ev) => self.on_verto(ev),
                     None => { lost = Some(Lost::Verto); break }
                 },
-                Some(key) = self.done_rx.recv() => self.forget(&key),
+                Some(id) = self.done_rx.recv() => self.forget(&id),
             }
         }
         if let Some(l) = lost {
@@ -188,15 +204,27 @@ impl Bridge {
                     break;
                 }
                 Some(ev) = verto_events.recv() => self.on_verto(ev),
-                Some(key) = self.done_rx.recv() => self.forget(&key),
+                Some(id) = self.done_rx.recv() => self.forget(&id),
             }
         }
         lost
     }
 
-    fn forget(&mut self, key: &Key) {
-        if let Some(e) = self.calls.remove(key) {
-            self.by_verto.remove(&e.verto_call_id);
+    fn forget(&mut self, verto_call_id: &str) {
+        if let Some(key) = self.by_verto.remove(verto_call_id) {
+            self.calls.remove(&key);
+        }
+    }
+
+    /// An inbound call found its room: from now on the callee's events there reach it.
+    fn on_placed(&mut self, verto_call_id: &str, room: String) {
+        let Some(old) = self.by_verto.get(verto_call_id).cloned() else {
+            return;
+        };
+        if let Some(e) = self.calls.remove(&old) {
+            let key = (room, old.1);
+            self.by_verto.insert(verto_call_id.to_owned(), key.clone());
+            self.calls.insert(key, e);
         }
     }
 
@@ -292,15 +320,24 @@ impl Bridge {
                 return self.on_invite(key, &sender, *inv, age_ms, settled, received)
             }
             CallEvent::Candidates(c) => return self.on_candidates(key, sender, c),
+            CallEvent::Hangup(h) if self.is_inbound(&key) => Input::CalleeHangup {
+                party_id: h.party_id.map(|p| p.to_string()),
+                reason: Some(h.reason.as_str().to_owned()),
+            },
             CallEvent::Hangup(h) => {
                 self.early.remove(&key);
                 Input::Hangup {
                     reason: Some(h.reason.as_str().to_owned()),
                 }
             }
+            CallEvent::Reject(_) if self.is_inbound(&key) => Input::Reject,
             CallEvent::Reject(_) => Input::Hangup { reason: None },
             CallEvent::SelectAnswer(s) => Input::SelectAnswer {
                 party_id: s.selected_party_id.to_string(),
+            },
+            CallEvent::Answer(a) if self.is_inbound(&key) => Input::CalleeAnswer {
+                party_id: a.party_id.map(|p| p.to_string()),
+                sdp: a.answer.sdp,
             },
             CallEvent::Answer(_) => {
                 debug!(room_id = %key.0, call_id = %key.1, "answer from another party ignored");
@@ -449,6 +486,82 @@ impl Bridge {
         );
     }
 
+    fn is_inbound(&self, key: &Key) -> bool {
+        self.calls.get(key).is_some_and(|e| e.inbound)
+    }
+
+    /// A call from FreeSWITCH: rung in Matrix if a user is named for it and the limits allow,
+    /// else refused with a cause FreeSWITCH passes on, and nothing sent to Matrix.
+    fn on_fs_invite(&mut self, inc: IncomingCall) {
+        let vid = inc.call_id.clone();
+        if self.by_verto.contains_key(&vid) {
+            debug!(verto_call_id = %vid, "duplicate verto.invite ignored");
+            return;
+        }
+        let offered = Offered {
+            variable: inc
+                .variables
+                .get(inbound::USER_VARIABLE)
+                .map(String::as_str),
+            caller: &inc.caller_id_number,
+            callee: &inc.callee_id_number,
+        };
+        let Some((user, source)) = inbound::pick_user(&self.inbound_cfg, offered) else {
+            info!(verto_call_id = %vid, caller = %inc.caller_id_number, callee = %inc.callee_id_number,
+                "call from FreeSWITCH refused: no {} variable, inbound route or default_user names a Matrix user", inbound::USER_VARIABLE);
+            return self.refuse_fs(vid, Cause::NoRouteDestination);
+        };
+        if let Err(cause) = self.inbound_admission(&vid, &user, inc.sdp.len()) {
+            return self.refuse_fs(vid, cause);
+        }
+        info!(verto_call_id = %vid, %user, ?source, caller = %inc.caller_id_number, "call from FreeSWITCH");
+        let now = Instant::now();
+        let call_id = format!("vb{}", uuid::Uuid::new_v4().simple());
+        let offer = crate::sdp::offer_for_browser(&inc.sdp);
+        let mut setup = self.setup(&call_id, None, Version::V1, offer, now);
+        setup.direction = Direction::Inbound {
+            user: user.clone(),
+            notice: inbound::caller_notice(&inc.caller_id_name, &inc.caller_id_number),
+        };
+        setup.expires_at = now + Duration::from_secs(self.inbound_cfg.ring_timeout_secs);
+        setup.max_duration = (self.calls_cfg.max_call_secs > 0)
+            .then(|| Duration::from_secs(self.calls_cfg.max_call_secs));
+        let key = (String::new(), call_id);
+        let chan = mpsc::channel(64);
+        self.spawn_call(key, &user, vid, Call::new(setup), chan, None, false);
+    }
+
+    /// The limits for a call from FreeSWITCH; `max_calls` counts both directions.
+    fn inbound_admission(&self, vid: &str, user: &str, sdp_len: usize) -> Result<(), Cause> {
+        let max = self.calls_cfg.max_calls;
+        if self.calls.len() >= max {
+            warn!(verto_call_id = %vid, max, "call from FreeSWITCH refused: too many calls");
+            return Err(Cause::NormalCircuitCongestion);
+        }
+        let theirs = self.calls.values().filter(|e| e.caller == user).count();
+        if theirs >= self.calls_cfg.max_calls_per_user {
+            info!(verto_call_id = %vid, %user, "call from FreeSWITCH refused: the user's call limit");
+            return Err(Cause::UserBusy);
+        }
+        if sdp_len == 0 || sdp_len > self.calls_cfg.max_sdp_bytes {
+            warn!(verto_call_id = %vid, sdp_len, "call from FreeSWITCH refused: its offer is missing or too large");
+            return Err(Cause::IncompatibleDestination);
+        }
+        Ok(())
+    }
+
+    fn refuse_fs(&self, verto_call_id: String, cause: Cause) {
+        self.matrix
+            .metrics()
+            .call_refused_in(crate::metrics::INBOUND);
+        let verto = self.verto.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = verto.bye(&verto_call_id, cause).await {
+                debug!(%verto_call_id, error = %Chain(&e), "verto.bye of a refused call failed");
+            }
+        });
+    }
+
     /// Registers a call and starts its task.
     #[allow(clippy::too_many_arguments)]
     fn spawn_call(
@@ -474,21 +587,25 @@ impl Bridge {
             calls: self.saved_calls.clone(),
             detach_on_shutdown: self.calls_cfg.on_shutdown == OnShutdown::Detach,
             recovered,
+            rooms: self.rooms.clone(),
+            placed: self.placed_tx.clone(),
         };
+        let inbound = matches!(call.setup().direction, Direction::Inbound { .. });
         self.calls.insert(
             key.clone(),
             Entry {
                 tx: tx.clone(),
                 caller: caller.to_owned(),
                 verto_call_id: verto_call_id.clone(),
+                inbound,
             },
         );
-        self.by_verto.insert(verto_call_id, key.clone());
+        self.by_verto.insert(verto_call_id.clone(), key.clone());
         let done = self.done_tx.clone();
         let cancel = self.calls_cancel.child_token();
         self.tracker.spawn(async move {
             actor::run(call, ctx, rx, tx, cancel).await;
-            let _ = done.send(key);
+            let _ = done.send(verto_call_id);
         });
     }
 
@@ -500,7 +617,7 @@ impl Bridge {
             info!(room_id = %r.room_id, call_id = %r.call_id, %verto_call_id, "recovering a call from the last run");
             let now = Instant::now();
             let setup = self.setup_for(&r, now);
-            let call = Call::recovered(setup, r.trickled.clone(), now);
+            let call = Call::recovered(setup, r.trickled.clone(), r.peer_answer.clone(), now);
             let key = (r.room_id.clone(), r.call_id.clone());
             let chan = mpsc::channel(64);
             self.spawn_call(key, &r.caller, verto_call_id, call, chan, None, true);
@@ -523,6 +640,12 @@ impl Bridge {
             now,
         );
         setup.our_party = r.our_party.clone();
+        if let Some(user) = &r.inbound_user {
+            setup.direction = Direction::Inbound {
+                user: user.clone(),
+                notice: String::new(),
+            };
+        }
         setup
     }
 
@@ -542,6 +665,8 @@ impl Bridge {
             caller_party,
             version,
             offer,
+            direction: Direction::Outbound,
+            candidate_wait: Duration::from_millis(self.calls_cfg.candidate_wait_ms),
             our_party: self.our_party.clone(),
             expires_at: now,
             candidate_deadline: now,
@@ -613,6 +738,7 @@ impl Bridge {
                 return;
             }
             VertoEvent::Punted => return,
+            VertoEvent::Invite(inc) => return self.on_fs_invite(*inc),
             VertoEvent::Media { call_id, sdp } => (call_id, Input::Media { sdp }),
             VertoEvent::Answer { call_id, sdp } => (call_id, Input::Answer { sdp }),
             VertoEvent::Bye {

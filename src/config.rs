@@ -97,6 +97,53 @@ pub struct Config {
     /// The Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Calls from FreeSWITCH to Matrix users.
+    #[serde(default)]
+    pub inbound: InboundConfig,
+}
+
+/// `inbound:` section: which Matrix user a call from FreeSWITCH rings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// First match wins, after the channel variable `verto_svar_matrix_user`.
+    #[serde(default)]
+    pub routes: Vec<InboundRoute>,
+    /// Rung when neither the variable nor a route names a user; unset: such calls are refused.
+    #[serde(default)]
+    pub default_user: Option<String>,
+    /// How long Matrix rings (room creation and the user's join included) before the call is
+    /// given up as not answered.
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout_secs: u64,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            default_user: None,
+            ring_timeout_secs: default_ring_timeout(),
+        }
+    }
+}
+
+fn default_ring_timeout() -> u64 {
+    45
+}
+
+/// One entry of `inbound.routes`: `*` globs over FreeSWITCH's caller and callee id numbers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundRoute {
+    /// Glob over `caller_id_number`; absent matches any.
+    #[serde(default)]
+    pub caller: Option<String>,
+    /// Glob over `callee_id_number`; absent matches any.
+    #[serde(default)]
+    pub callee: Option<String>,
+    /// The Matrix user to ring.
+    pub user: String,
 }
 
 /// `metrics:` section.
@@ -499,6 +546,7 @@ impl Config {
         self.dtmf.check(&mut p);
         self.dial.check(&mut p);
         self.access.check(&mut p);
+        self.inbound.check(&mut p);
         if self.state_dir.as_os_str().is_empty() {
             p.push("state_dir: must not be empty".into());
         }
@@ -526,6 +574,37 @@ fn is_set(s: &Option<Secret>) -> bool {
 /// split or corrupt it.
 fn bad_destination(d: &str) -> bool {
     d.is_empty() || d.len() > 128 || d.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// A full Matrix user id: the one user an inbound call rings (no globs here).
+fn bad_user_id(u: &str) -> bool {
+    ruma::UserId::parse(u).is_err() || u.contains('*')
+}
+
+impl InboundConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("inbound.routes[{i}]");
+            if bad_user_id(&r.user) {
+                p.push(format!(
+                    "{key}.user: a full Matrix user id such as @alice:example.org"
+                ));
+            }
+            for (k, g) in [("caller", &r.caller), ("callee", &r.callee)] {
+                if g.as_deref().is_some_and(|g| g.is_empty() || g.len() > 128) {
+                    p.push(format!(
+                        "{key}.{k}: a glob of 1-128 characters (or leave it out)"
+                    ));
+                }
+            }
+        }
+        if self.default_user.as_deref().is_some_and(bad_user_id) {
+            p.push("inbound.default_user: a full Matrix user id such as @alice:example.org".into());
+        }
+        if !(5..=600).contains(&self.ring_timeout_secs) {
+            p.push("inbound.ring_timeout_secs: must be between 5 and 600".into());
+        }
+    }
 }
 
 // Each section adds its problems to the same list, named by their full key, so that
@@ -816,6 +895,31 @@ state_dir: "./st"
             assert!(p.iter().any(|m| m.starts_with(key)), "{key}: {p:?}");
         }
         assert!(!p.iter().any(|m| m.starts_with("routes[1]")), "{p:?}");
+    }
+
+    #[test]
+    fn inbound_validation() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.inbound.ring_timeout_secs, 45);
+        assert!(c.inbound.routes.is_empty() && c.inbound.default_user.is_none());
+        let yaml = format!(
+            "{GOOD}inbound:\n  routes:\n    - caller: \"+4930*\"\n      user: \"@alice:example.org\"\n    - callee: \"\"\n      user: \"@*:example.org\"\n  default_user: \"bob\"\n  ring_timeout_secs: 2\n"
+        );
+        let p = problems(&yaml);
+        for key in [
+            "inbound.routes[1].user",
+            "inbound.routes[1].callee",
+            "inbound.default_user",
+            "inbound.ring_timeout_secs",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(key)), "{key}: {p:?}");
+        }
+        assert!(
+            !p.iter().any(|m| m.starts_with("inbound.routes[0]")),
+            "{p:?}"
+        );
+        let unknown = format!("{GOOD}inbound:\n  rooms: []\n");
+        assert!(Config::parse(&unknown).is_err());
     }
 
     #[test]

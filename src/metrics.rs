@@ -31,8 +31,11 @@ use crate::verto::VertoEvent;
 type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
 
-/// The direction of today's calls: Matrix caller → SIP.
+/// The direction of calls from a Matrix caller to SIP.
 pub const OUTBOUND: &str = "outbound";
+
+/// The direction of calls from SIP (FreeSWITCH) to a Matrix user.
+pub const INBOUND: &str = "inbound";
 
 /// The `outcome` label of `vertobot_calls_total`.
 pub const OUTCOMES: [&str; 4] = ["answered", "rejected", "failed", "caller_cancelled"];
@@ -172,9 +175,15 @@ impl Metrics {
 
     /// The bridge refused an invite (access.allow, a limit, an unreadable invite).
     pub fn call_refused(&self) {
+        self.call_refused_in(OUTBOUND);
+    }
+
+    /// The bridge refused a call of `direction` ([`OUTBOUND`] or [`INBOUND`]: a call from
+    /// FreeSWITCH no route names a user for, or over a limit).
+    pub fn call_refused_in(&self, direction: &'static str) {
         if let Some(m) = &self.0 {
             m.calls_total
-                .get_or_create(&[("direction", OUTBOUND), ("outcome", "rejected")])
+                .get_or_create(&[("direction", direction), ("outcome", "rejected")])
                 .inc();
         }
     }
@@ -294,6 +303,7 @@ pub fn observe_verto(
 /// setup time, reattachments and digits. Dropping it ends the call's accounting.
 pub struct CallProbe {
     metrics: Metrics,
+    direction: &'static str,
     start: Instant,
     recovered: bool,
     admitted: bool,
@@ -303,15 +313,22 @@ pub struct CallProbe {
 }
 
 impl CallProbe {
-    /// A call starts (`recovered`: taken back after a restart, already counted then).
+    /// An outbound call starts (`recovered`: taken back after a restart, already counted
+    /// then).
     pub fn new(metrics: &Metrics, recovered: bool) -> Self {
+        Self::with_direction(metrics, recovered, OUTBOUND)
+    }
+
+    /// A call of `direction` ([`OUTBOUND`] or [`INBOUND`]) starts.
+    pub fn with_direction(metrics: &Metrics, recovered: bool, direction: &'static str) -> Self {
         if let Some(m) = &metrics.0 {
             m.calls_active
-                .get_or_create(&[("direction", OUTBOUND)])
+                .get_or_create(&[("direction", direction)])
                 .inc();
         }
         Self {
             metrics: metrics.clone(),
+            direction,
             start: Instant::now(),
             recovered,
             admitted: false,
@@ -342,7 +359,13 @@ impl CallProbe {
     /// An input, before the machine sees it.
     pub fn input(&mut self, input: &Input) {
         match input {
-            Input::Hangup { .. } | Input::SelectAnswer { .. } if !self.answered => {
+            Input::Hangup { .. } | Input::SelectAnswer { .. }
+                if !self.answered && self.direction == OUTBOUND =>
+            {
+                self.caller_ended = true;
+            }
+            // An inbound call's caller is on FreeSWITCH's side.
+            Input::Bye { .. } if !self.answered && self.direction == INBOUND => {
                 self.caller_ended = true;
             }
             Input::FarDtmf { digit } => self.digits("from_sip", digit),
@@ -386,11 +409,11 @@ impl Drop for CallProbe {
     fn drop(&mut self) {
         let Some(m) = &self.metrics.0 else { return };
         m.calls_active
-            .get_or_create(&[("direction", OUTBOUND)])
+            .get_or_create(&[("direction", self.direction)])
             .dec();
         if !self.recovered {
             m.calls_total
-                .get_or_create(&[("direction", OUTBOUND), ("outcome", self.outcome())])
+                .get_or_create(&[("direction", self.direction), ("outcome", self.outcome())])
                 .inc();
         }
     }
@@ -558,7 +581,9 @@ fn register_calls(
         "Calls in progress, by direction",
         Family::<L1, Gauge>::default(),
     );
-    drop(active.get_or_create(&[("direction", OUTBOUND)]));
+    for d in [OUTBOUND, INBOUND] {
+        drop(active.get_or_create(&[("direction", d)]));
+    }
     // A counter's samples get `_total`: registered without it, scraped as named.
     let total = reg(
         r,
@@ -567,7 +592,9 @@ fn register_calls(
         Family::<L2, Counter>::default(),
     );
     for o in OUTCOMES {
-        drop(total.get_or_create(&[("direction", OUTBOUND), ("outcome", o)]));
+        for d in [OUTBOUND, INBOUND] {
+            drop(total.get_or_create(&[("direction", d), ("outcome", o)]));
+        }
     }
     let setup = reg(
         r,
@@ -745,6 +772,47 @@ mod tests {
             Some(1.0),
             "{t}"
         );
+    }
+
+    /// Calls from FreeSWITCH count under `direction="inbound"`: answered, cancelled by the
+    /// SIP side while ringing, and refused; the outbound series stay untouched.
+    #[test]
+    fn inbound_calls_are_counted_apart() {
+        let m = Metrics::new(Duration::from_secs(120));
+        let series = |d: &str, o: &str| {
+            sample(
+                &m.encode(),
+                &format!("vertobot_calls_total{{direction=\"{d}\",outcome=\"{o}\"}}"),
+            )
+        };
+        let active = |d: &str| {
+            sample(
+                &m.encode(),
+                &format!("vertobot_calls_active{{direction=\"{d}\"}}"),
+            )
+        };
+        assert_eq!(active(INBOUND), Some(0.0), "registered before any call");
+        let mut p = CallProbe::with_direction(&m, false, INBOUND);
+        assert_eq!((active(INBOUND), active(OUTBOUND)), (Some(1.0), Some(0.0)));
+        p.state(State::Placing);
+        p.state(State::Inviting);
+        p.state(State::Answered);
+        p.state(State::Ended);
+        drop(p);
+        let mut p = CallProbe::with_direction(&m, false, INBOUND);
+        p.state(State::Inviting);
+        p.input(&Input::Bye {
+            cause_code: Some(487),
+            cause: None,
+        });
+        p.state(State::Ended);
+        drop(p);
+        m.call_refused_in(INBOUND);
+        assert_eq!(active(INBOUND), Some(0.0));
+        assert_eq!(series(INBOUND, "answered"), Some(1.0));
+        assert_eq!(series(INBOUND, "caller_cancelled"), Some(1.0));
+        assert_eq!(series(INBOUND, "rejected"), Some(1.0));
+        assert_eq!(series(OUTBOUND, "answered"), Some(0.0));
     }
 
     #[test]

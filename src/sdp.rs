@@ -432,6 +432,70 @@ pub fn repair_answer(answer: &str, offer: &str) -> String {
     join(a.eol, &session, &media)
 }
 
+/// Makes FreeSWITCH's offer (a server `verto.invite`) acceptable to a browser callee.
+///
+/// FreeSWITCH writes `RTP/SAVPF` although it offers DTLS (the fingerprint is there), no
+/// `a=mid` and no `a=group:BUNDLE`, and candidates for RTCP's component 2 although it offers
+/// `a=rtcp-mux`. Browsers insist on mids to match their answer's sections, and component-2
+/// candidates are noise to a peer that muxes RTCP. The offer is complete (mod_verto has no
+/// trickle ICE), so sections with candidates get `a=end-of-candidates`. Not SDP: unchanged.
+pub fn offer_for_browser(offer: &str) -> String {
+    let Ok(o) = split(offer) else {
+        return offer.to_owned();
+    };
+    let mut mids = Vec::new();
+    let mut media: Vec<Vec<String>> = Vec::with_capacity(o.media.len());
+    for (i, section) in o.media.iter().enumerate() {
+        let dtls = section.iter().any(|l| l.starts_with("a=fingerprint:"));
+        let mux = section.contains(&"a=rtcp-mux");
+        let mut out: Vec<String> = Vec::with_capacity(section.len() + 2);
+        for (n, line) in section.iter().enumerate() {
+            if n == 0 && dtls {
+                out.push(line.replacen(" RTP/SAVPF ", " UDP/TLS/RTP/SAVPF ", 1));
+            } else if mux && candidate_component(line).is_some_and(|c| c != "1") {
+                continue;
+            } else {
+                out.push((*line).to_owned());
+            }
+        }
+        let mid = mid_of(section).unwrap_or_else(|| {
+            out.insert(1, format!("a=mid:{i}"));
+            i.to_string()
+        });
+        mids.push(mid);
+        let has_cands = out.iter().any(|l| candidate_component(l).is_some());
+        if has_cands && !out.iter().any(|l| l == "a=end-of-candidates") {
+            out.push("a=end-of-candidates".to_owned());
+        }
+        media.push(out);
+    }
+    let mut session: Vec<String> = o.session.iter().map(|s| (*s).to_owned()).collect();
+    if !mids.is_empty() && !session.iter().any(|l| l.starts_with("a=group:BUNDLE")) {
+        let at = session
+            .iter()
+            .position(|l| l.starts_with("t="))
+            .map_or(session.len(), |p| p + 1);
+        session.insert(at, format!("a=group:BUNDLE {}", mids.join(" ")));
+    }
+    join(o.eol, &session, &media)
+}
+
+/// True when an answer takes no media at all: every `m=` line has port 0 (a browser answers
+/// so when no codec of the offer is one it has). Not SDP, or no sections: true too.
+pub fn media_rejected(answer: &str) -> bool {
+    let Ok(a) = split(answer) else {
+        return true;
+    };
+    a.media
+        .iter()
+        .all(|m| m[0].split_whitespace().nth(1) == Some("0"))
+}
+
+/// The component id of an `a=candidate:` line.
+fn candidate_component(line: &str) -> Option<&str> {
+    line.strip_prefix("a=candidate:")?.split_whitespace().nth(1)
+}
+
 /// A media direction attribute (RFC 3264).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -620,6 +684,58 @@ mod tests {
             sdp_mid: mid.map(Into::into),
             sdp_m_line_index: idx,
         }
+    }
+
+    #[test]
+    fn media_rejected_table() {
+        let ok = "v=0\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        let refused = "v=0\r\nt=0 0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\n";
+        let mixed = format!("{refused}m=video 9 UDP/TLS/RTP/SAVPF 96\r\n");
+        assert!(!media_rejected(ok));
+        assert!(media_rejected(refused));
+        assert!(!media_rejected(&mixed));
+        assert!(media_rejected("v=0\r\n"));
+        assert!(media_rejected("nonsense"));
+    }
+
+    #[test]
+    fn offer_for_browser_table() {
+        let fs = include_str!("../tests/fixtures/verto/incoming_call_1001.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["conn"] == "u1001" && r["msg"]["method"] == "verto.invite")
+            .unwrap()["msg"]["params"]["sdp"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let out = offer_for_browser(&fs);
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert!(lines.contains(&"a=group:BUNDLE 0"), "{out}");
+        assert!(
+            lines.contains(&"m=audio 16858 UDP/TLS/RTP/SAVPF 96 0 8"),
+            "{out}"
+        );
+        let m = lines.iter().position(|l| l.starts_with("m=")).unwrap();
+        assert_eq!(lines[m + 1], "a=mid:0");
+        assert!(lines.contains(
+            &"a=candidate:6517607159 1 udp 2130706431 127.0.0.1 16858 typ host generation 0"
+        ));
+        assert!(!out.contains("a=candidate:6517607159 2 "), "{out}");
+        assert_eq!(out.matches("a=end-of-candidates").count(), 1);
+        assert!(out.ends_with("\r\n"));
+        // Idempotent, and what is already right stays.
+        assert_eq!(offer_for_browser(&out), out);
+        // Without DTLS or rtcp-mux nothing is rewritten but the mid and bundle.
+        let plain = "v=0\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=candidate:1 2 udp 1 127.0.0.1 4001 typ host\r\n";
+        let out = offer_for_browser(plain);
+        assert!(
+            out.contains("m=audio 4000 RTP/AVP 0\r\na=mid:0\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("a=candidate:1 2 udp"), "{out}");
+        assert_eq!(offer_for_browser("nonsense"), "nonsense");
+        // The merged SDP goes through FreeSWITCH's own answer repair unchanged in shape.
+        assert_eq!(stream_ids(&offer_for_browser(&fs)), stream_ids(&fs));
     }
 
     #[test]

@@ -65,6 +65,30 @@ fn help_version_and_check() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `typo`"));
 }
 
+/// `--check` reports every problem of the `inbound:` section (calls from FreeSWITCH).
+#[test]
+fn check_validates_the_inbound_section() {
+    let text = std::fs::read_to_string("config.example.yaml").unwrap().replace(
+        "  ring_timeout_secs: 45\n",
+        "  ring_timeout_secs: 1\n  default_user: \"alice\"\n  routes:\n    - caller: \"1*\"\n      user: \"@*:example.org\"\n",
+    );
+    let cfg = tmp("inbound.yaml");
+    std::fs::write(&cfg, text.replace("  routes: []\n", "")).unwrap();
+    let out = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "inbound.routes[0].user",
+        "inbound.default_user",
+        "inbound.ring_timeout_secs",
+    ] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+}
+
 #[test]
 fn health_reflects_the_last_sync() {
     let dir = tmp("state");

@@ -14,14 +14,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::machine::{Action, Call, DialFailure, Input};
+use super::machine::{Action, Call, DialFailure, Direction, Input};
+use super::room::RoomStore;
 use super::route::{Caller, Routed, Router};
 use super::store::{CallStore, Record};
 use crate::backoff::Backoff;
 use crate::chain::Chain;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
-use crate::verto::messages::{Attach, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction};
+use crate::verto::messages::{
+    AnswerCall, Attach, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction,
+};
 use crate::verto::{Cause, VertoError, VertoHandle};
 
 /// What the actor needs besides the machine.
@@ -31,11 +34,11 @@ pub struct Ctx {
     pub matrix: MatrixClient,
     /// Verto handle.
     pub verto: VertoHandle,
-    /// The call's room.
+    /// The call's room (an inbound call learns it once the room is found or made).
     pub room_id: String,
     /// Matrix `call_id`.
     pub call_id: String,
-    /// The caller's user id.
+    /// The caller's user id (for an inbound call, the user rung).
     pub caller: String,
     /// The bot's user id.
     pub bot_user: String,
@@ -51,30 +54,46 @@ pub struct Ctx {
     pub detach_on_shutdown: bool,
     /// A call taken back after a restart: already admitted and routed.
     pub recovered: bool,
+    /// Inbound: the rooms the bot rings users in.
+    pub rooms: std::sync::Arc<std::sync::Mutex<RoomStore>>,
+    /// Inbound: tells the bridge the call's room once known, as (verto `callID`, room id), so
+    /// that the callee's events find the call.
+    pub placed: mpsc::UnboundedSender<(String, String)>,
 }
 
-type MatrixQueue = mpsc::UnboundedSender<(&'static str, Value)>;
+/// Matrix events to send, each with its room.
+type MatrixQueue = mpsc::UnboundedSender<(String, &'static str, Value)>;
 
 /// Runs the call to its end. `done` is told when the task is finished, so the registry can
 /// forget it.
 pub async fn run(
     mut call: Call,
-    ctx: Ctx,
+    mut ctx: Ctx,
     mut inbox: mpsc::Receiver<Input>,
     self_tx: mpsc::Sender<Input>,
     cancel: CancellationToken,
 ) {
-    let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = %ctx.room_id, verto_call_id = %ctx.verto_call_id);
+    let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = tracing::field::Empty, verto_call_id = %ctx.verto_call_id);
+    if !ctx.room_id.is_empty() {
+        span.record("room_id", ctx.room_id.as_str());
+    }
     async move {
-        let mut probe = crate::metrics::CallProbe::new(ctx.matrix.metrics(), ctx.recovered);
+        let direction = match call.setup().direction {
+            Direction::Outbound => crate::metrics::OUTBOUND,
+            Direction::Inbound { .. } => crate::metrics::INBOUND,
+        };
+        let mut probe = crate::metrics::CallProbe::with_direction(
+            ctx.matrix.metrics(),
+            ctx.recovered,
+            direction,
+        );
         let Some(routed) = accept(&mut call, &ctx).await else {
             return;
         };
         let mut saved = ctx.recovered;
         let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
         let sender = tokio::spawn(
-            send_matrix_events(ctx.matrix.clone(), ctx.room_id.clone(), mrx)
-                .instrument(tracing::Span::current()),
+            send_matrix_events(ctx.matrix.clone(), mrx).instrument(tracing::Span::current()),
         );
         let mut side_tasks = JoinSet::new();
         let mut shutting_down = false;
@@ -94,7 +113,7 @@ pub async fn run(
             }
             actions = next_actions(
                 &mut call,
-                &ctx,
+                &mut ctx,
                 &mut inbox,
                 &cancel,
                 &mut shutting_down,
@@ -111,12 +130,19 @@ pub async fn run(
 
 /// The route of a new call, or `None` when it is not admitted. A recovered call was admitted
 /// and routed in the last run, and FreeSWITCH re-offers it without being dialled again, so it
-/// gets a placeholder route.
+/// gets a placeholder route; so does a call from FreeSWITCH, which the bridge routed to its
+/// Matrix user and which is never dialled.
 async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
+    let inbound = matches!(call.setup().direction, Direction::Inbound { .. });
     if ctx.recovered {
         info!(caller = %ctx.caller, "call recovered from the last run; waiting for FreeSWITCH to re-offer it");
+    } else if inbound {
+        // Routed by the bridge already; the room is found by the machine's first action.
+        info!(user = %ctx.caller, "call from FreeSWITCH");
+    }
+    if ctx.recovered || inbound {
         return Some(Routed {
-            name: "recovered".into(),
+            name: if inbound { "inbound" } else { "recovered" }.into(),
             destination: String::new(),
             caller_id_name: String::new(),
             caller_id_number: String::new(),
@@ -140,7 +166,7 @@ async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
 /// Saved once, on answer: from then on a restart can take the call back when FreeSWITCH
 /// re-offers it, instead of dropping a call that is in progress.
 fn save(call: &Call, ctx: &Ctx) {
-    let r = Record::of(&ctx.room_id, &ctx.caller, call.setup(), call.trickled());
+    let r = Record::of(&ctx.room_id, &ctx.caller, call);
     if let Ok(mut store) = ctx.calls.lock() {
         store.set(&ctx.verto_call_id, Some(r));
     }
@@ -150,7 +176,7 @@ fn save(call: &Call, ctx: &Ctx) {
 /// taken once; after that the call ends through its own inputs and timers.
 async fn next_actions(
     call: &mut Call,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     inbox: &mut mpsc::Receiver<Input>,
     cancel: &CancellationToken,
     shutting_down: &mut bool,
@@ -161,6 +187,9 @@ async fn next_actions(
         input = inbox.recv() => match input {
             Some(i) => {
                 probe.input(&i);
+                if let Input::RoomReady { room_id } = &i {
+                    placed(ctx, room_id);
+                }
                 call.handle(i, Instant::now())
             }
             None => call.handle(super::machine::Input::Shutdown, Instant::now()),
@@ -207,6 +236,16 @@ async fn finish(
         let _ = sender.await;
     })
     .await;
+}
+
+/// An inbound call's room is known: events go there from now on, and the bridge routes the
+/// callee's events to this call.
+fn placed(ctx: &mut Ctx, room_id: &str) {
+    ctx.room_id = room_id.to_owned();
+    tracing::Span::current().record("room_id", room_id);
+    let _ = ctx
+        .placed
+        .send((ctx.verto_call_id.clone(), room_id.to_owned()));
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -266,12 +305,35 @@ fn execute(
 ) {
     let (verto, id) = (ctx.verto.clone(), ctx.verto_call_id.clone());
     let span = tracing::Span::current();
+    let room = ctx.room_id.clone();
     match action {
         Action::Notice { text } => {
-            let _ = mtx.send(("m.room.message", notice_content(&text)));
+            let _ = mtx.send((room, "m.room.message", notice_content(&text)));
         }
         Action::Send(event) => {
-            let _ = mtx.send((event.event_type(), event.content()));
+            let _ = mtx.send((room, event.event_type(), event.content()));
+        }
+        Action::FindRoom { user, until } => {
+            let (matrix, rooms, bot) =
+                (ctx.matrix.clone(), ctx.rooms.clone(), ctx.bot_user.clone());
+            let tx = self_tx.clone();
+            side.spawn(
+                async move {
+                    let input = match super::room::find_or_create(
+                        &matrix, &rooms, &user, &bot, until,
+                    )
+                    .await
+                    {
+                        Ok(room_id) => Input::RoomReady { room_id },
+                        Err(why) => Input::RoomFailed { why },
+                    };
+                    let _ = tx.send(input).await;
+                }
+                .instrument(span),
+            );
+        }
+        Action::AnswerVerto { sdp } => {
+            side.spawn(answer(verto, id, sdp, self_tx.clone()).instrument(span));
         }
         Action::Dial { sdp } => {
             let invite = Invite {
@@ -290,7 +352,8 @@ fn execute(
             side.spawn(attach(verto, id, sdp, self_tx.clone()).instrument(span));
         }
         Action::SendDtmf { digits, react_to } => {
-            side.spawn(send_dtmf(verto, id, digits, react_to, mtx.clone()).instrument(span));
+            let mtx = (mtx.clone(), room);
+            side.spawn(send_dtmf(verto, id, digits, react_to, mtx).instrument(span));
         }
         Action::Bye { cause } => {
             side.spawn(bye(verto, id, cause).instrument(span));
@@ -364,13 +427,28 @@ async fn attach(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<In
     let _ = tx.send(Input::AttachResult(res)).await;
 }
 
+/// `verto.answer` with the callee's answer, for a call FreeSWITCH offered us.
+async fn answer(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+    tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.answer");
+    let answer = AnswerCall {
+        sdp,
+        dialog: Dialog::new(&id),
+    };
+    let res = verto
+        .send(&answer)
+        .await
+        .map(|_| ())
+        .map_err(|e| Chain(&e).to_string());
+    let _ = tx.send(Input::AnswerResult(res)).await;
+}
+
 /// `verto.info {dtmf}`; the caller's `!dtmf` gets a reaction, or a notice when it failed.
 async fn send_dtmf(
     verto: VertoHandle,
     id: String,
     digits: String,
     react_to: Option<String>,
-    mtx: MatrixQueue,
+    (mtx, room): (MatrixQueue, String),
 ) {
     let info = Info {
         dialog: Dialog::new(&id),
@@ -380,13 +458,13 @@ async fn send_dtmf(
         Ok(_) => {
             debug!(%digits, "digits sent");
             if let Some(ev) = react_to {
-                let _ = mtx.send(("m.reaction", reaction_content(&ev, "✅")));
+                let _ = mtx.send((room, "m.reaction", reaction_content(&ev, "✅")));
             }
         }
         Err(e) => {
             warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
             let text = format!("Could not send the digits {digits}: {}", Chain(&e));
-            let _ = mtx.send(("m.room.message", notice_content(&text)));
+            let _ = mtx.send((room, "m.room.message", notice_content(&text)));
         }
     }
 }
@@ -422,10 +500,13 @@ fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
 
 async fn send_matrix_events(
     matrix: MatrixClient,
-    room_id: String,
-    mut rx: mpsc::UnboundedReceiver<(&'static str, Value)>,
+    mut rx: mpsc::UnboundedReceiver<(String, &'static str, Value)>,
 ) {
-    while let Some((event_type, content)) = rx.recv().await {
+    while let Some((room_id, event_type, content)) = rx.recv().await {
+        if room_id.is_empty() {
+            debug!(%event_type, "no room yet; event dropped");
+            continue;
+        }
         match matrix
             .send_reliably(&room_id, event_type, &content, Duration::from_secs(15 * 60))
             .await

@@ -1,4 +1,7 @@
-//! The sans-IO state machine of one bridged call (Matrix caller → FreeSWITCH).
+//! The sans-IO state machine of one bridged call, in either direction: a Matrix caller
+//! dialling FreeSWITCH ([`Direction::Outbound`]) or FreeSWITCH ringing a Matrix user
+//! ([`Direction::Inbound`]). Once answered, both are the same call: the states from
+//! [`State::Answered`] on do not care who called.
 //!
 //! Contract (as in quinn-proto): feed inputs with [`Call::handle`], fire timers with
 //! [`Call::handle_timeout`] once [`Call::poll_timeout`] has passed, and execute the returned
@@ -25,17 +28,41 @@ pub enum Version {
     V1,
 }
 
+/// Who started the call. The machine is one for both; only the states before the answer
+/// differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Direction {
+    /// A Matrix user calls through the bot: the offer is theirs, the bot answers in Matrix
+    /// and dials FreeSWITCH.
+    Outbound,
+    /// FreeSWITCH calls a Matrix user: the offer is FreeSWITCH's, the bot rings the user in
+    /// Matrix and answers FreeSWITCH once a device of theirs answered.
+    Inbound {
+        /// The Matrix user rung.
+        user: String,
+        /// Who calls, posted before the call rings.
+        notice: String,
+    },
+}
+
 /// Everything fixed when the call starts.
 #[derive(Debug, Clone)]
 pub struct Setup {
     /// Matrix `call_id`.
     pub call_id: String,
-    /// The caller's `party_id` (v1).
+    /// The other Matrix party's `party_id` (v1): the caller's, or for an inbound call the
+    /// answering device's, once it answered.
     pub caller_party: Option<String>,
-    /// Caller's VoIP version.
+    /// The other Matrix party's VoIP version (inbound calls are version 1).
     pub version: Version,
-    /// The offer SDP from `m.call.invite`.
+    /// The offer SDP: the caller's from `m.call.invite`, or for an inbound call FreeSWITCH's,
+    /// made acceptable to browsers.
     pub offer: String,
+    /// Who called.
+    pub direction: Direction,
+    /// Inbound: how long the answering device may trickle candidates before its answer goes
+    /// to FreeSWITCH without the end-of-candidates marker.
+    pub candidate_wait: Duration,
     /// Our `party_id`.
     pub our_party: String,
     /// When the invite stops being valid (from `lifetime` and `age`).
@@ -119,6 +146,12 @@ pub enum State {
     Detached,
     /// FreeSWITCH re-offered the call (`verto.attach`); renegotiating with the caller.
     Renegotiating,
+    /// Inbound: finding or creating the room with the user, and waiting for their join.
+    Placing,
+    /// Inbound: `m.call.invite` sent; the user's devices ring.
+    Inviting,
+    /// Inbound: a device answered; its candidates are collected before `verto.answer`.
+    Connecting,
     /// Nothing more to do.
     Ended,
 }
@@ -145,6 +178,20 @@ enum Stage {
         due: Instant,
     },
     Renegotiating(Reneg),
+    Placing,
+    Inviting {
+        /// Candidates of devices that have not answered (yet), with their party, end markers
+        /// included: a device's candidates may come before its answer.
+        early: Vec<(Option<String>, TrickleCandidate)>,
+    },
+    Connecting {
+        /// The answering device's SDP.
+        answer: String,
+        /// When to answer FreeSWITCH without the end-of-candidates marker.
+        due: Instant,
+        /// While no usable candidate has come, `due` moves on, but not past this.
+        give_up: Instant,
+    },
     Ended,
 }
 
@@ -258,6 +305,35 @@ pub enum Input {
     VertoDown,
     /// The bridge is stopping.
     Shutdown,
+    /// Inbound: the room with the user is ready (found, or created and joined).
+    RoomReady {
+        /// The room.
+        room_id: String,
+    },
+    /// Inbound: no room with the user could be found or made in time.
+    RoomFailed {
+        /// For the log.
+        why: String,
+    },
+    /// Inbound: `m.call.answer` from one of the user's devices.
+    CalleeAnswer {
+        /// The device's `party_id`.
+        party_id: Option<String>,
+        /// Its answer SDP.
+        sdp: String,
+    },
+    /// Inbound: `m.call.reject` from one of the user's devices.
+    Reject,
+    /// Inbound: `m.call.hangup` from one of the user's devices; once a device answered, only
+    /// its own hangup counts.
+    CalleeHangup {
+        /// The device's `party_id`.
+        party_id: Option<String>,
+        /// The Matrix reason.
+        reason: Option<String>,
+    },
+    /// Inbound: the reply to our `verto.answer`.
+    AnswerResult(Result<(), String>),
 }
 
 /// Why `verto.invite` failed.
@@ -315,6 +391,20 @@ pub enum Action {
     },
     /// Send a Matrix event in the call's room.
     Send(CallEventOut),
+    /// Inbound: find or create the room with `user`, ready (joined) by `until`; report as
+    /// [`Input::RoomReady`] or [`Input::RoomFailed`].
+    FindRoom {
+        /// The user to ring.
+        user: String,
+        /// When ringing is over anyway.
+        until: Instant,
+    },
+    /// Inbound: send `verto.answer` with the callee's answer; report as
+    /// [`Input::AnswerResult`].
+    AnswerVerto {
+        /// The complete answer.
+        sdp: String,
+    },
 }
 
 /// One call.
@@ -331,6 +421,9 @@ pub struct Call {
     /// The Matrix side's current offer and our answer to it, while our side is an answer:
     /// what a hold or resume is compared with and answered from.
     matrix_media: Option<(String, String)>,
+    /// Inbound: the answering device's SDP (its candidates are where it listens, should a
+    /// renegotiation bring no new ones).
+    peer_answer: Option<String>,
     /// Set when the call was left running for the next start ([`Input::Detach`]).
     pub kept: bool,
     /// Why it ended, for the final log line.
@@ -349,16 +442,24 @@ impl Call {
             far_digits: String::new(),
             caller_offer: None,
             matrix_media: None,
+            peer_answer: None,
             kept: false,
             end_reason: None,
         }
     }
 
     /// A call recovered after a restart: answered, its verto leg detached, waiting for
-    /// FreeSWITCH to re-offer it. `trickled` are the caller's original candidates.
-    pub fn recovered(setup: Setup, trickled: Vec<TrickleCandidate>, now: Instant) -> Self {
+    /// FreeSWITCH to re-offer it. `trickled` are the other party's original candidates, and
+    /// `peer_answer` an inbound callee's answer.
+    pub fn recovered(
+        setup: Setup,
+        trickled: Vec<TrickleCandidate>,
+        peer_answer: Option<String>,
+        now: Instant,
+    ) -> Self {
         let mut c = Self::new(setup);
         c.trickled = trickled;
+        c.peer_answer = peer_answer;
         c.stage = Stage::Detached {
             due: now + c.setup.recovery.detach_timeout,
         };
@@ -373,6 +474,23 @@ impl Call {
     /// The setup (kept for recovery).
     pub fn setup(&self) -> &Setup {
         &self.setup
+    }
+
+    /// Inbound: the answering device's SDP (kept for recovery).
+    pub fn peer_answer(&self) -> Option<&str> {
+        self.peer_answer.as_deref()
+    }
+
+    fn is_inbound(&self) -> bool {
+        matches!(self.setup.direction, Direction::Inbound { .. })
+    }
+
+    /// The SDP the other Matrix party sent first: where it listens.
+    fn peer_sdp(&self) -> &str {
+        match self.setup.direction {
+            Direction::Outbound => &self.setup.offer,
+            Direction::Inbound { .. } => self.peer_answer.as_deref().unwrap_or_default(),
+        }
     }
 
     /// A v1 event's `party_id` must be the caller's (v0 events have none).
@@ -405,6 +523,9 @@ impl Call {
             Stage::Answered => State::Answered,
             Stage::Detached { .. } => State::Detached,
             Stage::Renegotiating(_) => State::Renegotiating,
+            Stage::Placing => State::Placing,
+            Stage::Inviting { .. } => State::Inviting,
+            Stage::Connecting { .. } => State::Connecting,
             Stage::Ended => State::Ended,
         }
     }
@@ -428,6 +549,11 @@ impl Call {
         if self.state() != State::Collecting {
             debug!(state = ?self.state(), "start of a call that is not new: nothing to dial");
             return Vec::new();
+        }
+        if let Direction::Inbound { user, .. } = &self.setup.direction {
+            let (user, until) = (user.clone(), self.setup.expires_at);
+            self.stage = Stage::Placing;
+            return vec![Action::FindRoom { user, until }];
         }
         if self.setup.offer.len() > self.setup.max_sdp_bytes {
             return self.fail("unknown_error", "the offer SDP is too large");
@@ -453,6 +579,8 @@ impl Call {
             Stage::Answered => None,
             Stage::Detached { due } => Some(*due),
             Stage::Renegotiating(r) => Some(r.deadline),
+            Stage::Placing | Stage::Inviting { .. } => Some(self.setup.expires_at),
+            Stage::Connecting { due, .. } => Some(*due),
             Stage::Ended => return None,
         };
         [state, self.timers.next()].into_iter().flatten().min()
@@ -499,6 +627,21 @@ impl Call {
                 "FreeSWITCH did not recover the call after the connection was lost",
             ),
             Stage::Renegotiating(r) if now >= r.deadline => self.reneg_timeout(now),
+            Stage::Placing if now >= self.setup.expires_at => {
+                info!("the room was not ready before the ring timeout");
+                self.finish("the user could not be rung in time");
+                vec![Action::Bye {
+                    cause: Cause::NoAnswer,
+                }]
+            }
+            Stage::Inviting { .. } if now >= self.setup.expires_at => {
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NoAnswer,
+                }];
+                out.extend(self.fail("invite_timeout", "nobody answered"));
+                out
+            }
+            Stage::Connecting { due, .. } if now >= *due => self.connecting_timeout(now),
             Stage::Collecting if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
@@ -582,6 +725,16 @@ impl Call {
                 Vec::new()
             }
             Input::Detach => self.handle(Input::Shutdown, now),
+            Input::CalleeHangup { party_id, reason } => {
+                if !self.is_callers_party(party_id.as_deref()) {
+                    debug!(
+                        ?party_id,
+                        "hangup from a device that did not get the call ignored"
+                    );
+                    return Vec::new();
+                }
+                self.handle(Input::Hangup { reason }, now)
+            }
             input => match self.state() {
                 State::Collecting => self.collecting(input),
                 State::Dialling => self.dialling(input, now),
@@ -589,6 +742,9 @@ impl Call {
                 State::Answered => self.answered_input(input, now),
                 State::Detached => self.connected(input, now),
                 State::Renegotiating => self.renegotiating(input, now),
+                State::Placing | State::Inviting | State::Connecting => {
+                    self.inbound_ringing(input, now)
+                }
                 State::Ended => Vec::new(),
             },
         }
@@ -673,6 +829,18 @@ impl Call {
                 info!("call re-attached to FreeSWITCH");
                 Vec::new()
             }
+            Input::AnswerResult(Ok(())) => {
+                info!("FreeSWITCH took the answer");
+                Vec::new()
+            }
+            Input::AnswerResult(Err(e)) => {
+                warn!(error = %e, "verto.answer failed");
+                let mut out = vec![Action::Bye {
+                    cause: Cause::NormalTemporaryFailure,
+                }];
+                out.extend(self.fail("unknown_error", "FreeSWITCH did not take the answer"));
+                out
+            }
             Input::AttachResult(Err(e)) => {
                 warn!(error = %e, "verto.attach failed");
                 let mut out = vec![Action::Bye {
@@ -715,7 +883,11 @@ impl Call {
     fn connected(&mut self, input: Input, now: Instant) -> Vec<Action> {
         match input {
             Input::Hangup { reason } => {
-                self.finish("caller hung up");
+                self.finish(if self.is_inbound() {
+                    "the callee hung up"
+                } else {
+                    "caller hung up"
+                });
                 vec![Action::Bye {
                     cause: cause::matrix_to_verto(reason.as_deref(), true),
                 }]
@@ -748,11 +920,273 @@ impl Call {
         }
     }
 
+    /// Inbound, before FreeSWITCH has our answer: placing the call, ringing, or collecting
+    /// the answering device's candidates. Endings from either side end both.
+    fn inbound_ringing(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let placing = self.state() == State::Placing;
+        match input {
+            Input::RoomReady { .. } if placing => self.ring(now),
+            Input::RoomFailed { why } if placing => {
+                warn!(%why, "no room to ring the user in");
+                self.finish("no room to ring the user in");
+                vec![Action::Bye {
+                    cause: Cause::DestinationOutOfOrder,
+                }]
+            }
+            Input::CalleeAnswer { party_id, sdp } if self.state() == State::Inviting => {
+                self.on_callee_answer(party_id, sdp, now)
+            }
+            Input::CalleeAnswer { party_id, .. } => {
+                debug!(
+                    ?party_id,
+                    "a later answer ignored: select_answer tells that device"
+                );
+                Vec::new()
+            }
+            Input::Reject => self.callee_declined(Cause::CallRejected, "the call was declined"),
+            Input::Hangup { reason } => {
+                let cause = match reason.as_deref() {
+                    Some("user_busy") => Cause::UserBusy,
+                    Some("invite_timeout") => Cause::NoAnswer,
+                    _ => Cause::CallRejected,
+                };
+                self.callee_declined(cause, "the callee hung up before the call was connected")
+            }
+            Input::Bye { cause_code, cause } => {
+                info!(
+                    ?cause_code,
+                    ?cause,
+                    "FreeSWITCH ended the call before it was answered"
+                );
+                if placing {
+                    self.finish("the caller hung up before the call rang");
+                    return Vec::new();
+                }
+                let mut out = self.end_matrix("user_hangup", "the caller hung up");
+                if self.setup.notices {
+                    out.push(Action::Notice {
+                        text: "📞 Missed call: the caller hung up.".into(),
+                    });
+                }
+                self.finish("the caller hung up before the answer");
+                out
+            }
+            // FreeSWITCH hangs up unanswered calls of a lost socket (cause 27).
+            Input::VertoDown if placing => {
+                self.finish("the connection to FreeSWITCH was lost");
+                Vec::new()
+            }
+            Input::VertoDown => self.fail("unknown_error", "the connection to FreeSWITCH was lost"),
+            Input::Shutdown => {
+                let mut out = vec![Action::Bye {
+                    cause: Cause::SystemShutdown,
+                }];
+                if placing {
+                    self.finish("the bridge is shutting down");
+                } else {
+                    out.extend(self.fail("unknown_error", "the bridge is shutting down"));
+                }
+                out
+            }
+            input => self.ignored(input),
+        }
+    }
+
+    /// The room is ready: say who calls, then ring. The invite lives as long as the ringing
+    /// has left, so the user's devices stop when we give up.
+    fn ring(&mut self, now: Instant) -> Vec<Action> {
+        let Direction::Inbound { user, notice } = &self.setup.direction else {
+            return Vec::new();
+        };
+        let s = &self.setup;
+        let lifetime = s.expires_at.saturating_duration_since(now);
+        info!(%user, ?lifetime, "ringing the Matrix user");
+        let out = vec![
+            Action::Notice {
+                text: notice.clone(),
+            },
+            Action::Send(CallEventOut::Invite {
+                call_id: s.call_id.clone(),
+                party_id: s.our_party.clone(),
+                invitee: user.clone(),
+                lifetime_ms: lifetime.as_millis() as u64,
+                stream_ids: sdp::stream_ids(&s.offer),
+                sdp: s.offer.clone(),
+            }),
+        ];
+        self.stage = Stage::Inviting { early: Vec::new() };
+        out
+    }
+
+    fn callee_declined(&mut self, cause: Cause, why: &str) -> Vec<Action> {
+        info!(%cause, "the callee declined");
+        self.finish(why);
+        vec![Action::Bye { cause }]
+    }
+
+    /// The first device to answer gets the call; `m.call.select_answer` stops the others.
+    fn on_callee_answer(
+        &mut self,
+        party_id: Option<String>,
+        answer: String,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Stage::Inviting { early } = std::mem::replace(&mut self.stage, Stage::Placing) else {
+            return Vec::new();
+        };
+        info!(party_id = ?party_id, "the callee answered");
+        if sdp::media_rejected(&answer) {
+            // The browser has none of the codecs FreeSWITCH offered (e.g. a leg inheriting
+            // L16 or G.729 from the caller): no media could ever flow.
+            warn!("the callee's answer refuses all media: no common codec");
+            self.stage = Stage::Inviting { early: Vec::new() };
+            let mut out = vec![Action::Bye {
+                cause: Cause::IncompatibleDestination,
+            }];
+            out.extend(self.fail(
+                "user_media_failed",
+                "the callee's client has none of the codecs FreeSWITCH offered",
+            ));
+            return out;
+        }
+        let mut out = Vec::new();
+        if let Some(p) = &party_id {
+            out.push(Action::Send(CallEventOut::SelectAnswer {
+                call_id: self.setup.call_id.clone(),
+                party_id: self.setup.our_party.clone(),
+                selected: p.clone(),
+            }));
+        }
+        self.setup.caller_party = party_id.clone();
+        self.peer_answer = Some(answer.clone());
+        let mine: Vec<TrickleCandidate> = early
+            .into_iter()
+            .filter(|(p, _)| party_id.is_none() || *p == party_id)
+            .map(|(_, c)| c)
+            .collect();
+        let wait = self.setup.candidate_wait;
+        self.stage = Stage::Connecting {
+            due: now + wait,
+            give_up: now + (4 * wait).max(Duration::from_secs(10)),
+            answer: answer.clone(),
+        };
+        let (end, _) = add_capped(&mut self.trickled, mine, self.setup.max_candidates);
+        if end || sdp::is_complete(&answer) {
+            out.extend(self.answer_verto(now));
+        }
+        out
+    }
+
+    /// Candidates of the user's devices: kept by party while ringing, and for the answering
+    /// device added to its answer until its end-of-candidates marker.
+    fn callee_candidates(
+        &mut self,
+        party_id: Option<String>,
+        candidates: Vec<TrickleCandidate>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let max = self.setup.max_candidates;
+        match &mut self.stage {
+            Stage::Inviting { early } => {
+                let room = (4 * max).saturating_sub(early.len());
+                early.extend(
+                    candidates
+                        .into_iter()
+                        .take(room)
+                        .map(|c| (party_id.clone(), c)),
+                );
+                Vec::new()
+            }
+            Stage::Connecting { .. } => {
+                let (end, _) = add_capped(&mut self.trickled, candidates, max);
+                if end {
+                    return self.answer_verto(now);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The candidate wait is over without the marker. matrix-js-sdk sends an answering
+    /// device's first batch anywhere from a few hundred ms to seconds after the answer; with
+    /// none usable yet, FreeSWITCH would hang up (cause 88), so the wait goes on, bounded.
+    fn connecting_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let wait = self.setup.candidate_wait;
+        let Stage::Connecting {
+            answer,
+            due,
+            give_up,
+        } = &mut self.stage
+        else {
+            return Vec::new();
+        };
+        let usable = sdp::merge_candidates(answer, &self.trickled).is_ok_and(|m| m.usable > 0);
+        if !usable && now < *give_up {
+            debug!("no usable candidate from the answering device yet; waiting on");
+            *due = (now + wait).min(*give_up);
+            return Vec::new();
+        }
+        debug!("candidate wait over without end-of-candidates; answering FreeSWITCH");
+        self.answer_verto(now)
+    }
+
+    /// Sends the callee's answer, with its candidates, to FreeSWITCH: from here on the call
+    /// is answered as any other.
+    fn answer_verto(&mut self, now: Instant) -> Vec<Action> {
+        let Stage::Connecting { answer, .. } = std::mem::replace(&mut self.stage, Stage::Answered)
+        else {
+            return Vec::new();
+        };
+        let merged = sdp::merge_candidates(&answer, &self.trickled);
+        match merged {
+            Ok(m) if m.usable > 0 => {
+                info!(usable = m.usable, "answering FreeSWITCH");
+                let hangup_due = self.setup.max_duration.map(|d| now + d);
+                self.timers.set(Timer::MaxLength, hangup_due);
+                vec![Action::AnswerVerto { sdp: m.sdp }]
+            }
+            Ok(_) => {
+                self.stage = Stage::Connecting {
+                    answer,
+                    due: now,
+                    give_up: now,
+                };
+                let mut out = vec![Action::Bye {
+                    cause: Cause::IncompatibleDestination,
+                }];
+                out.extend(self.fail(
+                    "ice_failed",
+                    "no usable ICE candidates: FreeSWITCH needs UDP candidates with IP addresses",
+                ));
+                out
+            }
+            Err(e) => {
+                self.stage = Stage::Connecting {
+                    answer,
+                    due: now,
+                    give_up: now,
+                };
+                let mut out = vec![Action::Bye {
+                    cause: Cause::IncompatibleDestination,
+                }];
+                out.extend(self.fail(
+                    "unknown_error",
+                    &format!("the answer is not usable SDP: {e}"),
+                ));
+                out
+            }
+        }
+    }
+
     /// An input the state does not act on: replies that came too late are dropped quietly,
     /// the rest logged.
     fn ignored(&self, input: Input) -> Vec<Action> {
         match input {
-            Input::InviteResult(_) | Input::ModifyResult(_) | Input::AttachResult(_) => {}
+            Input::InviteResult(_)
+            | Input::ModifyResult(_)
+            | Input::AttachResult(_)
+            | Input::AnswerResult(_) => {}
             Input::Negotiate { kind, .. } => {
                 warn!(%kind, "m.call.negotiate from the caller is not supported in this state; ignored");
             }
@@ -792,6 +1226,9 @@ impl Call {
         if self.state() == State::Renegotiating {
             return self.reneg_candidates(candidates, now);
         }
+        if matches!(self.state(), State::Inviting | State::Connecting) {
+            return self.callee_candidates(party_id, candidates, now);
+        }
         if self.state() != State::Collecting {
             debug!(
                 n = candidates.len(),
@@ -816,6 +1253,10 @@ impl Call {
     }
 
     fn on_select_answer(&mut self, party_id: String) -> Vec<Action> {
+        if self.is_inbound() {
+            debug!(%party_id, "select_answer from a callee ignored: the caller selects");
+            return Vec::new();
+        }
         if party_id == self.setup.our_party {
             debug!("caller selected our answer");
             return Vec::new();
@@ -928,7 +1369,10 @@ impl Call {
             return out;
         }
         info!("FreeSWITCH re-offered the call; renegotiating with the caller");
-        let offer = sdp::repair_answer(&sdp, &self.setup.offer);
+        let offer = match self.setup.direction {
+            Direction::Outbound => sdp::repair_answer(&sdp, &self.setup.offer),
+            Direction::Inbound { .. } => sdp::offer_for_browser(&sdp),
+        };
         let altered = sdp::alter_fingerprint(&offer);
         self.stage = Stage::Renegotiating(Reneg {
             offer,
@@ -1050,7 +1494,9 @@ impl Call {
     fn end_matrix(&mut self, reason: &'static str, human: &str) -> Vec<Action> {
         self.end_reason.get_or_insert_with(|| human.to_owned());
         let s = &self.setup;
-        let event = ending_event(s.version, self.answered(), &s.call_id, &s.our_party, reason);
+        // A caller ends with a hangup whether or not it was answered; only a callee rejects.
+        let answered = self.answered() || self.is_inbound();
+        let event = ending_event(s.version, answered, &s.call_id, &s.our_party, reason);
         info!(%reason, why = %human, "ending the Matrix call");
         vec![Action::Send(event)]
     }
@@ -1183,7 +1629,7 @@ impl Call {
         // A caller that sent no new candidates still listens where it did: its trickled ones
         // and those inside its original offer (aiortc and v0 clients put them there).
         let cands = if r.candidates.is_empty() {
-            let mut c = sdp::candidates_of(&self.setup.offer);
+            let mut c = sdp::candidates_of(self.peer_sdp());
             c.extend(self.trickled.iter().cloned());
             c
         } else {
@@ -1349,6 +1795,8 @@ mod tests {
             caller_party: Some("CALLER".into()),
             version,
             offer: OFFER.into(),
+            direction: Direction::Outbound,
+            candidate_wait: DEFAULT_CANDIDATE_WAIT,
             our_party: "BOT".into(),
             expires_at: now + Duration::from_secs(60),
             candidate_deadline: now + DEFAULT_CANDIDATE_WAIT,
@@ -1394,6 +1842,8 @@ mod tests {
                 Action::Attach { .. } => "attach",
                 Action::Modify { .. } => "modify",
                 Action::Hold { .. } => "hold",
+                Action::FindRoom { .. } => "find_room",
+                Action::AnswerVerto { .. } => "answer_verto",
             })
             .collect()
     }
@@ -2080,7 +2530,7 @@ mod tests {
             "a=mid:0\r\n",
             "a=mid:0\r\na=candidate:1 1 udp 1 10.0.0.9 4444 typ host\r\n",
         );
-        let mut c = Call::recovered(s, Vec::new(), now);
+        let mut c = Call::recovered(s, Vec::new(), None, now);
         assert!(
             c.start(now).is_empty(),
             "a recovered call waits for the re-offer"
@@ -2236,7 +2686,7 @@ mod tests {
     #[test]
     fn recovered_call_waits_for_the_reoffer() {
         let now = Instant::now();
-        let mut c = Call::recovered(setup(Version::V1, now), vec![udp(3)], now);
+        let mut c = Call::recovered(setup(Version::V1, now), vec![udp(3)], None, now);
         assert_eq!(c.state(), State::Detached);
         let a = c.handle(Input::Attach { sdp: ATTACH.into() }, now);
         negotiate_sdp(&a[0]);
@@ -2249,6 +2699,390 @@ mod tests {
         s.max_sdp_bytes = 100;
         let mut c = Call::new(s);
         assert_eq!(sent_types(&c.start(now)), ["m.call.reject"]);
+    }
+
+    mod inbound {
+        use super::*;
+
+        const ANSWER: &str = include_str!("../../tests/fixtures/chromium_answer.sdp");
+
+        fn fs_offer() -> String {
+            include_str!("../../tests/fixtures/verto/incoming_call_1001.jsonl")
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|r| r["conn"] == "u1001" && r["msg"]["method"] == "verto.invite")
+                .unwrap()["msg"]["params"]["sdp"]
+                .as_str()
+                .map(sdp::offer_for_browser)
+                .unwrap()
+        }
+
+        fn inbound_setup(now: Instant) -> Setup {
+            let mut s = setup(Version::V1, now);
+            s.caller_party = None;
+            s.offer = fs_offer();
+            s.notices = true;
+            s.direction = Direction::Inbound {
+                user: "@alice:x".into(),
+                notice: "📞 Call from 1000".into(),
+            };
+            s.expires_at = now + Duration::from_secs(45);
+            s
+        }
+
+        /// A call whose invite is out: the room was found.
+        fn ringing(now: Instant) -> Call {
+            let mut c = Call::new(inbound_setup(now));
+            let a = c.start(now);
+            assert!(
+                matches!(&a[..], [Action::FindRoom { user, until }] if user == "@alice:x" && *until == now + Duration::from_secs(45)),
+                "{a:?}"
+            );
+            assert_eq!(c.state(), State::Placing);
+            let a = c.handle(
+                Input::RoomReady {
+                    room_id: "!r:x".into(),
+                },
+                now + Duration::from_secs(5),
+            );
+            assert_eq!(sent_types(&a), ["notice", "m.call.invite"]);
+            let Action::Send(inv) = &a[1] else { panic!() };
+            let content = inv.content();
+            assert_eq!(content["invitee"], "@alice:x");
+            assert_eq!(content["lifetime"], 40000, "what is left of the ring time");
+            assert!(content["offer"]["sdp"]
+                .as_str()
+                .unwrap()
+                .contains("a=mid:0"));
+            assert_eq!(c.state(), State::Inviting);
+            c
+        }
+
+        fn cands_of(party: &str, c: Vec<TrickleCandidate>) -> Input {
+            Input::Candidates {
+                party_id: Some(party.into()),
+                candidates: c,
+            }
+        }
+
+        fn answer_of(party: &str) -> Input {
+            Input::CalleeAnswer {
+                party_id: Some(party.into()),
+                sdp: ANSWER.into(),
+            }
+        }
+
+        fn bye_cause(a: &[Action]) -> Option<Cause> {
+            a.iter().find_map(|a| match a {
+                Action::Bye { cause } => Some(*cause),
+                _ => None,
+            })
+        }
+
+        #[test]
+        fn first_answer_wins_and_its_candidates_go_to_freeswitch() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            // Device B trickles before anyone answers; device A's first batch comes early too.
+            assert!(c.handle(cands_of("B", vec![udp(2)]), now).is_empty());
+            assert!(c.handle(cands_of("A", vec![udp(1)]), now).is_empty());
+            let a = c.handle(answer_of("A"), now);
+            assert_eq!(sent_types(&a), ["m.call.select_answer"]);
+            assert_eq!(
+                a[0],
+                Action::Send(CallEventOut::SelectAnswer {
+                    call_id: "c1".into(),
+                    party_id: "BOT".into(),
+                    selected: "A".into(),
+                })
+            );
+            assert_eq!(c.state(), State::Connecting);
+            // B answers too late: nothing (select_answer already told it).
+            assert!(c.handle(answer_of("B"), now).is_empty());
+            assert!(c.handle(cands_of("B", vec![udp(3), end()]), now).is_empty());
+            let a = c.handle(cands_of("A", vec![udp(4), end()]), now);
+            let [Action::AnswerVerto { sdp }] = &a[..] else {
+                panic!("{a:?}")
+            };
+            assert!(
+                sdp.contains("127.0.0.1 5000") && sdp.contains("127.0.0.4 5000"),
+                "{sdp}"
+            );
+            assert!(
+                !sdp.contains("127.0.0.2") && !sdp.contains("127.0.0.3"),
+                "{sdp}"
+            );
+            assert_eq!(c.state(), State::Answered);
+            assert!(c.handle(Input::AnswerResult(Ok(())), now).is_empty());
+            // A normal hangup from FreeSWITCH ends the Matrix call with a hangup.
+            let a = c.handle(
+                Input::Bye {
+                    cause_code: Some(16),
+                    cause: None,
+                },
+                now,
+            );
+            assert_eq!(sent_types(&a), ["m.call.hangup"]);
+            assert!(c.is_ended());
+        }
+
+        #[test]
+        fn without_the_marker_freeswitch_is_answered_after_the_candidate_wait() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            c.handle(answer_of("A"), now);
+            c.handle(cands_of("A", vec![udp(1)]), now);
+            let due = c.poll_timeout().unwrap();
+            assert_eq!(due, now + DEFAULT_CANDIDATE_WAIT);
+            let a = c.handle_timeout(due);
+            assert!(matches!(&a[..], [Action::AnswerVerto { .. }]), "{a:?}");
+            // Answered: the callee's hangup is a normal clearing.
+            let a = c.handle(
+                Input::Hangup {
+                    reason: Some("user_hangup".into()),
+                },
+                due,
+            );
+            assert_eq!(bye_cause(&a), Some(Cause::NormalClearing));
+        }
+
+        /// matrix-js-sdk's first batch after the answer can come later than the candidate
+        /// wait: without a usable candidate the wait goes on (bounded) instead of failing.
+        #[test]
+        fn a_late_first_batch_is_waited_for() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let bare: String = ANSWER
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("a=candidate"))
+                .collect();
+            c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: bare.clone(),
+                },
+                now,
+            );
+            let due = c.poll_timeout().unwrap();
+            assert!(c.handle_timeout(due).is_empty());
+            assert_eq!(c.state(), State::Connecting);
+            c.handle(cands_of("A", vec![udp(1)]), due);
+            let due = c.poll_timeout().unwrap();
+            assert!(matches!(
+                &c.handle_timeout(due)[..],
+                [Action::AnswerVerto { .. }]
+            ));
+            // Nothing at all: given up after 10 s with ice_failed on both sides.
+            let mut c = ringing(now);
+            c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: bare,
+                },
+                now,
+            );
+            let mut out = Vec::new();
+            while let Some(d) = c.poll_timeout().filter(|_| !c.is_ended()) {
+                assert!(d <= now + Duration::from_secs(10), "{d:?}");
+                out = c.handle_timeout(d);
+            }
+            assert_eq!(bye_cause(&out), Some(Cause::IncompatibleDestination));
+        }
+
+        #[test]
+        fn an_answer_refusing_all_media_fails_at_once() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let refused = ANSWER.replace("m=audio 46805 ", "m=audio 0 ");
+            let a = c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: refused,
+                },
+                now,
+            );
+            assert_eq!(bye_cause(&a), Some(Cause::IncompatibleDestination));
+            assert!(sent_types(&a).contains(&"m.call.hangup"), "{a:?}");
+            assert!(c.is_ended());
+        }
+
+        #[test]
+        fn an_answer_without_usable_candidates_fails_on_both_sides() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let bare: String = ANSWER
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("a=candidate"))
+                .collect();
+            let answer = Input::CalleeAnswer {
+                party_id: Some("A".into()),
+                sdp: bare,
+            };
+            c.handle(answer, now);
+            let a = c.handle(cands_of("A", vec![end()]), now);
+            assert_eq!(bye_cause(&a), Some(Cause::IncompatibleDestination));
+            assert!(sent_types(&a).contains(&"m.call.hangup"), "{a:?}");
+            assert!(c.is_ended());
+        }
+
+        #[test]
+        fn endings_while_ringing() {
+            let now = Instant::now();
+            // (input, the cause FreeSWITCH gets, Matrix events)
+            let cases: Vec<(Input, Option<Cause>, Vec<&str>)> = vec![
+                (Input::Reject, Some(Cause::CallRejected), vec![]),
+                (
+                    Input::Hangup {
+                        reason: Some("user_busy".into()),
+                    },
+                    Some(Cause::UserBusy),
+                    vec![],
+                ),
+                (
+                    Input::Hangup { reason: None },
+                    Some(Cause::CallRejected),
+                    vec![],
+                ),
+                (
+                    Input::Bye {
+                        cause_code: Some(487),
+                        cause: Some("ORIGINATOR_CANCEL".into()),
+                    },
+                    None,
+                    vec!["m.call.hangup", "notice"],
+                ),
+                (Input::VertoDown, None, vec!["m.call.hangup", "notice"]),
+                (
+                    Input::Shutdown,
+                    Some(Cause::SystemShutdown),
+                    vec!["m.call.hangup", "notice"],
+                ),
+            ];
+            for (input, cause, events) in cases {
+                let mut c = ringing(now);
+                let name = format!("{input:?}");
+                let a = c.handle(input, now);
+                assert_eq!(bye_cause(&a), cause, "{name}");
+                let sent: Vec<&str> = sent_types(&a).into_iter().filter(|t| *t != "bye").collect();
+                assert_eq!(sent, events, "{name}");
+                assert!(c.is_ended(), "{name}");
+                if let Some(Action::Send(e)) = a.iter().find(|a| matches!(a, Action::Send(_))) {
+                    assert_eq!(
+                        e.content()["reason"],
+                        if name.starts_with("Bye") {
+                            "user_hangup"
+                        } else {
+                            "unknown_error"
+                        },
+                        "{name}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn only_the_answering_devices_hangup_counts() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            c.handle(answer_of("A"), now);
+            c.handle(cands_of("A", vec![udp(1), end()]), now);
+            let other = Input::CalleeHangup {
+                party_id: Some("B".into()),
+                reason: Some("user_hangup".into()),
+            };
+            assert!(c.handle(other, now).is_empty());
+            assert_eq!(c.state(), State::Answered);
+            let mine = Input::CalleeHangup {
+                party_id: Some("A".into()),
+                reason: Some("user_hangup".into()),
+            };
+            let a = c.handle(mine, now);
+            assert_eq!(bye_cause(&a), Some(Cause::NormalClearing));
+            assert!(c.is_ended());
+        }
+
+        #[test]
+        fn no_answer_in_the_ring_time() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            let due = c.poll_timeout().unwrap();
+            assert_eq!(due, now + Duration::from_secs(45));
+            let a = c.handle_timeout(due);
+            assert_eq!(bye_cause(&a), Some(Cause::NoAnswer));
+            let Some(Action::Send(e)) = a.iter().find(|a| matches!(a, Action::Send(_))) else {
+                panic!("{a:?}")
+            };
+            assert_eq!(e.event_type(), "m.call.hangup");
+            assert_eq!(e.content()["reason"], "invite_timeout");
+            assert!(c.is_ended());
+        }
+
+        #[test]
+        fn before_the_room_is_ready_nothing_reaches_matrix() {
+            let now = Instant::now();
+            for input in [
+                Input::Bye {
+                    cause_code: Some(487),
+                    cause: None,
+                },
+                Input::VertoDown,
+                Input::RoomFailed { why: "x".into() },
+                Input::Shutdown,
+            ] {
+                let mut c = Call::new(inbound_setup(now));
+                c.start(now);
+                let name = format!("{input:?}");
+                let a = c.handle(input, now);
+                assert!(sent_types(&a).iter().all(|t| *t == "bye"), "{name}: {a:?}");
+                assert!(c.is_ended(), "{name}");
+            }
+            let mut c = Call::new(inbound_setup(now));
+            c.start(now);
+            let a = c.handle_timeout(now + Duration::from_secs(45));
+            assert_eq!(
+                a,
+                vec![Action::Bye {
+                    cause: Cause::NoAnswer
+                }]
+            );
+            assert!(c.is_ended());
+            // A room found after the caller gave up rings nobody.
+            assert!(c
+                .handle(
+                    Input::RoomReady {
+                        room_id: "!r:x".into()
+                    },
+                    now
+                )
+                .is_empty());
+        }
+
+        #[test]
+        fn an_answered_inbound_call_renegotiates_toward_the_callee() {
+            let now = Instant::now();
+            let mut c = ringing(now);
+            c.handle(answer_of("A"), now);
+            c.handle(cands_of("A", vec![udp(1), end()]), now);
+            assert!(c.handle(Input::VertoDown, now).is_empty());
+            assert_eq!(c.state(), State::Detached);
+            let a = c.handle(Input::Attach { sdp: fs_offer() }, now);
+            let [Action::Send(CallEventOut::Negotiate {
+                kind: SdpKind::Offer,
+                sdp,
+                ..
+            })] = &a[..]
+            else {
+                panic!("{a:?}")
+            };
+            assert!(sdp.contains("a=mid:0"), "{sdp}");
+            // The other device's negotiate is not the callee's.
+            let other = Input::Negotiate {
+                party_id: Some("B".into()),
+                kind: "answer".into(),
+                sdp: ANSWER.into(),
+            };
+            assert!(c.handle(other, now).is_empty());
+        }
     }
 
     mod properties {
@@ -2375,6 +3209,93 @@ mod tests {
                     prop_assert!(ended <= 1, "{ended} ending events sent");
                 }
                 prop_assert_eq!(c.state(), State::Ended);
+            }
+        }
+
+        fn inbound_input() -> impl Strategy<Value = Input> {
+            let party = || prop_oneof![Just("CALLER".to_owned()), Just("X".to_owned())];
+            prop_oneof![
+                3 => input(),
+                1 => Just(Input::RoomReady { room_id: "!r:x".into() }),
+                1 => Just(Input::RoomFailed { why: "x".into() }),
+                2 => (party(), prop_oneof![Just(BROWSER_ANSWER.to_owned()), Just(FS_ANSWER.to_owned())])
+                    .prop_map(|(p, sdp)| Input::CalleeAnswer { party_id: Some(p), sdp }),
+                1 => Just(Input::Reject),
+                1 => (party(), prop::option::of(Just("user_busy".to_owned())))
+                    .prop_map(|(p, reason)| Input::CalleeHangup { party_id: Some(p), reason }),
+                1 => prop_oneof![Just(Ok(())), Just(Err("x".to_owned()))].prop_map(Input::AnswerResult),
+            ]
+        }
+
+        fn inbound_steps() -> impl Strategy<Value = Vec<Step>> {
+            let step = prop_oneof![
+                3 => inbound_input().prop_map(Step::Feed),
+                2 => prop_oneof![0u64..400, 0u64..5_000, 0u64..200_000].prop_map(Step::Wait),
+            ];
+            prop::collection::vec(step, 0..40)
+        }
+
+        fn byes(actions: &[Action]) -> usize {
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Bye { .. }))
+                .count()
+        }
+
+        proptest! {
+            /// A call from FreeSWITCH, whatever the order of its inputs and timers, ends once
+            /// the bridge stops, leaves nothing ringing: once the user was rung, Matrix is told
+            /// the end exactly once unless the user ended it, and FreeSWITCH gets one
+            /// `verto.bye` unless it ended the call itself (or the call was kept for the next
+            /// start, which tells neither side). A caller never rejects.
+            #[test]
+            fn inbound_calls_end_once_on_both_sides(steps in inbound_steps()) {
+                let mut now = Instant::now();
+                let mut s = setup(Version::V1, now);
+                s.caller_party = None;
+                s.direction = Direction::Inbound { user: "@u:x".into(), notice: "n".into() };
+                s.max_duration = Some(Duration::from_secs(600));
+                let mut c = Call::new(s);
+                let mut out = c.start(now);
+                let (mut user_ended, mut fs_ended) = (false, false);
+                for step in steps.into_iter().chain([Step::Feed(Input::Shutdown)]) {
+                    match step {
+                        Step::Feed(i) => {
+                            if !c.is_ended() {
+                                user_ended |= matches!(
+                                    i,
+                                    Input::Reject | Input::Hangup { .. } | Input::CalleeHangup { .. }
+                                );
+                                fs_ended |= matches!(i, Input::Bye { .. } | Input::VertoDown);
+                            }
+                            out.extend(c.handle(i, now));
+                        }
+                        Step::Wait(ms) => {
+                            now += Duration::from_millis(ms);
+                            while let Some(due) = c.poll_timeout().filter(|d| *d <= now) {
+                                out.extend(c.handle_timeout(now));
+                                let next = c.poll_timeout();
+                                prop_assert!(next.is_none_or(|d| d > now), "deadline {due:?} repeats as {next:?}");
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(c.state(), State::Ended);
+                let types = sent_types(&out);
+                prop_assert!(!types.contains(&"m.call.reject"), "{types:?}");
+                if c.kept {
+                    // Left up on purpose for the next start (`on_shutdown: detach`).
+                    prop_assert_eq!(endings(&out) + byes(&out), 0, "{:?}", types);
+                    return Ok(());
+                }
+                let rung = types.contains(&"m.call.invite");
+                let ended = endings(&out);
+                prop_assert!(ended <= 1, "{types:?}");
+                prop_assert!(!rung || ended == 1 || user_ended, "left ringing in Matrix: {types:?}");
+                prop_assert!(rung || ended == 0, "an ending for a call never rung: {types:?}");
+                let b = byes(&out);
+                prop_assert!(b <= 1, "{types:?}");
+                prop_assert!(b == 1 || fs_ended, "left up in FreeSWITCH: {types:?}");
             }
         }
     }

@@ -6,10 +6,14 @@
 //! - [`route`]: routes, caller ids, access globs.
 //! - [`command`]: `!help`, `!dtmf`, `!dial`.
 //! - [`store`]: answered calls kept across restarts.
+//! - [`inbound`]: which Matrix user a call from FreeSWITCH rings.
+//! - [`room`]: the room it rings in.
 
 pub mod actor;
 pub mod cause;
 pub mod command;
+pub mod inbound;
 pub mod machine;
+pub mod room;
 pub mod route;
 pub mod store;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::{Setup, Version};
+use super::machine::{Call, Direction, Version};
 use crate::sdp::TrickleCandidate;
 use crate::state::SavedMap;
 
@@ -26,11 +26,23 @@ pub struct Record {
     pub offer: String,
     /// The caller's original candidates.
     pub trickled: Vec<TrickleCandidate>,
+    /// Inbound calls: the Matrix user rung (then `caller` is that user too). Absent in files
+    /// of earlier versions, which only had outbound calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_user: Option<String>,
+    /// Inbound calls: the answering device's SDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_answer: Option<String>,
 }
 
 impl Record {
     /// From a live call.
-    pub fn of(room_id: &str, caller: &str, setup: &Setup, trickled: &[TrickleCandidate]) -> Self {
+    pub fn of(room_id: &str, caller: &str, call: &Call) -> Self {
+        let (setup, trickled) = (call.setup(), call.trickled());
+        let inbound_user = match &setup.direction {
+            Direction::Inbound { user, .. } => Some(user.clone()),
+            Direction::Outbound => None,
+        };
         Self {
             room_id: room_id.to_owned(),
             call_id: setup.call_id.clone(),
@@ -43,6 +55,8 @@ impl Record {
             },
             offer: setup.offer.clone(),
             trickled: trickled.to_vec(),
+            inbound_user,
+            peer_answer: call.peer_answer().map(str::to_owned),
         }
     }
 }

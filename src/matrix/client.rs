@@ -187,7 +187,7 @@ impl MatrixClient {
             .unwrap_or_default()
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -337,7 +337,7 @@ fn api_error(status: StatusCode, header_retry: Option<Duration>, bytes: &[u8]) -
 }
 
 impl MatrixClient {
-    const SHORT: Duration = Duration::from_secs(30);
+    pub(super) const SHORT: Duration = Duration::from_secs(30);
 
     /// Password login, reusing `device_id` when we have one so the device list stays tidy.
     pub async fn login_password(

@@ -120,7 +120,7 @@ impl SdpKind {
     }
 }
 
-/// An `m.call.*` event the bot sends to a caller. The contents are built here, so the call
+/// An `m.call.*` event the bot sends to a caller, or (calls from FreeSWITCH) to a callee. The contents are built here, so the call
 /// layer decides what to say and never how it is spelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEventOut {
@@ -167,6 +167,32 @@ pub enum CallEventOut {
         /// The Matrix hangup reason.
         reason: String,
     },
+    /// `m.call.invite` (version 1), when the bot rings a Matrix user. It announces DTMF, so
+    /// the callee's client offers its dial pad.
+    Invite {
+        /// A new call.
+        call_id: String,
+        /// Our `party_id`.
+        party_id: String,
+        /// The user rung; other members ignore the invite.
+        invitee: String,
+        /// How long it rings, in ms.
+        lifetime_ms: u64,
+        /// The offer.
+        sdp: String,
+        /// Its media stream ids, for `sdp_stream_metadata`.
+        stream_ids: Vec<String>,
+    },
+    /// `m.call.select_answer`: which of the callee's devices got the call, so the others stop
+    /// ringing.
+    SelectAnswer {
+        /// The call.
+        call_id: String,
+        /// Our `party_id`.
+        party_id: String,
+        /// The answering device's `party_id`.
+        selected: String,
+    },
     /// `m.call.reject` (version 1). The non-spec `reason` is what matrix-js-sdk shows.
     Reject {
         /// The call.
@@ -187,6 +213,8 @@ impl CallEventOut {
             CallEventOut::Negotiate { .. } => "m.call.negotiate",
             CallEventOut::Hangup { .. } => "m.call.hangup",
             CallEventOut::Reject { .. } => "m.call.reject",
+            CallEventOut::Invite { .. } => "m.call.invite",
+            CallEventOut::SelectAnswer { .. } => "m.call.select_answer",
         }
     }
 
@@ -216,6 +244,9 @@ impl CallEventOut {
                 "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
                 "sdp_stream_metadata": stream_metadata(stream_ids),
             }),
+            CallEventOut::Invite { .. } | CallEventOut::SelectAnswer { .. } => {
+                self.caller_content()
+            }
             CallEventOut::EndOfCandidates { call_id, party_id } => json!({
                 "call_id": call_id,
                 "party_id": party_id,
@@ -254,6 +285,42 @@ impl CallEventOut {
             } => {
                 json!({"call_id": call_id, "party_id": party_id, "version": "1", "reason": reason})
             }
+        }
+    }
+}
+
+impl CallEventOut {
+    /// The contents only a caller sends (the bot ringing a Matrix user).
+    fn caller_content(&self) -> Value {
+        match self {
+            CallEventOut::Invite {
+                call_id,
+                party_id,
+                invitee,
+                lifetime_ms,
+                sdp,
+                stream_ids,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "invitee": invitee,
+                "lifetime": lifetime_ms,
+                "offer": {"type": "offer", "sdp": sdp},
+                "capabilities": {"m.call.dtmf": true, "m.call.transferee": false},
+                "sdp_stream_metadata": stream_metadata(stream_ids),
+            }),
+            CallEventOut::SelectAnswer {
+                call_id,
+                party_id,
+                selected,
+            } => json!({
+                "call_id": call_id,
+                "party_id": party_id,
+                "version": "1",
+                "selected_party_id": selected,
+            }),
+            _ => Value::Null,
         }
     }
 }
@@ -503,6 +570,35 @@ mod tests {
         assert!(
             matches!(e.kind, EventKind::Member { ref membership, .. } if membership == "leave")
         );
+    }
+
+    /// The invite and select_answer the bot sends as a caller read back as the spec's types.
+    #[test]
+    fn outgoing_invite_and_select_answer() {
+        let inv = CallEventOut::Invite {
+            call_id: "c".into(),
+            party_id: "BOT".into(),
+            invitee: "@alice:x.org".into(),
+            lifetime_ms: 45000,
+            sdp: "v=0".into(),
+            stream_ids: vec!["s1".into()],
+        };
+        assert_eq!(inv.event_type(), "m.call.invite");
+        let c = inv.content();
+        assert_eq!(c["capabilities"]["m.call.dtmf"], true);
+        assert_eq!(c["sdp_stream_metadata"]["s1"]["purpose"], "m.usermedia");
+        let back: CallInviteEventContent = serde_json::from_value(c).unwrap();
+        assert_eq!(back.invitee.unwrap().as_str(), "@alice:x.org");
+        assert_eq!(u64::from(back.lifetime), 45000);
+        assert_eq!(back.offer.sdp, "v=0");
+        let sel = CallEventOut::SelectAnswer {
+            call_id: "c".into(),
+            party_id: "BOT".into(),
+            selected: "DEV1".into(),
+        };
+        assert_eq!(sel.event_type(), "m.call.select_answer");
+        let back: CallSelectAnswerEventContent = serde_json::from_value(sel.content()).unwrap();
+        assert_eq!(back.selected_party_id.as_str(), "DEV1");
     }
 
     #[test]

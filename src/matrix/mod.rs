@@ -4,10 +4,12 @@
 //! - [`sync`]: login, the `/sync` loop and auto-join.
 //! - [`crypto`]: end-to-end encryption (decrypting what arrives, encrypting what we send).
 //! - [`events`]: typed `m.call.*` and membership events from the timeline.
+//! - [`rooms`]: direct chats the bot opens itself (to ring a user).
 
 pub mod client;
 pub mod crypto;
 pub mod events;
+pub mod rooms;
 pub mod sync;
 
 pub use client::{MatrixClient, MatrixError, Session};

@@ -53,6 +53,8 @@ causes! {
     InvalidNumberFormat = 28, "INVALID_NUMBER_FORMAT";
     /// Normal, otherwise unspecified.
     NormalUnspecified = 31, "NORMAL_UNSPECIFIED";
+    /// The bridge is at its call limit (SIP 503).
+    NormalCircuitCongestion = 34, "NORMAL_CIRCUIT_CONGESTION";
     /// A temporary failure (ICE failed, no reply to the invite, no re-attach).
     NormalTemporaryFailure = 41, "NORMAL_TEMPORARY_FAILURE";
     /// The media cannot be used.

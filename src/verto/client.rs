@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
-use super::messages::{Bye, Dialog, FsDtmf, Request, DTMF_CHANNEL};
+use super::messages::{Bye, Dialog, FsDtmf, IncomingCall, Request, DTMF_CHANNEL};
 use super::rpc::{self, Incoming, RpcError};
 use crate::backoff::Backoff;
 use crate::chain::Chain;
@@ -103,6 +103,8 @@ pub enum VertoEvent {
         /// FreeSWITCH's offer.
         sdp: String,
     },
+    /// FreeSWITCH offers us a call (server `verto.invite`).
+    Invite(Box<IncomingCall>),
     /// Another connection took over our session.
     Punted,
     /// `verto.clientReady` after a login: the calls FreeSWITCH kept and re-offered.
@@ -858,6 +860,13 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
             cause: p.get("cause").and_then(Value::as_str).map(str::to_owned),
         }),
         ("verto.attach", Some(call_id)) => sdp.map(|sdp| VertoEvent::Attach { call_id, sdp }),
+        ("verto.invite", Some(call_id)) => match IncomingCall::from_params(p) {
+            Some(inc) => Some(VertoEvent::Invite(Box::new(inc))),
+            None => {
+                warn!(%call_id, "unreadable verto.invite ignored");
+                None
+            }
+        },
         ("verto.event", _) => {
             let channel = p
                 .get("eventChannel")

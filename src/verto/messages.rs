@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Cause;
@@ -188,6 +188,66 @@ impl Request for Attach {
     const METHOD: &'static str = "verto.attach";
 }
 
+/// `verto.answer` from our side: we answer a call FreeSWITCH offered us (`verto.invite`).
+/// Ok means FreeSWITCH took the answer and connects the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnswerCall {
+    /// Our complete answer (mod_verto has no trickle ICE).
+    pub sdp: String,
+    /// The call.
+    #[serde(rename = "dialogParams")]
+    pub dialog: Dialog,
+}
+
+impl Request for AnswerCall {
+    const METHOD: &'static str = "verto.answer";
+}
+
+/// A server `verto.invite`: FreeSWITCH offers us a call (a bridge or originate to our
+/// verto user). Fields are read leniently: a missing caller id is empty, never an error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IncomingCall {
+    /// The verto `callID` (FreeSWITCH's channel UUID).
+    #[serde(rename = "callID")]
+    pub call_id: String,
+    /// FreeSWITCH's complete offer; empty when the invite has none (the call layer refuses
+    /// it, so that FreeSWITCH does not ring on).
+    #[serde(default)]
+    pub sdp: String,
+    /// Who calls.
+    #[serde(default)]
+    pub caller_id_name: String,
+    /// Who calls (number).
+    #[serde(default)]
+    pub caller_id_number: String,
+    /// Who is called, as FreeSWITCH names our leg.
+    #[serde(default)]
+    pub callee_id_name: String,
+    /// Who is called (number).
+    #[serde(default)]
+    pub callee_id_number: String,
+    /// Event headers and every `verto_svar_*` channel variable, by name; values that are not
+    /// strings are left out.
+    #[serde(default, deserialize_with = "string_map")]
+    pub variables: BTreeMap<String, String>,
+}
+
+impl IncomingCall {
+    /// Reads the `params` of a server `verto.invite`.
+    pub fn from_params(p: &Value) -> Option<Self> {
+        serde_json::from_value(p.clone()).ok()
+    }
+}
+
+fn string_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let v = Option::<BTreeMap<String, Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(v.into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+        .collect())
+}
+
 /// `verto.subscribe` to one event channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Subscribe {
@@ -361,6 +421,41 @@ mod tests {
         assert!(sub.granted(&granted));
         assert!(sub.granted(&again));
         assert!(!sub.granted(&refused));
+    }
+
+    #[test]
+    fn incoming_invite_and_our_answer_as_captured() {
+        let lines = include_str!("../../tests/fixtures/verto/incoming_call_1001.jsonl");
+        let find = |dir: &str, method: &str| -> Value {
+            lines
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|r| r["conn"] == "u1001" && r["dir"] == dir && r["msg"]["method"] == method)
+                .unwrap()
+        };
+        let invite = find("recv", "verto.invite");
+        let inc = IncomingCall::from_params(&invite["msg"]["params"]).unwrap();
+        assert_eq!(inc.call_id, "ef3fb379-d858-4f78-8eb3-cef3eaf2e97a");
+        assert_eq!(inc.caller_id_name, "Harness 1000");
+        assert_eq!(inc.caller_id_number, "1000");
+        assert!(inc.sdp.starts_with("v=0\r\n"));
+        assert_eq!(inc.variables["Event-Name"], "CHANNEL_DATA");
+        let answer = find("send", "verto.answer");
+        let mut want = answer["msg"]["params"].clone();
+        want.as_object_mut().unwrap().remove("sessid");
+        let ours = AnswerCall {
+            sdp: want["sdp"].as_str().unwrap().to_owned(),
+            dialog: Dialog::new(&inc.call_id),
+        };
+        assert_eq!(params(&ours), want);
+        assert_eq!(AnswerCall::METHOD, "verto.answer");
+        let odd = json!({"callID": "c", "sdp": "v=0", "variables": {"n": 1, "verto_svar_matrix_user": "@a:b"}});
+        let inc = IncomingCall::from_params(&odd).unwrap();
+        assert_eq!(inc.variables.len(), 1);
+        assert_eq!(inc.caller_id_number, "");
+        let bare = IncomingCall::from_params(&json!({"callID": "c"})).unwrap();
+        assert!(bare.sdp.is_empty());
+        assert!(IncomingCall::from_params(&json!({"sdp": "v=0"})).is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio::time::Instant as TokioInstant;
-use vertobot::call::machine::{Call, Input, Recovery, Setup, Version};
+use vertobot::call::machine::{Call, Direction, Input, Recovery, Setup, Version};
 use vertobot::matrix::events::parse_event;
 use vertobot::sdp::{self, TrickleCandidate};
 use vertobot::verto::rpc::parse_frame;
@@ -80,6 +80,8 @@ fn main() {
             caller_party: Some("P".into()),
             version: Version::V1,
             offer: OFFER.into(),
+            direction: Direction::Outbound,
+            candidate_wait: Duration::from_secs(2),
             our_party: "BOT".into(),
             expires_at: now + Duration::from_secs(60),
             candidate_deadline: now + Duration::from_secs(2),
