@@ -125,21 +125,7 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     sync_cancel.cancel();
     verto_cancel.cancel();
     metrics_cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if let Err(e) = sync_task.await {
-            tracing::error!(error = %e, "the Matrix sync task failed");
-        }
-        if let Err(e) = verto_task.await {
-            tracing::error!(error = %e, "the verto task failed");
-        }
-        if let Some(t) = metrics_task {
-            let _ = t.await;
-        }
-        if let Some(t) = crypto_task {
-            let _ = t.await;
-        }
-    })
-    .await;
+    join_tasks(sync_task, verto_task, [metrics_task, crypto_task]).await;
     if let Some(lost) = lost {
         // A non-zero exit lets systemd or the container runtime start a fresh bridge, which
         // takes the kept calls back; running on without the input would serve nobody.
@@ -147,6 +133,26 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     }
     info!("stopped");
     Ok(())
+}
+
+/// Waits (briefly) for the stopped tasks, so their last log lines are written.
+async fn join_tasks(
+    sync_task: tokio::task::JoinHandle<()>,
+    verto_task: tokio::task::JoinHandle<()>,
+    others: [Option<tokio::task::JoinHandle<()>>; 2],
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if let Err(e) = sync_task.await {
+            tracing::error!(error = %e, "the Matrix sync task failed");
+        }
+        if let Err(e) = verto_task.await {
+            tracing::error!(error = %e, "the verto task failed");
+        }
+        for t in others.into_iter().flatten() {
+            let _ = t.await;
+        }
+    })
+    .await;
 }
 
 /// The metrics handle, and the listener's task when `metrics.listen` is set.
