@@ -3,79 +3,22 @@
 // With "encrypted": {"bot": ..., "password": ...} instead of a roomId, the caller does what
 // Element does for a new chat: Rust crypto, its own cross-signing, an encrypted DM with the bot.
 // Prints one JSON line with what the SDK and the peer connection saw.
-import fs from "node:fs";
-import http from "node:http";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import * as esbuild from "esbuild";
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = JSON.parse(process.argv[2]);
-
-const bundle = await esbuild.build({
-  entryPoints: [path.join(here, "page.js")],
-  bundle: true,
-  write: false,
-  format: "esm",
-  platform: "browser",
-  target: "chrome120",
-  define: { global: "globalThis", "process.env.NODE_ENV": '"production"' },
-  logLevel: "error",
-});
-const js = bundle.outputFiles[0].text;
-const html = '<!doctype html><meta charset="utf-8"><title>vertobot caller</title><script type="module" src="/page.js"></script>';
-// matrix-js-sdk's Rust crypto (for encrypted rooms) fetches its WebAssembly module relative to
-// the bundle: /pkg/matrix_sdk_crypto_wasm_bg.wasm.
-const wasm = path.join(here, "node_modules/@matrix-org/matrix-sdk-crypto-wasm/pkg/matrix_sdk_crypto_wasm_bg.wasm");
-const server = http.createServer((req, res) => {
-  if (req.url === "/page.js") {
-    res.writeHead(200, { "content-type": "text/javascript" });
-    res.end(js);
-  } else if (req.url.endsWith(".wasm")) {
-    res.writeHead(200, { "content-type": "application/wasm" });
-    res.end(fs.readFileSync(wasm));
-  } else {
-    res.writeHead(200, { "content-type": "text/html" });
-    res.end(html);
-  }
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const port = server.address().port;
-
-// The switches that make Chromium offer real 127.0.0.1 host candidates instead of mDNS names
-// (media permission granted by the fake UI, loopback allowed, mDNS obfuscation off), and keep
-// it quiet on a machine without network.
-const args = [
-  "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-  "--disable-sync", "--disable-default-apps", "--disable-extensions", "--password-store=basic",
-  "--disable-dev-shm-usage", "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-  "--disable-backgrounding-occluded-windows", "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
-  "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args });
+const { page, logs, close } = await openPage("page.js", "vertobot caller", "runCall");
 let out;
 try {
-  const page = await browser.newPage();
-  const logs = [];
-  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`.slice(0, 300)));
-  await page.goto(`http://127.0.0.1:${port}/`);
-  await page.waitForFunction(() => typeof window.runCall === "function");
-  try {
-    // With "measure": true, measureSetup (repeated calls, setup times) instead of one call;
-    // with "say", sayAndWait (a message and the bot's notice).
-    out = await page.evaluate(
-      (o) => (o.measure ? window.measureSetup(o) : o.say ? window.sayAndWait(o) : window.runCall(o)),
-      opts,
-    );
-    if (process.env.CALLER_LOGS) out.logs = logs.filter((l) => /negotiat|rror|fail|remote desc/i.test(l)).slice(-30);
-  } catch (e) {
-    out = { error: String(e), logs: logs.slice(-40) };
-  }
+  // With "measure": true, measureSetup (repeated calls, setup times) instead of one call;
+  // with "say", sayAndWait (a message and the bot's notice).
+  out = await page.evaluate(
+    (o) => (o.measure ? window.measureSetup(o) : o.say ? window.sayAndWait(o) : window.runCall(o)),
+    opts,
+  );
+  if (process.env.CALLER_LOGS) out.logs = logs.filter((l) => /negotiat|rror|fail|remote desc/i.test(l)).slice(-30);
+} catch (e) {
+  out = { error: String(e), logs: logs.slice(-40) };
 } finally {
-  await browser.close();
-  server.close();
+  await close();
 }
 process.stdout.write(JSON.stringify(out) + "\n");
