@@ -80,6 +80,9 @@ struct Waiting {
 #[derive(Default)]
 struct RoomInfo {
     encrypted: bool,
+    /// The homeserver was asked (an unencrypted room is not asked again: a later
+    /// `m.room.encryption` arrives through the sync).
+    checked: bool,
     /// Joined members, fetched when keys are first shared and dropped on a membership change.
     members: Option<Vec<OwnedUserId>>,
 }
@@ -460,7 +463,7 @@ impl Crypto {
 
 impl Crypto {
     /// Whether events sent into the room must be encrypted: known from the sync, else asked
-    /// of the homeserver once.
+    /// of the homeserver once per room.
     pub async fn is_encrypted(
         &self,
         client: &MatrixClient,
@@ -468,21 +471,19 @@ impl Crypto {
     ) -> Result<bool, MatrixError> {
         let id = RoomId::parse(room_id)
             .map_err(|e| crypto_err(format!("bad room id {room_id}"))(boxed(e)))?;
-        if let Some(known) = self
-            .0
-            .rooms
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&id).map(|i| i.encrypted))
-        {
-            if known {
-                return Ok(true);
-            }
+        let known = self.0.rooms.lock().ok().and_then(|r| {
+            r.get(&id)
+                .filter(|i| i.encrypted || i.checked)
+                .map(|i| i.encrypted)
+        });
+        if let Some(encrypted) = known {
+            return Ok(encrypted);
         }
         let encrypted = client.room_encryption(room_id).await?.is_some();
         if let Ok(mut rooms) = self.0.rooms.lock() {
             let info = rooms.entry(id).or_default();
             info.encrypted |= encrypted;
+            info.checked = true;
         }
         Ok(encrypted)
     }
