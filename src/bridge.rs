@@ -589,6 +589,7 @@ impl Bridge {
             recovered,
             rooms: self.rooms.clone(),
             placed: self.placed_tx.clone(),
+            ended: self.done_tx.clone(),
         };
         let inbound = matches!(call.setup().direction, Direction::Inbound { .. });
         self.calls.insert(
@@ -603,6 +604,8 @@ impl Bridge {
         self.by_verto.insert(verto_call_id.clone(), key.clone());
         let done = self.done_tx.clone();
         let cancel = self.calls_cancel.child_token();
+        // The actor tells `done` once its call has ended; this covers an actor that stopped
+        // before (a second `forget` finds nothing).
         self.tracker.spawn(async move {
             actor::run(call, ctx, rx, tx, cancel).await;
             let _ = done.send(verto_call_id);
@@ -670,6 +673,7 @@ impl Bridge {
             our_party: self.our_party.clone(),
             expires_at: now,
             candidate_deadline: now,
+            candidate_quiet: Duration::from_millis(self.calls_cfg.candidate_quiet_ms),
             max_candidates: self.calls_cfg.max_candidates,
             max_sdp_bytes: self.calls_cfg.max_sdp_bytes,
             notices: self.calls_cfg.notices,

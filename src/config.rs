@@ -264,6 +264,10 @@ pub struct CallsConfig {
     /// invite and may never send the marker.
     #[serde(default = "default_candidate_wait")]
     pub candidate_wait_ms: u64,
+    /// Without the marker, dial once every transport has a usable candidate and no
+    /// candidates event has come for this long (0: always wait `candidate_wait_ms`).
+    #[serde(default = "default_candidate_quiet")]
+    pub candidate_quiet_ms: u64,
     /// Upper bound on candidates taken from one call (a flood guard).
     #[serde(default = "default_max_candidates")]
     pub max_candidates: usize,
@@ -316,6 +320,7 @@ impl Default for CallsConfig {
         Self {
             destination: default_destination(),
             candidate_wait_ms: default_candidate_wait(),
+            candidate_quiet_ms: default_candidate_quiet(),
             max_candidates: default_max_candidates(),
             max_sdp_bytes: default_max_sdp(),
             caller_id_name: default_cid_name(),
@@ -431,6 +436,9 @@ fn default_destination() -> String {
 }
 fn default_candidate_wait() -> u64 {
     2500
+}
+fn default_candidate_quiet() -> u64 {
+    400
 }
 fn default_max_candidates() -> usize {
     64
@@ -683,6 +691,9 @@ impl CallsConfig {
         }
         if !(100..=30_000).contains(&self.candidate_wait_ms) {
             p.push("calls.candidate_wait_ms: must be between 100 and 30000".into());
+        }
+        if self.candidate_quiet_ms > 10_000 {
+            p.push("calls.candidate_quiet_ms: must be between 0 and 10000".into());
         }
         if !(1..=1000).contains(&self.max_candidates) {
             p.push("calls.max_candidates: must be between 1 and 1000".into());

@@ -129,6 +129,46 @@ pub fn is_complete(sdp: &str) -> bool {
     marked || (!trickle && usable)
 }
 
+/// Whether every transport the offer asks for already has a candidate FreeSWITCH can use,
+/// from the offer itself or trickled: each media section that is not refused (port 0) and
+/// does not ride on another section's transport (a BUNDLE member after the group's first).
+/// Once this holds, later candidates only add alternatives, so a caller that never sends the
+/// end-of-candidates marker can be dialled after a short quiet period instead of a long wait.
+pub fn covers_every_transport(offer: &str, trickled: &[TrickleCandidate]) -> bool {
+    let Ok(lines) = split(offer) else {
+        return false;
+    };
+    let mut found = Found {
+        cands: vec![Vec::new(); lines.media.len()],
+        usable: 0,
+        dropped: Vec::new(),
+    };
+    let mids: Vec<Option<String>> = lines.media.iter().map(|m| mid_of(m)).collect();
+    found.take_from_offer(&lines.media);
+    for t in trickled.iter().filter(|t| !t.is_end_of_candidates()) {
+        found.place_trickled(t, &mids);
+    }
+    let riders = bundle_riders(&lines.session);
+    let needs_own = |(section, mid): (&Vec<&str>, &Option<String>)| {
+        let refused = section
+            .first()
+            .and_then(|m| m.split_ascii_whitespace().nth(1))
+            .is_some_and(|port| port == "0");
+        !refused && !mid.as_ref().is_some_and(|m| riders.contains(m))
+    };
+    let mut needed = lines.media.iter().zip(&mids).enumerate();
+    !lines.media.is_empty() && needed.all(|(i, s)| !needs_own(s) || !found.cands[i].is_empty())
+}
+
+/// The `mid`s that share the transport of their BUNDLE group's first section.
+fn bundle_riders(session: &[&str]) -> Vec<String> {
+    session
+        .iter()
+        .filter_map(|l| l.strip_prefix("a=group:BUNDLE"))
+        .flat_map(|mids| mids.split_ascii_whitespace().skip(1).map(str::to_owned))
+        .collect()
+}
+
 /// Returns the part after `candidate:` (with or without a leading `a=`).
 fn strip_candidate_prefix(s: &str) -> Option<&str> {
     let s = s.trim();
@@ -976,6 +1016,58 @@ mod tests {
         ];
         for (name, sdp, want) in cases {
             assert_eq!(is_complete(sdp), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn covers_every_transport_table() {
+        let host = "candidate:1 1 udp 2122194687 192.0.2.2 53545 typ host";
+        let tcp = "candidate:2 1 tcp 1518214911 192.0.2.2 9 typ host tcptype active";
+        let mdns = "candidate:3 1 udp 2122194687 x.local 53545 typ host";
+        let audio = "v=0\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+        let video = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+        let two = format!("{audio}{video}");
+        let bundled = two.replacen("t=0 0\r\n", "t=0 0\r\na=group:BUNDLE 0 1\r\n", 1);
+        let refused_video = format!("{audio}m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n");
+        let inline = format!("{audio}a={host}\r\n");
+        let t = |c: &str, mid: &str| cand(c, Some(mid), None);
+        let cases: Vec<(&str, &str, Vec<TrickleCandidate>, bool)> = vec![
+            ("nothing yet", audio, vec![], false),
+            ("a trickled host candidate", audio, vec![t(host, "0")], true),
+            (
+                "by index, no mid",
+                audio,
+                vec![cand(host, None, Some(0))],
+                true,
+            ),
+            ("only TCP", audio, vec![t(tcp, "0")], false),
+            ("only mDNS", audio, vec![t(mdns, "0")], false),
+            ("inside the offer", &inline, vec![], true),
+            ("two sections, one covered", &two, vec![t(host, "0")], false),
+            (
+                "two sections, both covered",
+                &two,
+                vec![t(host, "0"), t(host, "1")],
+                true,
+            ),
+            (
+                "bundled: the first carries all",
+                &bundled,
+                vec![t(host, "0")],
+                true,
+            ),
+            (
+                "refused section needs none",
+                &refused_video,
+                vec![t(host, "0")],
+                true,
+            ),
+            ("unknown mid", audio, vec![t(host, "7")], false),
+            ("not SDP", "hello", vec![t(host, "0")], false),
+            ("real Chromium offer, nothing", OFFER, vec![], false),
+        ];
+        for (name, offer, trickled, want) in cases {
+            assert_eq!(covers_every_transport(offer, &trickled), want, "{name}");
         }
     }
 

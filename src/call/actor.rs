@@ -59,6 +59,10 @@ pub struct Ctx {
     /// Inbound: tells the bridge the call's room once known, as (verto `callID`, room id), so
     /// that the callee's events find the call.
     pub placed: mpsc::UnboundedSender<(String, String)>,
+    /// Told the verto `callID` as soon as the call has ended, before its last Matrix events
+    /// are out: from then on the bridge treats the call as unknown, so a `verto.attach` that
+    /// FreeSWITCH sends for it meanwhile is hung up instead of going to an inbox nobody reads.
+    pub ended: mpsc::UnboundedSender<String>,
 }
 
 /// Matrix events to send, each with its room.
@@ -122,6 +126,7 @@ pub async fn run(
             .await;
         }
         drop(probe);
+        let _ = ctx.ended.send(ctx.verto_call_id.clone());
         finish(&call, &ctx, mtx, sender, side_tasks, &cancel).await;
     }
     .instrument(span)

@@ -69,6 +69,9 @@ pub struct Setup {
     pub expires_at: Instant,
     /// When to dial if no end-of-candidates marker has come.
     pub candidate_deadline: Instant,
+    /// Once every transport of the offer has a usable candidate, dial when no candidates
+    /// event has come for this long (zero: wait for the marker or `candidate_deadline`).
+    pub candidate_quiet: Duration,
     /// Flood guard: trickled candidates beyond this are ignored.
     pub max_candidates: usize,
     /// Offers larger than this are rejected.
@@ -159,7 +162,10 @@ pub enum State {
 /// Where the call is, with what only that state needs.
 #[derive(Debug, Clone)]
 enum Stage {
-    Collecting,
+    Collecting {
+        /// Set once every transport has a usable candidate: dial then unless more come.
+        quiet_until: Option<Instant>,
+    },
     Dialling {
         /// The call ended towards Matrix while `verto.invite` was in flight: the cause to
         /// hang up with once FreeSWITCH has created the channel.
@@ -435,7 +441,7 @@ impl Call {
     pub fn new(setup: Setup) -> Self {
         Self {
             setup,
-            stage: Stage::Collecting,
+            stage: Stage::Collecting { quiet_until: None },
             trickled: Vec::new(),
             ignored_candidates: 0,
             timers: Timers::default(),
@@ -516,7 +522,7 @@ impl Call {
     /// The current state.
     pub fn state(&self) -> State {
         match self.stage {
-            Stage::Collecting => State::Collecting,
+            Stage::Collecting { .. } => State::Collecting,
             Stage::Dialling { .. } => State::Dialling,
             Stage::Ringing => State::Ringing,
             Stage::EarlyMedia { .. } => State::EarlyMedia,
@@ -562,13 +568,30 @@ impl Call {
             debug!("offer is complete; dialling without waiting for candidates");
             return self.flush(now);
         }
+        self.arm_quiet(now);
         Vec::new()
+    }
+
+    /// Restarts the quiet period after a candidates event (or the invite), once every
+    /// transport has a usable candidate: the caller is then most likely done gathering, and
+    /// matrix-js-sdk may never send the end-of-candidates marker.
+    fn arm_quiet(&mut self, now: Instant) {
+        let quiet = self.setup.candidate_quiet;
+        let Stage::Collecting { quiet_until } = &mut self.stage else {
+            return;
+        };
+        if !quiet.is_zero() && sdp::covers_every_transport(&self.setup.offer, &self.trickled) {
+            *quiet_until = Some(now + quiet);
+        }
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match &self.stage {
-            Stage::Collecting => Some(self.setup.candidate_deadline.min(self.setup.expires_at)),
+            Stage::Collecting { quiet_until } => {
+                let wait = self.setup.candidate_deadline.min(self.setup.expires_at);
+                Some(quiet_until.map_or(wait, |q| q.min(wait)))
+            }
             // Already ended towards Matrix: only the invite reply is awaited, no timer.
             Stage::Dialling {
                 cancel: Some(_), ..
@@ -642,14 +665,23 @@ impl Call {
                 out
             }
             Stage::Connecting { due, .. } if now >= *due => self.connecting_timeout(now),
-            Stage::Collecting if now >= self.setup.expires_at => self.fail(
+            Stage::Collecting { .. } if now >= self.setup.expires_at => self.fail(
                 "invite_timeout",
                 "the invite expired before it could be dialled",
             ),
-            Stage::Collecting if now >= self.setup.candidate_deadline => {
+            Stage::Collecting { .. } if now >= self.setup.candidate_deadline => {
                 debug!(
                     candidates = self.trickled.len(),
                     "candidate wait over without end-of-candidates; dialling"
+                );
+                self.flush(now)
+            }
+            Stage::Collecting {
+                quiet_until: Some(q),
+            } if now >= *q => {
+                debug!(
+                    candidates = self.trickled.len(),
+                    "every transport has a candidate and none came for a while; dialling"
                 );
                 self.flush(now)
             }
@@ -1249,6 +1281,7 @@ impl Call {
             );
             return self.flush(now);
         }
+        self.arm_quiet(now);
         Vec::new()
     }
 
@@ -1800,6 +1833,7 @@ mod tests {
             our_party: "BOT".into(),
             expires_at: now + Duration::from_secs(60),
             candidate_deadline: now + DEFAULT_CANDIDATE_WAIT,
+            candidate_quiet: Duration::ZERO,
             max_candidates: 16,
             max_sdp_bytes: 65536,
             notices: false,
@@ -1808,6 +1842,10 @@ mod tests {
             dtmf_burst: Duration::from_millis(1500),
             recovery: Recovery::default(),
         }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     fn udp(n: u8) -> TrickleCandidate {
@@ -1901,6 +1939,70 @@ mod tests {
             panic!("{a:?}")
         };
         assert_eq!(sdp.matches("a=candidate").count(), 2);
+    }
+
+    /// Without the marker, the quiet period restarts with each candidates event once every
+    /// transport is covered: three host candidates 200 ms apart all reach FreeSWITCH, and the
+    /// dial comes a quiet period after the last, long before `candidate_wait`.
+    #[test]
+    fn dial_after_quiet_period_once_every_transport_is_covered() {
+        let now = Instant::now();
+        let quiet = ms(400);
+        let mut c = Call::new(Setup {
+            candidate_quiet: quiet,
+            ..setup(Version::V1, now)
+        });
+        assert!(c.start(now).is_empty());
+        assert_eq!(
+            c.poll_timeout(),
+            Some(now + DEFAULT_CANDIDATE_WAIT),
+            "not covered"
+        );
+        for (i, at) in [(1, 0), (2, 200), (3, 400)] {
+            assert!(c.handle(cands(vec![udp(i)]), now + ms(at)).is_empty());
+            assert_eq!(c.poll_timeout(), Some(now + ms(at) + quiet));
+            // A timer that fires early (before the period is over) dials nothing.
+            assert!(c.handle_timeout(now + ms(at) + ms(100)).is_empty());
+        }
+        let a = c.handle_timeout(now + ms(800));
+        let [Action::Dial { sdp }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(sdp.matches("a=candidate").count(), 3, "{sdp}");
+    }
+
+    /// Candidates FreeSWITCH cannot use (TCP, mDNS) do not cover a transport: the bridge
+    /// waits the whole `candidate_wait` for a usable one rather than dial a call without audio.
+    #[test]
+    fn unusable_candidates_do_not_start_the_quiet_period() {
+        let now = Instant::now();
+        let mut c = Call::new(Setup {
+            candidate_quiet: ms(400),
+            ..setup(Version::V1, now)
+        });
+        c.start(now);
+        let tcp = TrickleCandidate {
+            candidate: "candidate:9 1 tcp 1518214911 127.0.0.1 9 typ host tcptype active".into(),
+            ..udp(9)
+        };
+        assert!(c.handle(cands(vec![tcp]), now).is_empty());
+        assert_eq!(c.poll_timeout(), Some(now + DEFAULT_CANDIDATE_WAIT));
+        assert!(c.handle(cands(vec![udp(1)]), now + ms(1000)).is_empty());
+        assert_eq!(c.poll_timeout(), Some(now + ms(1400)));
+    }
+
+    /// The quiet period never outlasts the overall wait.
+    #[test]
+    fn quiet_period_is_capped_by_the_candidate_wait() {
+        let now = Instant::now();
+        let mut c = Call::new(Setup {
+            candidate_quiet: ms(400),
+            ..setup(Version::V1, now)
+        });
+        c.start(now);
+        let late = now + DEFAULT_CANDIDATE_WAIT - ms(100);
+        assert!(c.handle(cands(vec![udp(1)]), late).is_empty());
+        assert_eq!(c.poll_timeout(), Some(now + DEFAULT_CANDIDATE_WAIT));
     }
 
     #[test]
@@ -2354,7 +2456,6 @@ mod tests {
             },
             now,
         );
-        let ms = Duration::from_millis;
         for (i, d) in ["1", "2", "3"].iter().enumerate() {
             assert!(c
                 .handle(
@@ -2449,7 +2550,6 @@ mod tests {
         // The answer to the real offer has no candidates: a short quiet window for a trickle,
         // extended while candidates keep coming.
         assert!(c.handle(neg_answer(), now).is_empty());
-        let ms = Duration::from_millis;
         assert_eq!(
             c.poll_timeout(),
             Some(now + ms(300)),

@@ -14,6 +14,8 @@ pub mod cause;
 pub mod command;
 pub mod inbound;
 pub mod machine;
+#[cfg(test)]
+mod paused_tests;
 pub mod room;
 pub mod route;
 pub mod store;

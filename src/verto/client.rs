@@ -145,7 +145,44 @@ pub struct VertoHandle {
     timeout: Duration,
 }
 
+/// A request as an in-process FreeSWITCH sees it (unit tests on a paused clock).
+#[cfg(test)]
+pub struct FakeRequest {
+    /// The method.
+    pub method: String,
+    /// Its params.
+    pub params: Value,
+    /// Where the reply goes.
+    pub reply: oneshot::Sender<Result<Value, VertoError>>,
+}
+
 impl VertoHandle {
+    /// A handle whose requests come out of the receiver instead of a WebSocket, for unit
+    /// tests that play FreeSWITCH on tokio's paused clock.
+    #[cfg(test)]
+    pub fn faked(timeout: Duration) -> (Self, mpsc::Receiver<FakeRequest>) {
+        let (tx, mut rx) = mpsc::channel::<Command>(64);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(Command::Request {
+                method,
+                params,
+                reply,
+            }) = rx.recv().await
+            {
+                let r = FakeRequest {
+                    method,
+                    params,
+                    reply,
+                };
+                if out_tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (Self { tx, timeout }, out_rx)
+    }
+
     /// Sends one request and waits for its reply.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, VertoError> {
         let (reply, rx) = oneshot::channel();

@@ -85,6 +85,7 @@ fn main() {
             our_party: "BOT".into(),
             expires_at: now + Duration::from_secs(60),
             candidate_deadline: now + Duration::from_secs(2),
+            candidate_quiet: Duration::from_millis(400),
             max_candidates: 64,
             max_sdp_bytes: 65536,
             notices: true,
