@@ -522,6 +522,7 @@ impl Bridge {
         setup.direction = Direction::Inbound {
             user: user.clone(),
             notice: inbound::caller_notice(&inc.caller_id_name, &inc.caller_id_number),
+            fs_telephone_event: crate::sdp::has_telephone_event(&inc.sdp),
         };
         setup.expires_at = now + Duration::from_secs(self.inbound_cfg.ring_timeout_secs);
         setup.max_duration = (self.calls_cfg.max_call_secs > 0)
@@ -641,9 +642,11 @@ impl Bridge {
         );
         setup.our_party = r.our_party.clone();
         if let Some(user) = &r.inbound_user {
+            // Answered before the restart: FreeSWITCH has had the callee's keypad offered.
             setup.direction = Direction::Inbound {
                 user: user.clone(),
                 notice: String::new(),
+                fs_telephone_event: true,
             };
         }
         setup

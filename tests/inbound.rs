@@ -477,9 +477,8 @@ async fn two_devices_ring_and_the_second_stops_when_the_first_answers() {
 }
 
 /// Digits from the callee reach FreeSWITCH through `!dtmf` in the call's room (sent as
-/// `verto.info`), where the DTMF collector (extension 5000) logs them. (The dial pad's RFC 4733
-/// events cannot: mod_verto offers no telephone-event, and FreeSWITCH sets no receive payload
-/// for one that only its answerer names; see README.)
+/// `verto.info`), where the DTMF collector (extension 5000) logs them. (The dial pad's digits
+/// take the media path: [`keypad_digits_from_the_callee_reach_freeswitch`].)
 #[tokio::test]
 async fn dtmf_command_from_the_callee_reaches_freeswitch() {
     let _turn = serial();
@@ -506,6 +505,40 @@ async fn dtmf_command_from_the_callee_reaches_freeswitch() {
     .await;
     let r = callee.report().await;
     assert_eq!(r["connected"], true, "{r:#}");
+    let _ = originate.await;
+    bot.stop().await;
+}
+
+/// The callee presses keys on its client's dial pad (matrix-js-sdk's `sendDtmfDigit`, RFC 4733
+/// telephone events in Chromium) right after the call connects: FreeSWITCH decodes them on
+/// the bot's leg, where the DTMF collector (extension 5000) logs them. This needs the
+/// telephone-event the bot adds to FreeSWITCH's offer (else Chromium cannot send digits) and
+/// the answer offered back to FreeSWITCH after it took it (else FreeSWITCH has no payload type
+/// to receive them on, logs `recv payload to 0`, and drops them): see README, inbound item 6.
+#[tokio::test]
+async fn keypad_digits_from_the_callee_reach_freeswitch() {
+    let _turn = serial();
+    let (fake, bot, user, _room) = inbound_setup(30, "").await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 3000, "dtmf": "12#"}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), "5000 XML verto");
+    wait_verto_answer(&fake, &uuid).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(
+        r["canInsertDTMF"], true,
+        "telephone-event negotiated: {r:#}"
+    );
+    assert_eq!(r["tonesPlayed"], "12#", "{r:#}");
+    let sw = Switch::shared();
+    sw.wait_until("the collector's digits", T, || async {
+        sw.collected_digits(&uuid).as_deref() == Some("12#")
+    })
+    .await;
     let _ = originate.await;
     bot.stop().await;
 }
