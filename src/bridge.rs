@@ -532,8 +532,15 @@ impl Bridge {
         self.spawn_call(key, &user, vid, Call::new(setup), chan, None, false);
     }
 
-    /// The limits for a call from FreeSWITCH; `max_calls` counts both directions.
+    /// The limits for a call from FreeSWITCH; `max_calls` counts both directions. The user
+    /// must be on `access.allow` like a caller: whatever names them (a channel variable the
+    /// dialplan may fill from a SIP header, a route), the bot would otherwise open direct chats
+    /// with anyone.
     fn inbound_admission(&self, vid: &str, user: &str, sdp_len: usize) -> Result<(), Cause> {
+        if !route::allowed(&self.access, &self.own_server, user) {
+            info!(verto_call_id = %vid, %user, "call from FreeSWITCH refused: the user is not on access.allow");
+            return Err(Cause::NoRouteDestination);
+        }
         let max = self.calls_cfg.max_calls;
         if self.calls.len() >= max {
             warn!(verto_call_id = %vid, max, "call from FreeSWITCH refused: too many calls");
