@@ -522,6 +522,7 @@ impl Bridge {
         setup.direction = Direction::Inbound {
             user: user.clone(),
             notice: inbound::caller_notice(&inc.caller_id_name, &inc.caller_id_number),
+            fs_telephone_event: crate::sdp::has_telephone_event(&inc.sdp),
         };
         setup.expires_at = now + Duration::from_secs(self.inbound_cfg.ring_timeout_secs);
         setup.max_duration = (self.calls_cfg.max_call_secs > 0)
@@ -531,8 +532,15 @@ impl Bridge {
         self.spawn_call(key, &user, vid, Call::new(setup), chan, None, false);
     }
 
-    /// The limits for a call from FreeSWITCH; `max_calls` counts both directions.
+    /// The limits for a call from FreeSWITCH; `max_calls` counts both directions. The user
+    /// must be on `access.allow` like a caller: whatever names them (a channel variable the
+    /// dialplan may fill from a SIP header, a route), the bot would otherwise open direct chats
+    /// with anyone.
     fn inbound_admission(&self, vid: &str, user: &str, sdp_len: usize) -> Result<(), Cause> {
+        if !route::allowed(&self.access, &self.own_server, user) {
+            info!(verto_call_id = %vid, %user, "call from FreeSWITCH refused: the user is not on access.allow");
+            return Err(Cause::NoRouteDestination);
+        }
         let max = self.calls_cfg.max_calls;
         if self.calls.len() >= max {
             warn!(verto_call_id = %vid, max, "call from FreeSWITCH refused: too many calls");
@@ -644,9 +652,11 @@ impl Bridge {
         );
         setup.our_party = r.our_party.clone();
         if let Some(user) = &r.inbound_user {
+            // Answered before the restart: FreeSWITCH has had the callee's keypad offered.
             setup.direction = Direction::Inbound {
                 user: user.clone(),
                 notice: String::new(),
+                fs_telephone_event: true,
             };
         }
         setup

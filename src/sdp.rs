@@ -498,6 +498,7 @@ pub fn offer_for_browser(offer: &str) -> String {
                 out.push((*line).to_owned());
             }
         }
+        add_telephone_event(&mut out);
         let mid = mid_of(section).unwrap_or_else(|| {
             out.insert(1, format!("a=mid:{i}"));
             i.to_string()
@@ -518,6 +519,62 @@ pub fn offer_for_browser(offer: &str) -> String {
         session.insert(at, format!("a=group:BUNDLE {}", mids.join(" ")));
     }
     join(o.eol, &session, &media)
+}
+
+/// The payload type the telephone events are offered at: 101, which browsers and most SIP
+/// gear expect, unless the section already uses it.
+const TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Adds `telephone-event/8000` (RFC 4733, events 0-15) to an audio section that has none.
+///
+/// mod_verto never offers telephone events (it sets no payload type for them), and Chromium
+/// only lets a page send keypad digits (`RTCDTMFSender.canInsertDTMF`) when the negotiated
+/// session has them. The payload type is 101, or the first free dynamic one if 101 is taken.
+/// Other sections, and sections whose `m=` line cannot be read, are left as they are.
+fn add_telephone_event(section: &mut Vec<String>) {
+    let Some(m) = section.first() else {
+        return;
+    };
+    let fields: Vec<&str> = m.split_whitespace().collect();
+    if fields.first() != Some(&"m=audio") || fields.len() < 4 {
+        return;
+    }
+    if section.iter().any(|l| is_telephone_event(l)) {
+        return;
+    }
+    let used: Vec<u8> = fields[3..].iter().filter_map(|f| f.parse().ok()).collect();
+    let Some(pt) = std::iter::once(TELEPHONE_EVENT_PT)
+        .chain(96..=127)
+        .find(|p| !used.contains(p))
+    else {
+        return;
+    };
+    let m_line = format!("{m} {pt}");
+    // After the last codec line, so the codecs stay together.
+    let at = section
+        .iter()
+        .rposition(|l| l.starts_with("a=rtpmap:") || l.starts_with("a=fmtp:"))
+        .map_or(section.len(), |p| p + 1);
+    section.insert(at, format!("a=fmtp:{pt} 0-15"));
+    section.insert(at, format!("a=rtpmap:{pt} telephone-event/8000"));
+    section[0] = m_line;
+}
+
+/// True when an audio section that takes media names `telephone-event` (RFC 4733).
+pub fn has_telephone_event(sdp: &str) -> bool {
+    let Ok(lines) = split(sdp) else {
+        return false;
+    };
+    lines.media.iter().any(|m| {
+        let mut m_line = m[0].split_whitespace();
+        m_line.next() == Some("m=audio")
+            && m_line.next() != Some("0")
+            && m.iter().any(|l| is_telephone_event(l))
+    })
+}
+
+fn is_telephone_event(line: &str) -> bool {
+    line.starts_with("a=rtpmap:") && line.to_ascii_lowercase().contains(" telephone-event/")
 }
 
 /// True when an answer takes no media at all: every `m=` line has port 0 (a browser answers
@@ -752,11 +809,19 @@ mod tests {
         let lines: Vec<&str> = out.split("\r\n").collect();
         assert!(lines.contains(&"a=group:BUNDLE 0"), "{out}");
         assert!(
-            lines.contains(&"m=audio 16858 UDP/TLS/RTP/SAVPF 96 0 8"),
+            lines.contains(&"m=audio 16858 UDP/TLS/RTP/SAVPF 96 0 8 101"),
             "{out}"
         );
         let m = lines.iter().position(|l| l.starts_with("m=")).unwrap();
         assert_eq!(lines[m + 1], "a=mid:0");
+        let te = lines
+            .iter()
+            .position(|l| *l == "a=rtpmap:8 PCMA/8000")
+            .unwrap();
+        assert_eq!(
+            lines[te + 1..te + 3],
+            ["a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15"]
+        );
         assert!(lines.contains(
             &"a=candidate:6517607159 1 udp 2130706431 127.0.0.1 16858 typ host generation 0"
         ));
@@ -769,13 +834,101 @@ mod tests {
         let plain = "v=0\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=candidate:1 2 udp 1 127.0.0.1 4001 typ host\r\n";
         let out = offer_for_browser(plain);
         assert!(
-            out.contains("m=audio 4000 RTP/AVP 0\r\na=mid:0\r\n"),
+            out.contains("m=audio 4000 RTP/AVP 0 101\r\na=mid:0\r\n"),
             "{out}"
         );
         assert!(out.contains("a=candidate:1 2 udp"), "{out}");
         assert_eq!(offer_for_browser("nonsense"), "nonsense");
         // The merged SDP goes through FreeSWITCH's own answer repair unchanged in shape.
         assert_eq!(stream_ids(&offer_for_browser(&fs)), stream_ids(&fs));
+    }
+
+    #[test]
+    fn has_telephone_event_table() {
+        let te = "a=rtpmap:101 telephone-event/8000";
+        let cases: &[(String, bool)] = &[
+            (format!("v=0\r\nm=audio 9 RTP/AVP 0 101\r\n{te}\r\n"), true),
+            (
+                format!(
+                    "v=0\nm=audio 9 RTP/AVP 0 101\n{}\n",
+                    te.replace("telephone-event", "Telephone-Event")
+                ),
+                true,
+            ),
+            // A refused section, another kind, or no section of its own.
+            (format!("v=0\r\nm=audio 0 RTP/AVP 0 101\r\n{te}\r\n"), false),
+            (format!("v=0\r\nm=video 9 RTP/AVP 101\r\n{te}\r\n"), false),
+            (format!("v=0\r\n{te}\r\nm=audio 9 RTP/AVP 0\r\n"), false),
+            (
+                "v=0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".into(),
+                false,
+            ),
+            (te.into(), false),
+        ];
+        for (sdp, want) in cases {
+            assert_eq!(has_telephone_event(sdp), *want, "{sdp:?}");
+        }
+        assert!(has_telephone_event(include_str!(
+            "../tests/fixtures/chromium_answer.sdp"
+        )));
+    }
+
+    #[test]
+    fn add_telephone_event_table() {
+        let te = |m: &str, rest: &[&str]| {
+            let mut section: Vec<String> = std::iter::once(m)
+                .chain(rest.iter().copied())
+                .map(str::to_owned)
+                .collect();
+            add_telephone_event(&mut section);
+            section
+        };
+        let opus = [
+            "a=rtpmap:96 opus/48000/2",
+            "a=fmtp:96 useinbandfec=1",
+            "a=ptime:20",
+        ];
+        // Added at 101, after the codec lines.
+        assert_eq!(
+            te("m=audio 9 RTP/SAVPF 96", &opus),
+            [
+                "m=audio 9 RTP/SAVPF 96 101",
+                "a=rtpmap:96 opus/48000/2",
+                "a=fmtp:96 useinbandfec=1",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15",
+                "a=ptime:20",
+            ]
+        );
+        // 101 taken: the first free dynamic payload type.
+        let out = te("m=audio 9 RTP/SAVPF 101 96", &["a=rtpmap:101 opus/48000/2"]);
+        assert_eq!(out[0], "m=audio 9 RTP/SAVPF 101 96 97");
+        assert_eq!(out[2], "a=rtpmap:97 telephone-event/8000");
+        // No codec lines (static payload types only): at the end.
+        let out = te("m=audio 9 RTP/AVP 0", &["a=sendrecv"]);
+        assert_eq!(
+            out[1..],
+            [
+                "a=sendrecv",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15"
+            ]
+        );
+        // Already there (any case), video, or an unreadable m= line: unchanged.
+        let has = ["a=rtpmap:126 Telephone-Event/8000"];
+        assert_eq!(
+            te("m=audio 9 RTP/SAVPF 96 126", &has)[0],
+            "m=audio 9 RTP/SAVPF 96 126"
+        );
+        assert_eq!(
+            te("m=video 9 RTP/SAVPF 96", &[]),
+            ["m=video 9 RTP/SAVPF 96"]
+        );
+        assert_eq!(te("m=audio 9", &[]), ["m=audio 9"]);
+        // Every dynamic payload type taken: nothing to add.
+        let all: Vec<String> = (96..=127).map(|p| p.to_string()).collect();
+        let full = format!("m=audio 9 RTP/AVP {}", all.join(" "));
+        assert_eq!(te(&full, &[]), [full]);
     }
 
     #[test]

@@ -135,6 +135,45 @@ fn ring_bridged(user: &str) -> (String, String, tokio::task::JoinHandle<String>)
     (a, b, task)
 }
 
+/// One request to the homeserver's client API as `token`; panics unless it succeeds.
+async fn client_api(hs: &str, token: &str, method: reqwest::Method, path: &str) -> Value {
+    let r = reqwest::Client::new()
+        .request(method, format!("{hs}/_matrix/client/v3{path}"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("homeserver reachable");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// The bot's global account data of `kind`, read through a login of its own that is logged
+/// out again (the bot's own device and store are not touched).
+async fn bot_account_data(bot: &Bot, kind: &str) -> Value {
+    let (hs, _) = support::synapse::homeserver();
+    let login: Value = reqwest::Client::new()
+        .post(format!("{hs}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": bot.user_id}, "password": bot.password}))
+        .send()
+        .await
+        .expect("homeserver reachable")
+        .json()
+        .await
+        .expect("login reply");
+    let token = login["access_token"]
+        .as_str()
+        .expect("bot login")
+        .to_owned();
+    let path = format!("/user/{}/account_data/{kind}", bot.user_id);
+    let data = client_api(&hs, &token, reqwest::Method::GET, &path).await;
+    client_api(&hs, &token, reqwest::Method::POST, "/logout").await;
+    data
+}
+
 /// The leg runs extension 9664 once answered: an endless 440 Hz tone.
 const TONE: &str = "9664 XML verto";
 
@@ -313,6 +352,12 @@ async fn unrouted_call_is_refused_and_matrix_sees_nothing() {
     assert_eq!(wait_bye(&fake, &uuid).await, "NO_ROUTE_DESTINATION");
     let res = originate.await.unwrap();
     assert!(res.contains("NO_ROUTE_DESTINATION"), "{res}");
+    // A user the variable names who is not on access.allow (empty: this server's users only)
+    // is not rung either: the bot would otherwise open direct chats with anyone.
+    let (uuid, originate) = ring(Some("@mallory:elsewhere.example"), TONE);
+    assert_eq!(wait_bye(&fake, &uuid).await, "NO_ROUTE_DESTINATION");
+    let res = originate.await.unwrap();
+    assert!(res.contains("NO_ROUTE_DESTINATION"), "{res}");
     // A later routed call's invite is the first event the bot sends: nothing came before it.
     let (uuid2, originate2) = ring(Some(&user.user_id), TONE);
     user.wait_for("the routed call's invite", T, |s| {
@@ -334,6 +379,88 @@ async fn unrouted_call_is_refused_and_matrix_sees_nothing() {
     Switch::shared().api(&format!("uuid_kill {uuid2}")).await;
     let _ = originate2.await;
     bot.stop().await;
+}
+
+/// Over `calls.max_calls` (which counts both directions) a call from FreeSWITCH is refused
+/// with NORMAL_CIRCUIT_CONGESTION, and the user is not rung for it.
+#[tokio::test]
+async fn max_calls_refuses_a_call_from_freeswitch() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = setup(BotOpts {
+        extra: "inbound:\n  ring_timeout_secs: 30\n".into(),
+        calls_extra: "  max_calls: 1".into(),
+        ..Default::default()
+    })
+    .await;
+    let (first, originate) = ring(Some(&user.user_id), TONE);
+    let invite = user
+        .wait_for("the first call's invite", T, |s| {
+            s.event["type"] == "m.call.invite"
+        })
+        .await;
+    let cid = invite["content"]["call_id"].as_str().unwrap().to_owned();
+    let (second, originate2) = ring(Some(&user.user_id), TONE);
+    assert_eq!(wait_bye(&fake, &second).await, "NORMAL_CIRCUIT_CONGESTION");
+    let res = originate2.await.unwrap();
+    assert!(res.contains("NORMAL_CIRCUIT_CONGESTION"), "{res}");
+    // The phone gives up on the first call: it ends in Matrix, and it was the only one rung.
+    Switch::shared().api(&format!("uuid_kill {first}")).await;
+    user.wait_call_event(&room, "m.call.hangup", &cid, T).await;
+    let _ = originate.await;
+    let invites = user
+        .history
+        .iter()
+        .filter(|s| s.event["type"] == "m.call.invite")
+        .count();
+    assert_eq!(invites, 1, "only the first call rang");
+    bot.stop().await;
+}
+
+/// The user left the remembered 1:1 room, where the bot stayed: the next call invites them
+/// back into that room (no new one) and rings once they have joined.
+#[tokio::test]
+async fn a_user_who_left_the_remembered_room_is_invited_back_into_it() {
+    let _turn = serial();
+    let (fake, bot, mut user, room) = inbound_setup(40, "").await;
+    // A first call finds the room and remembers it; the phone gives up at once.
+    let (first, originate) = ring(Some(&user.user_id), TONE);
+    let invite = user
+        .wait_for("the first call's invite, in the 1:1 room", T, |s| {
+            s.event["type"] == "m.call.invite" && s.room_id == room
+        })
+        .await;
+    let cid = invite["content"]["call_id"].as_str().unwrap().to_owned();
+    Switch::shared().api(&format!("uuid_kill {first}")).await;
+    user.wait_call_event(&room, "m.call.hangup", &cid, T).await;
+    let _ = originate.await;
+    let rooms = std::fs::read_to_string(bot.state_dir.join("rooms.json")).unwrap();
+    assert!(rooms.contains(&room), "{rooms}");
+    let leave = format!("/rooms/{}/leave", urlencode(&room));
+    client_api(
+        user.homeserver(),
+        user.token(),
+        reqwest::Method::POST,
+        &leave,
+    )
+    .await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 1000, "joinInvites": true, "skipCallIds": [cid]}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), TONE);
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(r["roomId"], room.as_str(), "rung in the same room: {r:#}");
+    wait_verto_answer(&fake, &uuid).await;
+    let _ = originate.await;
+    bot.stop().await;
+}
+
+/// Percent-encodes a room id for a URL path.
+fn urlencode(s: &str) -> String {
+    s.replace('!', "%21").replace(':', "%3A")
 }
 
 /// A route picks the user by caller id when the channel has no variable; a user the bot has
@@ -369,6 +496,9 @@ async fn routed_to_a_user_without_a_room_rings_in_a_new_direct_chat() {
         rooms.contains(r["roomId"].as_str().unwrap()) && rooms.contains(&user.user_id),
         "{rooms}"
     );
+    // Listed as a direct chat with the user in the bot's m.direct, as clients expect.
+    let direct = bot_account_data(&bot, "m.direct").await;
+    assert_eq!(direct[&user.user_id], json!([r["roomId"]]), "{direct}");
     wait_verto_answer(&fake, &uuid).await;
     assert!(r["packetsReceived"].as_u64().unwrap() > 20, "{r:#}");
     assert!(originate.await.unwrap().starts_with("+OK"));
@@ -477,9 +607,8 @@ async fn two_devices_ring_and_the_second_stops_when_the_first_answers() {
 }
 
 /// Digits from the callee reach FreeSWITCH through `!dtmf` in the call's room (sent as
-/// `verto.info`), where the DTMF collector (extension 5000) logs them. (The dial pad's RFC 4733
-/// events cannot: mod_verto offers no telephone-event, and FreeSWITCH sets no receive payload
-/// for one that only its answerer names; see README.)
+/// `verto.info`), where the DTMF collector (extension 5000) logs them. (The dial pad's digits
+/// take the media path: [`keypad_digits_from_the_callee_reach_freeswitch`].)
 #[tokio::test]
 async fn dtmf_command_from_the_callee_reaches_freeswitch() {
     let _turn = serial();
@@ -506,6 +635,40 @@ async fn dtmf_command_from_the_callee_reaches_freeswitch() {
     .await;
     let r = callee.report().await;
     assert_eq!(r["connected"], true, "{r:#}");
+    let _ = originate.await;
+    bot.stop().await;
+}
+
+/// The callee presses keys on its client's dial pad (matrix-js-sdk's `sendDtmfDigit`, RFC 4733
+/// telephone events in Chromium) right after the call connects: FreeSWITCH decodes them on
+/// the bot's leg, where the DTMF collector (extension 5000) logs them. This needs the
+/// telephone-event the bot adds to FreeSWITCH's offer (else Chromium cannot send digits) and
+/// the answer offered back to FreeSWITCH after it took it (else FreeSWITCH has no payload type
+/// to receive them on, logs `recv payload to 0`, and drops them): see README, inbound item 6.
+#[tokio::test]
+async fn keypad_digits_from_the_callee_reach_freeswitch() {
+    let _turn = serial();
+    let (fake, bot, user, _room) = inbound_setup(30, "").await;
+    let callee = Callee::start(
+        &user,
+        None,
+        json!({"action": "answer", "holdMs": 3000, "dtmf": "12#"}),
+    )
+    .await;
+    let (uuid, originate) = ring(Some(&user.user_id), "5000 XML verto");
+    wait_verto_answer(&fake, &uuid).await;
+    let r = callee.report().await;
+    assert_eq!(r["connected"], true, "{r:#}");
+    assert_eq!(
+        r["canInsertDTMF"], true,
+        "telephone-event negotiated: {r:#}"
+    );
+    assert_eq!(r["tonesPlayed"], "12#", "{r:#}");
+    let sw = Switch::shared();
+    sw.wait_until("the collector's digits", T, || async {
+        sw.collected_digits(&uuid).as_deref() == Some("12#")
+    })
+    .await;
     let _ = originate.await;
     bot.stop().await;
 }

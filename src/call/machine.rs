@@ -42,6 +42,9 @@ pub enum Direction {
         user: String,
         /// Who calls, posted before the call rings.
         notice: String,
+        /// FreeSWITCH's offer named `telephone-event`. mod_verto's never do, and then
+        /// FreeSWITCH sets no payload type to receive them on (see `Call::keypad_update`).
+        fs_telephone_event: bool,
     },
 }
 
@@ -430,6 +433,8 @@ pub struct Call {
     /// Inbound: the answering device's SDP (its candidates are where it listens, should a
     /// renegotiation bring no new ones).
     peer_answer: Option<String>,
+    /// Inbound: our `verto.modify updateMedia` for the callee's keypad is with FreeSWITCH.
+    keypad_update: bool,
     /// Set when the call was left running for the next start ([`Input::Detach`]).
     pub kept: bool,
     /// Why it ended, for the final log line.
@@ -449,6 +454,7 @@ impl Call {
             caller_offer: None,
             matrix_media: None,
             peer_answer: None,
+            keypad_update: false,
             kept: false,
             end_reason: None,
         }
@@ -863,7 +869,7 @@ impl Call {
             }
             Input::AnswerResult(Ok(())) => {
                 info!("FreeSWITCH took the answer");
-                Vec::new()
+                self.keypad_update()
             }
             Input::AnswerResult(Err(e)) => {
                 warn!(error = %e, "verto.answer failed");
@@ -935,6 +941,7 @@ impl Call {
                 // the caller's next renegotiation once the call is back.
                 self.matrix_media = None;
                 self.caller_offer = None;
+                self.keypad_update = false;
                 self.stage = Stage::Detached {
                     due: now + self.setup.recovery.detach_timeout,
                 };
@@ -1027,7 +1034,7 @@ impl Call {
     /// The room is ready: say who calls, then ring. The invite lives as long as the ringing
     /// has left, so the user's devices stop when we give up.
     fn ring(&mut self, now: Instant) -> Vec<Action> {
-        let Direction::Inbound { user, notice } = &self.setup.direction else {
+        let Direction::Inbound { user, notice, .. } = &self.setup.direction else {
             return Vec::new();
         };
         let s = &self.setup;
@@ -1424,8 +1431,8 @@ impl Call {
             debug!(party_id = ?party_id, "negotiate from another party ignored");
             return Vec::new();
         }
-        if self.caller_offer.is_some() {
-            warn!("a second negotiate offer while the first is with FreeSWITCH; ignored");
+        if self.caller_offer.is_some() || self.keypad_update {
+            warn!("a negotiate offer while another is with FreeSWITCH; ignored");
             return Vec::new();
         }
         if let Some(out) = self.local_hold(&sdp) {
@@ -1452,6 +1459,18 @@ impl Call {
     }
 
     fn on_modify_result(&mut self, res: Result<String, String>) -> Vec<Action> {
+        if std::mem::take(&mut self.keypad_update) {
+            match res {
+                Ok(fs) if sdp::has_telephone_event(&fs) => {
+                    info!("FreeSWITCH now receives the callee's keypad digits");
+                }
+                Ok(_) => warn!(
+                    "FreeSWITCH took no telephone-event: the callee's keypad will not reach it"
+                ),
+                Err(e) => warn!(error = %e, "verto.modify for the callee's keypad failed"),
+            }
+            return Vec::new();
+        }
         let Some(offer) = self.caller_offer.take() else {
             return Vec::new();
         };
@@ -1467,6 +1486,40 @@ impl Call {
                 warn!(error = %e, "verto.modify updateMedia failed");
                 Vec::new()
             }
+        }
+    }
+
+    /// Inbound, once FreeSWITCH took the answer: offers the callee's answer back to FreeSWITCH
+    /// (`verto.modify updateMedia`) when it names `telephone-event` and FreeSWITCH's offer did
+    /// not. FreeSWITCH (1.10.12, `switch_core_media_negotiate_sdp`) sets the payload type it
+    /// receives telephone events on only from its own offer, or from an offer it is sent: for
+    /// an answer it sets only the one it sends. Without this, the RFC 4733 events of the
+    /// callee's dial pad reach FreeSWITCH as unknown packets and are dropped. FreeSWITCH's
+    /// answer is the same media again (same ICE credentials, fingerprint and codec) and is not
+    /// passed on. The update resets FreeSWITCH's ICE state, which costs nothing this early:
+    /// live, it lands 20 ms after the answer, during the DTLS handshake, and the first digit
+    /// pressed on "connected" is decoded 140 ms after the answer.
+    fn keypad_update(&mut self) -> Vec<Action> {
+        let Direction::Inbound {
+            fs_telephone_event: false,
+            ..
+        } = self.setup.direction
+        else {
+            return Vec::new();
+        };
+        let Some(answer) = self.peer_answer.as_deref() else {
+            return Vec::new();
+        };
+        if !sdp::has_telephone_event(answer) || self.caller_offer.is_some() {
+            return Vec::new();
+        }
+        match sdp::merge_candidates(answer, &self.trickled) {
+            Ok(m) if m.usable > 0 => {
+                info!("offering the callee's telephone-event to FreeSWITCH, for its keypad");
+                self.keypad_update = true;
+                vec![Action::Modify { sdp: m.sdp }]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -2825,6 +2878,7 @@ mod tests {
             s.direction = Direction::Inbound {
                 user: "@alice:x".into(),
                 notice: "📞 Call from 1000".into(),
+                fs_telephone_event: false,
             };
             s.expires_at = now + Duration::from_secs(45);
             s
@@ -2913,7 +2967,16 @@ mod tests {
                 "{sdp}"
             );
             assert_eq!(c.state(), State::Answered);
-            assert!(c.handle(Input::AnswerResult(Ok(())), now).is_empty());
+            // The answer names telephone-event and FreeSWITCH's offer did not: once taken, it
+            // is offered back to FreeSWITCH, so that it receives the keypad's digits.
+            let again = c.handle(Input::AnswerResult(Ok(())), now);
+            assert_eq!(again, [Action::Modify { sdp: sdp.clone() }]);
+            // FreeSWITCH's answer to it stays with FreeSWITCH.
+            let fs = FS_ANSWER.replace(
+                "a=candidate",
+                "a=rtpmap:126 telephone-event/8000\r\na=candidate",
+            );
+            assert!(c.handle(Input::ModifyResult(Ok(fs)), now).is_empty());
             // A normal hangup from FreeSWITCH ends the Matrix call with a hangup.
             let a = c.handle(
                 Input::Bye {
@@ -2924,6 +2987,73 @@ mod tests {
             );
             assert_eq!(sent_types(&a), ["m.call.hangup"]);
             assert!(c.is_ended());
+        }
+
+        /// A call from FreeSWITCH answered with `answer`, the answer just sent to FreeSWITCH.
+        fn answered_inbound(now: Instant, fs_telephone_event: bool, answer: &str) -> Call {
+            let mut setup = inbound_setup(now);
+            if let Direction::Inbound {
+                fs_telephone_event: te,
+                ..
+            } = &mut setup.direction
+            {
+                *te = fs_telephone_event;
+            }
+            let mut c = Call::new(setup);
+            c.start(now);
+            c.handle(
+                Input::RoomReady {
+                    room_id: "!r:x".into(),
+                },
+                now,
+            );
+            let mut a = c.handle(
+                Input::CalleeAnswer {
+                    party_id: Some("A".into()),
+                    sdp: answer.into(),
+                },
+                now,
+            );
+            a.extend(c.handle(cands_of("A", vec![udp(1), end()]), now));
+            assert!(
+                a.iter().any(|a| matches!(a, Action::AnswerVerto { .. })),
+                "{a:?}"
+            );
+            c
+        }
+
+        #[test]
+        fn the_callees_telephone_event_is_offered_back_only_when_freeswitch_offered_none() {
+            let now = Instant::now();
+            let taken = || Input::AnswerResult(Ok(()));
+            // FreeSWITCH offered telephone-event itself, or the callee has none: nothing to do.
+            let mut c = answered_inbound(now, true, ANSWER);
+            assert!(c.handle(taken(), now).is_empty());
+            let no_te: String = ANSWER
+                .lines()
+                .filter(|l| !l.contains("telephone-event"))
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            let mut c = answered_inbound(now, false, &no_te);
+            assert!(c.handle(taken(), now).is_empty());
+            // While it is with FreeSWITCH, a negotiate offer from the callee is not passed on
+            // (the two replies could not be told apart); once it is back, it is.
+            let mut c = answered_inbound(now, false, ANSWER);
+            let a = c.handle(taken(), now);
+            assert!(matches!(&a[..], [Action::Modify { .. }]), "{a:?}");
+            let offer = Input::Negotiate {
+                party_id: Some("A".into()),
+                kind: "offer".into(),
+                sdp: OFFER.into(),
+            };
+            assert!(c.handle(offer.clone(), now).is_empty());
+            // A failed update is only logged: FreeSWITCH hangs up itself if it must.
+            assert!(c
+                .handle(Input::ModifyResult(Err("x".into())), now)
+                .is_empty());
+            let a = c.handle(offer, now);
+            assert!(matches!(&a[..], [Action::Modify { .. }]), "{a:?}");
+            assert_eq!(c.state(), State::Answered);
         }
 
         #[test]
@@ -3353,7 +3483,7 @@ mod tests {
                 let mut now = Instant::now();
                 let mut s = setup(Version::V1, now);
                 s.caller_party = None;
-                s.direction = Direction::Inbound { user: "@u:x".into(), notice: "n".into() };
+                s.direction = Direction::Inbound { user: "@u:x".into(), notice: "n".into(), fs_telephone_event: false };
                 s.max_duration = Some(Duration::from_secs(600));
                 let mut c = Call::new(s);
                 let mut out = c.start(now);
