@@ -104,8 +104,9 @@ function kind(c) {
   const f = c.replace(/^a=/, "").split(" ");
   let typ = f[f.indexOf("typ") + 1];
   // A relay candidate's type preference (priority >> 24) tells how it reaches the TURN
-  // server in Chromium 156: 3 (or 2) UDP, 1 TCP, 0 TLS.
-  if (typ === "relay") typ += `(${["tls", "tcp", "udp", "udp"][Number(f[3]) >>> 24] ?? "?"})`;
+  // server: in Chromium 156, 3 (or 2) UDP, 1 TCP, 0 TLS; in Firefox ESR 153, 5 UDP, 0 TCP.
+  const prefs = opts.browser === "firefox" ? { 5: "udp", 0: "tcp" } : { 3: "udp", 2: "udp", 1: "tcp", 0: "tls" };
+  if (typ === "relay") typ += `(${prefs[Number(f[3]) >>> 24] ?? "?"})`;
   const ip = f[4].includes(":") ? "6" : f[4].startsWith("127.") ? "lo" : "4";
   return `${typ}/${f[2].toLowerCase()}/${ip}`;
 }
