@@ -111,6 +111,18 @@ fn health_reflects_the_last_sync() {
     assert!(health().status.success());
 }
 
+/// Prints a child bot's log when the test fails; its output is otherwise lost.
+struct LogOnFailure(std::path::PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- the bot's log ({}) ---\n{log}", self.0.display());
+        }
+    }
+}
+
 /// SIGTERM on the real process: every active call is hung up on both sides, then it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hangs_up_and_exits() {
@@ -130,13 +142,15 @@ async fn sigterm_hangs_up_and_exits() {
         ),
     )
     .unwrap();
-    // Secrets from the environment, as documented.
+    // Secrets from the environment, as documented. The log goes to a file, shown if the
+    // test fails.
+    let log = LogOnFailure(tmp("bot.log"));
     let mut child = tokio::process::Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap()])
         .env("VERTOBOT_MATRIX_PASSWORD", &bot_pw)
         .env("VERTOBOT_VERTO_PASSWORD", VERTO_PASSWORD)
         .env("RUST_LOG", "vertobot=debug")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log.0).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
