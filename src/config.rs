@@ -555,6 +555,7 @@ impl Config {
         self.dial.check(&mut p);
         self.access.check(&mut p);
         self.inbound.check(&mut p);
+        self.inbound_users_allowed(&mut p);
         if self.state_dir.as_os_str().is_empty() {
             p.push("state_dir: must not be empty".into());
         }
@@ -569,6 +570,30 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(p))
+        }
+    }
+}
+
+impl Config {
+    /// A user that `inbound` names but `access.allow` refuses is never rung: every call for
+    /// them would be refused at run time, so `--check` says so now.
+    fn inbound_users_allowed(&self, p: &mut Vec<String>) {
+        let own = crate::matrix::server_name(&self.matrix.user_id);
+        let allow = &self.access.allow;
+        let named = self
+            .inbound
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("inbound.routes[{i}].user"), r.user.as_str()));
+        let default = self.inbound.default_user.as_deref();
+        let default = default.map(|u| ("inbound.default_user".to_owned(), u));
+        for (key, user) in named.chain(default) {
+            if !crate::call::route::allowed(allow, own, user) {
+                p.push(format!(
+                    "{key}: {user} is not on access.allow (an empty list allows only {own}), so calls for them would be refused"
+                ));
+            }
         }
     }
 }
@@ -931,6 +956,26 @@ state_dir: "./st"
         );
         let unknown = format!("{GOOD}inbound:\n  rooms: []\n");
         assert!(Config::parse(&unknown).is_err());
+    }
+
+    /// Users `inbound` names must pass `access.allow` (empty: the bot's own server only), or
+    /// every call for them would be refused.
+    #[test]
+    fn inbound_users_must_be_allowed() {
+        let inbound = "inbound:\n  routes:\n    - user: \"@alice:example.org\"\n    - user: \"@eve:elsewhere.example\"\n  default_user: \"@bob:elsewhere.example\"\n";
+        let cases = [
+            ("", vec!["inbound.routes[1].user", "inbound.default_user"]),
+            (
+                "access:\n  allow: [\"elsewhere.example\"]\n",
+                vec!["inbound.routes[0].user"],
+            ),
+            ("access:\n  allow: [\"*\"]\n", vec![]),
+        ];
+        for (access, want) in cases {
+            let p = problems(&format!("{GOOD}{access}{inbound}"));
+            let got: Vec<&str> = p.iter().filter_map(|m| m.split(':').next()).collect();
+            assert_eq!(got, want, "{access}: {p:?}");
+        }
     }
 
     #[test]
