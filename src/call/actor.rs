@@ -261,10 +261,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Checks that the room is a 1:1 with the caller, and returns the caller's display name.
+/// Both questions go to the homeserver at once: they sit between the invite and the dial.
 async fn admit(ctx: &Ctx) -> Option<String> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(800));
     for attempt in 1..=4 {
-        match ctx.matrix.joined_members(&ctx.room_id).await {
+        let (members, rule) = tokio::join!(
+            ctx.matrix.joined_members(&ctx.room_id),
+            ctx.matrix.join_rule(&ctx.room_id)
+        );
+        match members {
             Ok(members) => {
                 if !super::route::is_one_to_one(&members, &ctx.caller, &ctx.bot_user) {
                     info!(
@@ -275,7 +280,7 @@ async fn admit(ctx: &Ctx) -> Option<String> {
                 }
                 // The spec recommends ignoring calls in public rooms: anyone could join and
                 // answer or watch the signalling.
-                if let Ok(Some(rule)) = ctx.matrix.join_rule(&ctx.room_id).await {
+                if let Ok(Some(rule)) = rule {
                     if rule == "public" {
                         info!("invite ignored: the room is public");
                         return None;

@@ -45,11 +45,13 @@ struct Seen {
     body: Value,
 }
 
-/// The homeserver: a 1:1 invite-only room; `fail_sends` event sends fail with a 502 first.
+/// The homeserver: a 1:1 invite-only room; `fail_sends` event sends fail with a 502 first;
+/// each answer takes `latency`.
 #[derive(Default)]
 struct Hs {
     seen: Mutex<Vec<Seen>>,
     fail_sends: Mutex<usize>,
+    latency: Duration,
 }
 
 impl Hs {
@@ -57,7 +59,10 @@ impl Hs {
         let hs = self.clone();
         let fake: FakeHomeserver = Arc::new(move |method, path, body| {
             let hs = hs.clone();
-            Box::pin(async move { hs.answer(method.as_str(), path, body) })
+            Box::pin(async move {
+                tokio::time::sleep(hs.latency).await;
+                hs.answer(method.as_str(), path, body)
+            })
         });
         MatrixClient::faked(fake)
     }
@@ -400,6 +405,28 @@ async fn failed_sends_are_retried_with_the_same_transaction_id() {
     let gaps = [tries[1].0 - tries[0].0, tries[2].0 - tries[1].0];
     assert!((ms(200)..=ms(300)).contains(&gaps[0]), "{gaps:?}");
     assert!((ms(400)..=ms(600)).contains(&gaps[1]), "{gaps:?}");
+    cancel.cancel();
+}
+
+/// The room checks before the dial (members, join rule) go to the homeserver together: with
+/// 50 ms per request the call is dialled 50 ms after its invite, not 100.
+#[tokio::test(start_paused = true)]
+async fn admission_asks_the_homeserver_both_questions_at_once() {
+    let t0 = Instant::now();
+    let hs = Arc::new(Hs {
+        latency: ms(50),
+        ..Hs::default()
+    });
+    let (switch, verto) = Switch::start(Duration::ZERO);
+    let cancel = CancellationToken::new();
+    let s = setup(t0, Duration::from_secs(60), Duration::ZERO);
+    let (tx, _task) = spawn_actor(s, &hs, verto, &cancel);
+    tx.send(candidates(vec![host(1), end()])).await.unwrap();
+    until("verto.invite", || {
+        !switch.requests("verto.invite").is_empty()
+    })
+    .await;
+    assert_eq!(switch.requests("verto.invite")[0].at - t0, ms(50));
     cancel.cancel();
 }
 
