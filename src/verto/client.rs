@@ -130,11 +130,25 @@ pub enum VertoEvent {
     },
 }
 
+/// A verto event and when the frame that carried it was read: the layers above time what
+/// they do with it from there (the bridge's hop metrics), not from when they got to it.
+#[derive(Debug)]
+pub struct Received {
+    /// When the WebSocket frame was read.
+    pub at: Instant,
+    /// What it said.
+    pub event: VertoEvent,
+}
+
+/// Told the instant a request's frame was written to the socket (the caller's hop metrics).
+type Written = Box<dyn FnOnce(Instant) + Send>;
+
 enum Command {
     Request {
         method: String,
         params: Value,
         reply: oneshot::Sender<Result<Value, VertoError>>,
+        written: Option<Written>,
     },
 }
 
@@ -148,12 +162,34 @@ pub struct VertoHandle {
 impl VertoHandle {
     /// Sends one request and waits for its reply.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, VertoError> {
+        self.request_noting(method, params, None).await
+    }
+
+    /// Sends one typed request and waits for its reply; `written` is called with the instant
+    /// its frame went out (not if it never did).
+    pub async fn send_noting<R: Request>(
+        &self,
+        request: &R,
+        written: impl FnOnce(Instant) + Send + 'static,
+    ) -> Result<Value, VertoError> {
+        let params = serde_json::to_value(request).unwrap_or_default();
+        self.request_noting(R::METHOD, params, Some(Box::new(written)))
+            .await
+    }
+
+    async fn request_noting(
+        &self,
+        method: &str,
+        params: Value,
+        written: Option<Written>,
+    ) -> Result<Value, VertoError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Request {
                 method: method.to_owned(),
                 params,
                 reply,
+                written,
             })
             .await
             .map_err(|_| VertoError::Disconnected)?;
@@ -201,11 +237,32 @@ struct Pending {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Starts the actor. Events go to `events`; the task ends when `cancel` fires.
+/// Starts the actor. Events go to `events`; the task ends when `cancel` fires. (Tests and
+/// tools; the bridge uses [`spawn_received`], which keeps when each frame was read.)
 pub fn spawn(
     cfg: &VertoConfig,
     sessid: String,
     events: mpsc::Sender<VertoEvent>,
+    cancel: CancellationToken,
+) -> Result<(VertoHandle, tokio::task::JoinHandle<()>), VertoError> {
+    let (tx, mut rx) = mpsc::channel::<Received>(256);
+    let started = spawn_received(cfg, sessid, tx, cancel)?;
+    tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            if events.send(r.event).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(started)
+}
+
+/// Starts the actor. Events go to `events` with the instant their frame was read; the task
+/// ends when `cancel` fires.
+pub fn spawn_received(
+    cfg: &VertoConfig,
+    sessid: String,
+    events: mpsc::Sender<Received>,
     cancel: CancellationToken,
 ) -> Result<(VertoHandle, tokio::task::JoinHandle<()>), VertoError> {
     let tls = if cfg.tls_insecure_skip_verify {
@@ -431,7 +488,7 @@ struct Actor {
     keepalive: Duration,
     reconnect_max: Duration,
     tls: Arc<rustls::ClientConfig>,
-    events: mpsc::Sender<VertoEvent>,
+    events: mpsc::Sender<Received>,
     rx: mpsc::Receiver<Command>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
@@ -470,7 +527,7 @@ impl Actor {
                 }
                 End::Lost(why) => {
                     self.fail_pending();
-                    let _ = self.events.send(VertoEvent::Disconnected).await;
+                    self.emit(Instant::now(), VertoEvent::Disconnected).await;
                     let wait = backoff.next_wait();
                     warn!(reason = %why, retry_in = ?wait, "verto connection lost; reconnecting");
                     if !self.wait(wait, &cancel).await {
@@ -502,6 +559,10 @@ impl Actor {
 
     async fn connect(&self) -> Result<Ws, VertoError> {
         connect(&self.url, self.tls.clone(), self.timeout).await
+    }
+
+    async fn emit(&self, at: Instant, event: VertoEvent) {
+        let _ = self.events.send(Received { at, event }).await;
     }
 
     fn fail_pending(&mut self) {
@@ -594,6 +655,7 @@ impl Actor {
         msg: Option<Result<Message, tungstenite::Error>>,
         backoff: &mut Backoff,
     ) -> Result<(), End> {
+        let at = Instant::now();
         let Some(text) = frame_text(msg)? else {
             return Ok(());
         };
@@ -605,7 +667,8 @@ impl Actor {
                     self.on_response(conn, id, outcome, backoff).await?;
                 }
                 Ok(Incoming::Request { id, method, params }) => {
-                    self.on_request(conn, id, method, params, backoff).await?;
+                    self.on_request(conn, (id, at), method, params, backoff)
+                        .await?;
                 }
                 Ok(Incoming::Notification { method, .. }) => {
                     debug!(%method, "verto notification ignored");
@@ -661,7 +724,7 @@ impl Actor {
                 conn.logged_in = true;
                 backoff.reset();
                 info!(login = %self.login, "logged in to FreeSWITCH");
-                let _ = self.events.send(VertoEvent::Connected {}).await;
+                self.emit(Instant::now(), VertoEvent::Connected {}).await;
                 Ok(())
             }
             Err(e) => {
@@ -678,7 +741,7 @@ impl Actor {
     async fn on_request(
         &mut self,
         conn: &mut Conn,
-        id: Value,
+        (id, at): (Value, Instant),
         method: String,
         params: Value,
         backoff: &mut Backoff,
@@ -690,7 +753,7 @@ impl Actor {
             return Err(self.on_punt(conn, backoff).await);
         }
         if let Some(ev) = to_event(&method, &params) {
-            let _ = self.events.send(ev).await;
+            self.emit(at, ev).await;
         }
         Ok(())
     }
@@ -710,7 +773,7 @@ impl Actor {
             warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
             backoff.set_next(Duration::from_millis(200));
         }
-        let _ = self.events.send(VertoEvent::Punted).await;
+        self.emit(Instant::now(), VertoEvent::Punted).await;
         let _ = conn.ws.close(None).await;
         End::Lost("punted".into())
     }
@@ -722,6 +785,7 @@ impl Actor {
             method,
             mut params,
             reply,
+            written,
         }) = cmd
         else {
             let _ = conn.ws.close(None).await;
@@ -735,6 +799,9 @@ impl Actor {
         if let Err(e) = self.send(&mut conn.ws, &frame).await {
             let _ = reply.send(Err(VertoError::Disconnected));
             return Err(End::Lost(e));
+        }
+        if let Some(w) = written {
+            w(Instant::now());
         }
         self.pending.insert(
             id,
