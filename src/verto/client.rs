@@ -593,10 +593,8 @@ impl Actor {
             Ok(conn) => conn,
             Err(end) => return end,
         };
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
         loop {
+            let due = self.next_due(&conn);
             let step = tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = conn.ws.close(None).await;
@@ -604,7 +602,7 @@ impl Actor {
                 }
                 msg = conn.ws.next() => self.on_frame(&mut conn, msg, backoff).await,
                 cmd = self.rx.recv(), if conn.logged_in => self.on_command(&mut conn, cmd).await,
-                _ = tick.tick() => self.on_tick(&mut conn).await,
+                _ = tokio::time::sleep_until(due) => self.on_tick(&mut conn).await,
             };
             if let Err(end) = step {
                 return end;
@@ -814,7 +812,23 @@ impl Actor {
         Ok(())
     }
 
-    /// Deadlines and the keepalive share one clock tick, so both see the same `now`.
+    /// When the actor next has something to do on its own: the earliest request deadline, the
+    /// outstanding ping's, or the next keepalive. It sleeps until then rather than ticking, so
+    /// an idle bridge (however many calls it holds) wakes only for the keepalive.
+    fn next_due(&self, conn: &Conn) -> Instant {
+        let keepalive = match conn.ping {
+            Some((_, sent)) => sent + self.timeout,
+            // No pings before the login: its own deadline (in `pending`) is what is due.
+            None if !conn.logged_in => Instant::now() + self.keepalive,
+            None => conn.last_ping + self.keepalive,
+        };
+        self.pending
+            .values()
+            .map(|p| p.deadline)
+            .fold(keepalive, Instant::min)
+    }
+
+    /// Deadlines and the keepalive share one wake-up, so both see the same `now`.
     async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), End> {
         let now = Instant::now();
         self.expire_pending(now)?;
@@ -847,7 +861,7 @@ impl Actor {
     /// TCP has not noticed yet.
     async fn keepalive(&mut self, conn: &mut Conn, now: Instant) -> Result<(), End> {
         if let Some((_, sent)) = conn.ping {
-            if now.duration_since(sent) > self.timeout {
+            if now.duration_since(sent) >= self.timeout {
                 let _ = conn.ws.close(None).await;
                 return Err(End::Lost("verto.ping unanswered".into()));
             }
