@@ -50,12 +50,13 @@ const SETUP_BUCKETS: [f64; 14] = [
     0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
 ];
 
-/// `hop` of `vertobot_hop_seconds`: a Matrix event's sync response read → the verto frame it
-/// caused written (`verto.invite`, `verto.answer`, `verto.info`, `verto.bye` ...).
+/// `hop` of `vertobot_hop_seconds`: a Matrix event's sync response read (or, for a new call,
+/// its admission requests returned, if later) → the verto frame it caused written
+/// (`verto.invite`, `verto.answer`, `verto.info`, `verto.bye` ...).
 pub const MATRIX_TO_VERTO: &str = "matrix_to_verto";
 
-/// `hop` of `vertobot_hop_seconds`: a verto frame read → the Matrix send it caused started
-/// (`verto.answer` → `m.call.answer`, `verto.invite` → `m.call.invite` ...).
+/// `hop` of `vertobot_hop_seconds`: a verto frame read → the first Matrix send it caused
+/// started (`verto.answer` → `m.call.answer`, `verto.invite` → `m.call.invite` ...).
 pub const VERTO_TO_MATRIX: &str = "verto_to_matrix";
 
 /// Buckets of the sub-second timings the bridge controls: 50 µs to 5 s.

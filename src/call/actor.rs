@@ -105,13 +105,6 @@ type MatrixQueue = mpsc::UnboundedSender<Outgoing>;
 struct Hop(Option<(crate::metrics::Metrics, Instant)>);
 
 impl Hop {
-    fn of(ctx: &Ctx, origin: Option<Origin>) -> Self {
-        match origin {
-            Some(Origin::Matrix(t)) => Self(Some((ctx.matrix.metrics().clone(), t))),
-            _ => Self(None),
-        }
-    }
-
     /// Called by the verto client with the instant the frame went out.
     fn written(self) -> impl FnOnce(Instant) + Send + 'static {
         move |at| {
@@ -121,6 +114,37 @@ impl Hop {
                     at.saturating_duration_since(t),
                 );
             }
+        }
+    }
+}
+
+/// How the actions one input caused are timed (`vertobot_hop_seconds`).
+struct Timing {
+    /// From a Matrix event: each verto request it causes ends the hop when written.
+    matrix: Hop,
+    /// From a verto frame: the first Matrix event it causes ends the hop when its send starts.
+    /// The next ones wait for that send, which is the homeserver's time, not the bridge's.
+    verto: Option<Instant>,
+}
+
+impl Timing {
+    /// `admitted`: when the call's admission requests returned. A Matrix event read before
+    /// is timed from then: the homeserver's time is `vertobot_admission_seconds`, and the
+    /// hop is what the bridge itself adds.
+    fn of(ctx: &Ctx, origin: Option<Origin>, admitted: Instant) -> Self {
+        match origin {
+            Some(Origin::Matrix(t)) => Self {
+                matrix: Hop(Some((ctx.matrix.metrics().clone(), t.max(admitted)))),
+                verto: None,
+            },
+            Some(Origin::Verto(t)) => Self {
+                matrix: Hop(None),
+                verto: Some(t),
+            },
+            None => Self {
+                matrix: Hop(None),
+                verto: None,
+            },
         }
     }
 }
@@ -151,6 +175,7 @@ pub async fn run(
         let Some(routed) = accept(&mut call, &ctx).await else {
             return;
         };
+        let admitted = Instant::now();
         let mut saved = ctx.recovered;
         let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
         let sender = tokio::spawn(
@@ -165,15 +190,15 @@ pub async fn run(
             _ => None,
         };
         loop {
+            let mut timing = Timing::of(&ctx, origin, admitted);
             for a in actions.drain(..) {
                 probe.action(&a);
-                let hop = Hop::of(&ctx, origin);
                 execute(
                     a,
                     &ctx,
                     &routed,
                     (&mtx, &self_tx),
-                    (hop, origin),
+                    &mut timing,
                     &mut side_tasks,
                 );
             }
@@ -380,28 +405,26 @@ async fn admit(ctx: &Ctx) -> Option<String> {
     None
 }
 
-/// Performs one action. `hop`: how its verto request, if any, is timed; `origin`: the input
-/// that caused it, so that a Matrix event caused by a verto frame is timed from that frame.
+/// Performs one action; `timing` says how it is timed (the input that caused it).
 fn execute(
     action: Action,
     ctx: &Ctx,
     routed: &Routed,
     (mtx, self_tx): (&MatrixQueue, &mpsc::Sender<Stamped>),
-    (hop, origin): (Hop, Option<Origin>),
+    timing: &mut Timing,
     side: &mut JoinSet<()>,
 ) {
     let (verto, id) = (ctx.verto.clone(), ctx.verto_call_id.clone());
     let span = tracing::Span::current();
     let room = ctx.room_id.clone();
-    let verto_at = match origin {
-        Some(Origin::Verto(t)) => Some(t),
-        _ => None,
-    };
+    let hop = timing.matrix.clone();
     match action {
         Action::Notice { text } => {
+            let verto_at = timing.verto.take();
             let _ = mtx.send((room, "m.room.message", notice_content(&text), verto_at));
         }
         Action::Send(event) => {
+            let verto_at = timing.verto.take();
             let _ = mtx.send((room, event.event_type(), event.content(), verto_at));
         }
         Action::FindRoom { user, until } => {
