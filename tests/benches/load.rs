@@ -274,8 +274,8 @@ metrics:
     bot
 }
 
-/// (utime + stime in clock ticks, context switches of every thread) of `pid`.
-fn cpu_and_switches(pid: u32) -> (u64, u64) {
+/// (utime + stime in clock ticks, context switches by thread id) of `pid`.
+fn cpu_and_switches(pid: u32) -> (u64, BTreeMap<String, u64>) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
@@ -283,18 +283,27 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     let cpu = ticks(11) + ticks(12);
-    let mut switches = 0;
+    let mut switches = BTreeMap::new();
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in dir.flatten() {
             let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            switches += s
+            let n = s
                 .lines()
                 .filter(|l| l.contains("ctxt_switches"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
+            switches.insert(t.file_name().to_string_lossy().into_owned(), n);
         }
     }
     (cpu, switches)
+}
+
+/// Context switches between two snapshots, over the threads in both (idle blocking-pool
+/// threads may exit in between).
+fn switches_between(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> u64 {
+    b.iter()
+        .filter_map(|(tid, n)| Some(n.saturating_sub(*a.get(tid)?)))
+        .sum()
 }
 
 /// The resident set of `pid`, in KiB.
@@ -326,11 +335,16 @@ fn requests(text: &str) -> BTreeMap<String, f64> {
 }
 
 const SETUPS: &str = "vertobot_call_setup_seconds_count";
+const SENDS: &str = "bridge_matrix_api_calls_total{method=\"send\"}";
 const ACTIVE: &str = "vertobot_calls_active{direction=\"outbound\"}";
 
 /// Step 2: every caller at once, the way Element calls. Returns the wall time until the
-/// bridge had answered all of them.
-async fn concurrent_setups(bot: &BotProcess, users: &Arc<Vec<(TestUser, String)>>) -> Duration {
+/// bridge had sent every `m.call.answer` (the sends counted on top of those in `base`).
+async fn concurrent_setups(
+    bot: &BotProcess,
+    users: &Arc<Vec<(TestUser, String)>>,
+    base: &str,
+) -> Duration {
     let gate = Arc::new(tokio::sync::Barrier::new(users.len()));
     let start = Instant::now();
     let tasks: Vec<_> = (0..users.len())
@@ -357,6 +371,10 @@ async fn concurrent_setups(bot: &BotProcess, users: &Arc<Vec<(TestUser, String)>
     }
     let n = users.len() as f64;
     bot.wait_for(SETUPS, |v| v >= n, Duration::from_secs(300))
+        .await;
+    // Each call's first send is its answer.
+    let sent = sample(base, SENDS) + n;
+    bot.wait_for(SENDS, |v| v >= sent, Duration::from_secs(300))
         .await;
     start.elapsed()
 }
@@ -406,7 +424,7 @@ fn per_call(text: &str, base: &str, calls: usize) -> f64 {
 fn report_hops(text: &str, base: &str, n: usize, took: Duration) {
     println!("\n== {n} concurrent call setups ==");
     println!(
-        "all answered in {:.2} s: {:.1} setups/s",
+        "every m.call.answer sent {:.2} s after the first invite: {:.1} setups/s",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
@@ -478,7 +496,7 @@ async fn run() {
     let rss_before = rss_kib(bot.pid());
     let base = bot.scrape().await;
 
-    let took = concurrent_setups(&bot, &users).await;
+    let took = concurrent_setups(&bot, &users, &base).await;
     // Let the last answers' sends finish before counting requests.
     tokio::time::sleep(Duration::from_millis(500)).await;
     report_hops(&bot.scrape().await, &base, sizes.calls, took);
@@ -507,9 +525,9 @@ async fn run() {
     // Clock ticks are 1/100 s on Linux (USER_HZ).
     println!(
         "idle with the calls held: CPU {:.2} % of one core ({} ticks in {secs:.0} s), {:.1} context switches/s",
-        (cpu1 - cpu0) as f64 / secs,
-        cpu1 - cpu0,
-        (sw1 - sw0) as f64 / secs
+        cpu1.saturating_sub(cpu0) as f64 / secs,
+        cpu1.saturating_sub(cpu0),
+        switches_between(&sw0, &sw1) as f64 / secs
     );
     println!(
         "Matrix requests per call over all {} calls (no /sync):",
