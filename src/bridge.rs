@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::call::actor::{self, Ctx};
+use crate::call::actor::{self, Ctx, Origin, Stamped};
 use crate::call::command::{self, Command};
 use crate::call::inbound::{self, Offered};
 use crate::call::machine::{self, Call, Direction, Input, Recovery, Setup, Version};
@@ -31,12 +31,12 @@ use crate::matrix::MatrixClient;
 use crate::sdp::TrickleCandidate;
 use crate::state::{SavedMap, StateStore};
 use crate::verto::messages::{FsDtmf, IncomingCall, Subscribe, DTMF_CHANNEL};
-use crate::verto::{Cause, VertoError, VertoEvent, VertoHandle};
+use crate::verto::{Cause, Received, VertoError, VertoEvent, VertoHandle};
 
 type Key = (String, String);
 
 struct Entry {
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<Stamped>,
     /// The Matrix user of the call: the caller, or for an inbound call the user rung.
     caller: String,
     verto_call_id: String,
@@ -47,7 +47,7 @@ struct Entry {
 /// Candidates that arrived before their invite.
 struct Early {
     sender: String,
-    inputs: Vec<Input>,
+    inputs: Vec<Stamped>,
 }
 
 /// Caps on the stash of early candidates, so a flood of orphan events cannot grow memory.
@@ -159,7 +159,7 @@ impl Bridge {
     pub async fn run(
         mut self,
         mut batches: mpsc::Receiver<Batch>,
-        mut verto_events: mpsc::Receiver<VertoEvent>,
+        mut verto_events: mpsc::Receiver<Received>,
         cancel: CancellationToken,
         grace: Duration,
     ) -> Option<Lost> {
@@ -270,12 +270,13 @@ impl Bridge {
                 membership,
             } => {
                 if membership != "join" && membership != "invite" {
-                    self.on_caller_left(room_id, &user_id);
+                    self.on_caller_left(room_id, &user_id, received);
                 }
             }
             EventKind::Message { body, .. } => {
                 if let Some(cmd) = command::parse(&body) {
-                    self.on_command(room_id, &ev.sender, &ev.event_id, cmd);
+                    let from = (ev.sender.as_str(), ev.event_id.as_str(), received);
+                    self.on_command(room_id, from, cmd);
                 }
             }
             EventKind::Malformed {
@@ -293,7 +294,7 @@ impl Bridge {
     }
 
     /// Leaving the room is hanging up, for every call of that caller in it.
-    fn on_caller_left(&mut self, room_id: &str, user_id: &str) {
+    fn on_caller_left(&mut self, room_id: &str, user_id: &str, received: Instant) {
         let keys: Vec<Key> = self
             .calls
             .iter()
@@ -302,7 +303,7 @@ impl Bridge {
             .collect();
         for k in keys {
             info!(room_id, call_id = %k.1, "caller left the room: hanging up");
-            self.deliver(&k, Input::Hangup { reason: None });
+            self.deliver_at(&k, Input::Hangup { reason: None }, Origin::Matrix(received));
         }
     }
 
@@ -319,7 +320,7 @@ impl Bridge {
             CallEvent::Invite(inv) => {
                 return self.on_invite(key, &sender, *inv, age_ms, settled, received)
             }
-            CallEvent::Candidates(c) => return self.on_candidates(key, sender, c),
+            CallEvent::Candidates(c) => return self.on_candidates(key, sender, c, received),
             CallEvent::Hangup(h) if self.is_inbound(&key) => Input::CalleeHangup {
                 party_id: h.party_id.map(|p| p.to_string()),
                 reason: Some(h.reason.as_str().to_owned()),
@@ -349,7 +350,7 @@ impl Bridge {
                 sdp: n.description.sdp.clone(),
             },
         };
-        self.deliver_from(&key, &sender, input)
+        self.deliver_from(&key, &sender, input, received)
     }
 
     /// Candidates go to their call, or wait for an invite that has not come yet (clients race
@@ -359,6 +360,7 @@ impl Bridge {
         key: Key,
         sender: String,
         c: ruma::events::call::candidates::CallCandidatesEventContent,
+        received: Instant,
     ) {
         let input = Input::Candidates {
             party_id: c.party_id.map(|p| p.to_string()),
@@ -372,8 +374,12 @@ impl Bridge {
                 })
                 .collect(),
         };
+        let input = Stamped {
+            input,
+            origin: Some(Origin::Matrix(received)),
+        };
         if self.calls.contains_key(&key) {
-            self.deliver_from(&key, &sender, input);
+            self.deliver_from(&key, &sender, input.input, received);
         } else if let Some(e) = self.early.get_mut(&key) {
             if e.sender == sender && e.inputs.len() < MAX_EARLY_EVENTS {
                 e.inputs.push(input);
@@ -482,7 +488,7 @@ impl Bridge {
             Call::new(setup),
             (tx, rx),
             dial_override,
-            false,
+            Some(Origin::Matrix(received)),
         );
     }
 
@@ -492,7 +498,7 @@ impl Bridge {
 
     /// A call from FreeSWITCH: rung in Matrix if a user is named for it and the limits allow,
     /// else refused with a cause FreeSWITCH passes on, and nothing sent to Matrix.
-    fn on_fs_invite(&mut self, inc: IncomingCall) {
+    fn on_fs_invite(&mut self, inc: IncomingCall, at: Instant) {
         let vid = inc.call_id.clone();
         if self.by_verto.contains_key(&vid) {
             debug!(verto_call_id = %vid, "duplicate verto.invite ignored");
@@ -529,7 +535,8 @@ impl Bridge {
             .then(|| Duration::from_secs(self.calls_cfg.max_call_secs));
         let key = (String::new(), call_id);
         let chan = mpsc::channel(64);
-        self.spawn_call(key, &user, vid, Call::new(setup), chan, None, false);
+        let origin = Some(Origin::Verto(at));
+        self.spawn_call(key, &user, vid, Call::new(setup), chan, None, origin);
     }
 
     /// The limits for a call from FreeSWITCH; `max_calls` counts both directions. The user
@@ -570,7 +577,8 @@ impl Bridge {
         });
     }
 
-    /// Registers a call and starts its task.
+    /// Registers a call and starts its task. `invited`: when the invite that starts it was
+    /// read; `None` for a call recovered from the last run.
     #[allow(clippy::too_many_arguments)]
     fn spawn_call(
         &mut self,
@@ -578,10 +586,11 @@ impl Bridge {
         caller: &str,
         verto_call_id: String,
         call: Call,
-        (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        (tx, rx): (mpsc::Sender<Stamped>, mpsc::Receiver<Stamped>),
         dial_override: Option<String>,
-        recovered: bool,
+        invited: Option<Origin>,
     ) {
+        let recovered = invited.is_none();
         let ctx = Ctx {
             matrix: self.matrix.clone(),
             verto: self.verto.clone(),
@@ -595,6 +604,7 @@ impl Bridge {
             calls: self.saved_calls.clone(),
             detach_on_shutdown: self.calls_cfg.on_shutdown == OnShutdown::Detach,
             recovered,
+            invited,
             rooms: self.rooms.clone(),
             placed: self.placed_tx.clone(),
             ended: self.done_tx.clone(),
@@ -631,7 +641,7 @@ impl Bridge {
             let call = Call::recovered(setup, r.trickled.clone(), r.peer_answer.clone(), now);
             let key = (r.room_id.clone(), r.call_id.clone());
             let chan = mpsc::channel(64);
-            self.spawn_call(key, &r.caller, verto_call_id, call, chan, None, true);
+            self.spawn_call(key, &r.caller, verto_call_id, call, chan, None, None);
         }
     }
 
@@ -694,9 +704,11 @@ impl Bridge {
         }
     }
 
-    fn deliver_from(&mut self, key: &Key, sender: &str, input: Input) {
+    /// A Matrix event's input, from the call's own user only; `received`: when its sync
+    /// response was read.
+    fn deliver_from(&mut self, key: &Key, sender: &str, input: Input, received: Instant) {
         match self.calls.get(key) {
-            Some(e) if e.caller == sender => self.deliver(key, input),
+            Some(e) if e.caller == sender => self.deliver_at(key, input, Origin::Matrix(received)),
             Some(_) => {
                 warn!(room_id = %key.0, call_id = %key.1, %sender, "call event from someone other than the caller ignored")
             }
@@ -707,6 +719,15 @@ impl Bridge {
     }
 
     fn deliver(&self, key: &Key, input: Input) {
+        self.deliver_stamped(key, input.into());
+    }
+
+    fn deliver_at(&self, key: &Key, input: Input, origin: Origin) {
+        let origin = Some(origin);
+        self.deliver_stamped(key, Stamped { input, origin });
+    }
+
+    fn deliver_stamped(&self, key: &Key, input: Stamped) {
         if let Some(e) = self.calls.get(key) {
             if let Err(e) = e.tx.try_send(input) {
                 warn!(room_id = %key.0, call_id = %key.1, error = %e, "call inbox full or closed; input dropped");
@@ -714,8 +735,9 @@ impl Bridge {
         }
     }
 
-    fn on_verto(&mut self, ev: VertoEvent) {
-        let (call_id, input) = match ev {
+    fn on_verto(&mut self, Received { at, event }: Received) {
+        self.matrix.metrics().verto_event(&event);
+        let (call_id, input) = match event {
             VertoEvent::Connected {} => {
                 if self.dtmf_cfg.report_far_end {
                     self.subscribe_dtmf();
@@ -752,7 +774,7 @@ impl Bridge {
                 return;
             }
             VertoEvent::Punted => return,
-            VertoEvent::Invite(inc) => return self.on_fs_invite(*inc),
+            VertoEvent::Invite(inc) => return self.on_fs_invite(*inc, at),
             VertoEvent::Media { call_id, sdp } => (call_id, Input::Media { sdp }),
             VertoEvent::Answer { call_id, sdp } => (call_id, Input::Answer { sdp }),
             VertoEvent::Bye {
@@ -787,7 +809,7 @@ impl Bridge {
             }
         };
         match self.by_verto.get(&call_id) {
-            Some(key) => self.deliver(key, input),
+            Some(key) => self.deliver_at(key, input, Origin::Verto(at)),
             None => {
                 debug!(verto_call_id = %call_id, "verto event for an unknown or finished call ignored")
             }
@@ -824,7 +846,9 @@ impl Bridge {
         });
     }
 
-    fn on_command(&mut self, room_id: &str, sender: &str, event_id: &str, cmd: Command) {
+    /// `from`: the sender, the event id and when its sync response was read.
+    fn on_command(&mut self, room_id: &str, from: (&str, &str, Instant), cmd: Command) {
+        let (sender, event_id, received) = from;
         if !route::allowed(&self.access, &self.own_server, sender) {
             debug!(room_id, %sender, "command from a user not on access.allow ignored");
             return;
@@ -842,12 +866,13 @@ impl Bridge {
                     .find(|((r, _), e)| r == room_id && e.caller == sender)
                     .map(|(k, _)| k.clone());
                 match key {
-                    Some(k) => self.deliver(
+                    Some(k) => self.deliver_at(
                         &k,
                         Input::Dtmf {
                             digits,
                             event_id: Some(event_id.to_owned()),
                         },
+                        Origin::Matrix(received),
                     ),
                     None => self.notice(
                         room_id,

@@ -90,8 +90,8 @@ pub async fn run(cfg: config::Config, cancel: CancellationToken) -> anyhow::Resu
     let (verto_tx, verto_rx) = mpsc::channel(256);
     let verto_cancel = CancellationToken::new();
     let (verto, verto_task) =
-        verto::spawn(&cfg.verto, sessid, verto_tx, verto_cancel.clone()).context("verto")?;
-    let verto_rx = metrics::observe_verto(verto_rx, &metrics);
+        verto::spawn_received(&cfg.verto, sessid, verto_tx, verto_cancel.clone())
+            .context("verto")?;
 
     let (batch_tx, batch_rx) = mpsc::channel(16);
     let sync_cancel = cancel.child_token();

@@ -3,7 +3,12 @@
 //! [`Metrics`] is a cheap cloneable handle. When `metrics.listen` is unset it is empty and
 //! every method returns at once, so the layers call it unconditionally. It travels inside the
 //! [`MatrixClient`](crate::matrix::MatrixClient) (which the sync loop, the bridge and every
-//! call already hold); the verto side is observed on its event stream ([`observe_verto`]).
+//! call already hold); the bridge passes it each verto event ([`Metrics::verto_event`]).
+//!
+//! The hop histograms time what the bridge itself does between the two sides, from the
+//! instant a sync response or a verto frame was read (carried with each input) to the instant
+//! the frame or request it caused went out. The call machine stays sans-I/O: all timing is
+//! taken here, in the call task and in the two clients.
 //!
 //! Counters are exposed in the OpenMetrics text format, where a counter's samples end in
 //! `_total`: `bridge_matrix_event` is scraped as `bridge_matrix_event_total`, while the names
@@ -20,15 +25,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::call::machine::{Action, Input, State};
+use crate::call::machine::{Action, Call, Input, State};
 use crate::matrix::events::{CallEvent, EventKind};
 use crate::verto::VertoEvent;
 
 type L1 = [(&'static str, &'static str); 1];
+type HistogramFamily = Family<L1, Histogram, fn() -> Histogram>;
 type L2 = [(&'static str, &'static str); 2];
 
 /// The direction of calls from a Matrix caller to SIP.
@@ -44,6 +49,31 @@ pub const OUTCOMES: [&str; 4] = ["answered", "rejected", "failed", "caller_cance
 const SETUP_BUCKETS: [f64; 14] = [
     0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
 ];
+
+/// `hop` of `vertobot_hop_seconds`: a Matrix event's sync response read (or, for a new call,
+/// its admission requests returned, if later) → the verto frame it caused written
+/// (`verto.invite`, `verto.answer`, `verto.info`, `verto.bye` ...).
+pub const MATRIX_TO_VERTO: &str = "matrix_to_verto";
+
+/// `hop` of `vertobot_hop_seconds`: a verto frame read → the first Matrix send it caused
+/// started (`verto.answer` → `m.call.answer`, `verto.invite` → `m.call.invite` ...).
+pub const VERTO_TO_MATRIX: &str = "verto_to_matrix";
+
+/// Buckets of the sub-second timings the bridge controls: 50 µs to 5 s.
+const HOP_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.0, 5.0,
+];
+
+/// Buckets of `vertobot_candidate_wait_seconds`: dialled at once, after a marker, or after the
+/// wait for more candidates.
+const WAIT_BUCKETS: [f64; 15] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0,
+];
+
+fn hop_histogram() -> Histogram {
+    Histogram::new(HOP_BUCKETS)
+}
 
 /// The metrics registry and the health state, or nothing when metrics are off.
 #[derive(Clone, Default)]
@@ -63,6 +93,10 @@ struct Inner {
     sync_errors: Counter,
     send_retries: Counter,
     dtmf: Family<L1, Counter>,
+    hop: HistogramFamily,
+    admission: Histogram,
+    candidate_wait: Histogram,
+    candidates: Family<L1, Counter>,
     // Health.
     started: Instant,
     matrix_logged_in: AtomicBool,
@@ -81,7 +115,17 @@ impl Metrics {
             register_matrix(&mut r);
         let (connected, verto_reconnects, reattached) = register_verto(&mut r);
         let (calls_active, calls_total, setup, dtmf) = register_calls(&mut r);
+        let Timings {
+            hop,
+            admission,
+            candidate_wait,
+            candidates,
+        } = register_timings(&mut r);
         Self(Some(Arc::new(Inner {
+            hop,
+            admission,
+            candidate_wait,
+            candidates,
             registry: r,
             matrix_event,
             api_calls,
@@ -188,7 +232,25 @@ impl Metrics {
         }
     }
 
-    fn verto_event(&self, ev: &VertoEvent) {
+    /// One hop ([`MATRIX_TO_VERTO`] or [`VERTO_TO_MATRIX`]) took `took`.
+    pub fn hop(&self, hop: &'static str, took: Duration) {
+        if let Some(m) = &self.0 {
+            m.hop
+                .get_or_create(&[("hop", hop)])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A new call's room was checked with the homeserver (members, join rule) in `took`.
+    pub fn admission(&self, took: Duration) {
+        if let Some(m) = &self.0 {
+            m.admission.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Keeps `bridge_connected` and `vertobot_verto_reconnects_total` (and readiness) up to
+    /// date; the bridge passes every verto event.
+    pub fn verto_event(&self, ev: &VertoEvent) {
         let Some(m) = &self.0 else { return };
         match ev {
             VertoEvent::Connected {} => {
@@ -234,6 +296,19 @@ impl Metrics {
     }
 }
 
+/// The `fate` label of a candidate left out of the offer.
+fn dropped_reason(why: &crate::sdp::Unusable) -> &'static str {
+    use crate::sdp::Unusable;
+    match why {
+        Unusable::NotUdp(t) if t == "tcp" => "tcp",
+        Unusable::NotUdp(_) => "not_udp",
+        Unusable::Mdns(_) => "mdns",
+        Unusable::HostName(_) => "hostname",
+        Unusable::Malformed => "malformed",
+        Unusable::NoSection { .. } => "no_section",
+    }
+}
+
 /// The label of a Matrix event (a fixed set, so a remote user cannot grow the series).
 fn event_type(kind: &EventKind) -> &'static str {
     match kind {
@@ -276,29 +351,6 @@ fn endpoint(path: &str) -> &'static str {
     }
 }
 
-/// Passes verto events on unchanged while keeping `bridge_connected` and
-/// `vertobot_verto_reconnects_total` (and readiness) up to date. Off: `rx` itself.
-pub fn observe_verto(
-    rx: mpsc::Receiver<VertoEvent>,
-    metrics: &Metrics,
-) -> mpsc::Receiver<VertoEvent> {
-    if !metrics.enabled() {
-        return rx;
-    }
-    let (tx, out) = mpsc::channel(256);
-    let metrics = metrics.clone();
-    let mut rx = rx;
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            metrics.verto_event(&ev);
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-    });
-    out
-}
-
 /// Watches one call from its task: `vertobot_calls_active` while it lives, and its outcome,
 /// setup time, reattachments and digits. Dropping it ends the call's accounting.
 pub struct CallProbe {
@@ -310,6 +362,9 @@ pub struct CallProbe {
     answered: bool,
     detached: bool,
     caller_ended: bool,
+    /// An outbound call still collecting candidates: its wait and their fates are not yet
+    /// counted.
+    collecting: bool,
 }
 
 impl CallProbe {
@@ -335,7 +390,38 @@ impl CallProbe {
             answered: recovered,
             detached: false,
             caller_ended: false,
+            collecting: !recovered && direction == OUTBOUND,
         }
+    }
+
+    /// After each step of an outbound call: once it stops collecting candidates, the wait
+    /// since `invited` (when the invite's sync response was read) and what became of the
+    /// candidates: kept, or dropped and why. Counted when the bridge dialled, or gave up
+    /// because none was usable; a call the caller ended first counts nothing.
+    pub fn collected(&mut self, call: &Call, invited: tokio::time::Instant) {
+        if !self.collecting || call.state() == State::Collecting {
+            return;
+        }
+        self.collecting = false;
+        let Some(m) = &self.metrics.0 else { return };
+        let dialled = call.state() == State::Dialling;
+        if dialled {
+            m.candidate_wait.observe(invited.elapsed().as_secs_f64());
+        }
+        let Ok(merged) = crate::sdp::merge_candidates(&call.setup().offer, call.trickled()) else {
+            return;
+        };
+        if !dialled && merged.usable > 0 {
+            return;
+        }
+        let fate = |f: &'static str, n: usize| {
+            m.candidates.get_or_create(&[("fate", f)]).inc_by(n as u64);
+        };
+        fate("kept", merged.usable);
+        for (_, why) in &merged.dropped {
+            fate(dropped_reason(why), 1);
+        }
+        fate("over_cap", call.ignored_candidates());
     }
 
     /// The machine's state after each step.
@@ -614,6 +700,54 @@ fn register_calls(
     (active, total, setup, dtmf)
 }
 
+/// The bridge's own timings and the candidates' fates.
+struct Timings {
+    hop: HistogramFamily,
+    admission: Histogram,
+    candidate_wait: Histogram,
+    candidates: CounterFamily,
+}
+
+/// The timings, with their series created so that they show from the first scrape.
+fn register_timings(r: &mut Registry) -> Timings {
+    let hop = reg(
+        r,
+        "vertobot_hop_seconds",
+        "The bridge's own time per hop: matrix_to_verto (sync response read to verto frame written), verto_to_matrix (verto frame read to Matrix send started)",
+        HistogramFamily::new_with_constructor(hop_histogram),
+    );
+    for h in [MATRIX_TO_VERTO, VERTO_TO_MATRIX] {
+        drop(hop.get_or_create(&[("hop", h)]));
+    }
+    let admission = reg(
+        r,
+        "vertobot_admission_seconds",
+        "Homeserver requests that check a new call's room (members, join rule) before it may dial; part of matrix_to_verto for an invite",
+        hop_histogram(),
+    );
+    let candidate_wait = reg(
+        r,
+        "vertobot_candidate_wait_seconds",
+        "Seconds from the invite's sync response to the decision to dial (the candidate coalescing wait)",
+        Histogram::new(WAIT_BUCKETS),
+    );
+    let candidates = reg(
+        r,
+        "vertobot_candidates",
+        "The caller's ICE candidates when a call is dialled: kept, or dropped by reason (tcp, mdns, hostname, over_cap ...)",
+        CounterFamily::default(),
+    );
+    for f in ["kept", "tcp", "mdns", "hostname", "over_cap"] {
+        drop(candidates.get_or_create(&[("fate", f)]));
+    }
+    Timings {
+        hop,
+        admission,
+        candidate_wait,
+        candidates,
+    }
+}
+
 /// Registers a metric and hands it back, so each one is declared in one statement.
 fn reg<M: prometheus_client::registry::Metric + Clone>(
     r: &mut Registry,
@@ -646,8 +780,24 @@ mod tests {
         m.verto_event(&VertoEvent::Connected {});
         m.verto_event(&VertoEvent::Disconnected);
         m.verto_event(&VertoEvent::Connected {});
+        m.hop(MATRIX_TO_VERTO, Duration::from_micros(300));
+        m.admission(Duration::from_millis(3));
         let t = m.encode();
         for (series, want) in [
+            ("vertobot_hop_seconds_count{hop=\"matrix_to_verto\"}", 1.0),
+            (
+                "vertobot_hop_seconds_bucket{le=\"0.0005\",hop=\"matrix_to_verto\"}",
+                1.0,
+            ),
+            (
+                "vertobot_hop_seconds_bucket{le=\"0.0002\",hop=\"matrix_to_verto\"}",
+                0.0,
+            ),
+            ("vertobot_hop_seconds_count{hop=\"verto_to_matrix\"}", 0.0),
+            ("vertobot_admission_seconds_count", 1.0),
+            ("vertobot_candidate_wait_seconds_count", 0.0),
+            ("vertobot_candidates_total{fate=\"kept\"}", 0.0),
+            ("vertobot_candidates_total{fate=\"over_cap\"}", 0.0),
             (
                 "bridge_matrix_event_total{event_type=\"m.room.message\"}",
                 1.0,

@@ -90,6 +90,9 @@ async fn wait_ready(port: u16, want: u16, says: &str) -> String {
 }
 
 const ACTIVE: &str = "vertobot_calls_active{direction=\"outbound\"}";
+const TO_VERTO: &str = "vertobot_hop_seconds_count{hop=\"matrix_to_verto\"}";
+const TO_MATRIX: &str = "vertobot_hop_seconds_count{hop=\"verto_to_matrix\"}";
+const WAITED: &str = "vertobot_candidate_wait_seconds_count";
 const ANSWERED: &str = "vertobot_calls_total{direction=\"outbound\",outcome=\"answered\"}";
 
 /// One answered call with digits, scraped while it runs and after it ended.
@@ -104,6 +107,14 @@ async fn metrics_follow_an_answered_call() {
     let before = wait_metric(port, "bridge_connected", |v| v == 1.0).await;
     assert_eq!(sample(&before, ACTIVE), Some(0.0), "{before}");
     assert_eq!(sample(&before, ANSWERED), Some(0.0), "{before}");
+    for series in [
+        TO_VERTO,
+        TO_MATRIX,
+        WAITED,
+        "vertobot_admission_seconds_count",
+    ] {
+        assert_eq!(sample(&before, series), Some(0.0), "{series}\n{before}");
+    }
 
     let cid = place_call(&caller, &room).await;
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
@@ -118,6 +129,25 @@ async fn metrics_follow_an_answered_call() {
         "{during}"
     );
     assert_eq!(sample(&during, ANSWERED), Some(0.0), "{during}");
+    // The hops so far: the end-of-candidates event → verto.invite, FreeSWITCH's verto.answer
+    // → m.call.answer; one coalescing wait; the fixture's four UDP candidates kept, its four
+    // TCP ones dropped.
+    assert_eq!(sample(&during, TO_VERTO), Some(1.0), "{during}");
+    let answered = wait_metric(port, TO_MATRIX, |v| v >= 1.0).await;
+    for (series, want) in [
+        (WAITED, 1.0),
+        ("vertobot_admission_seconds_count", 1.0),
+        ("vertobot_candidates_total{fate=\"kept\"}", 4.0),
+        ("vertobot_candidates_total{fate=\"tcp\"}", 4.0),
+        ("vertobot_candidates_total{fate=\"mdns\"}", 0.0),
+        ("vertobot_candidates_total{fate=\"over_cap\"}", 0.0),
+    ] {
+        assert_eq!(
+            sample(&answered, series),
+            Some(want),
+            "{series}\n{answered}"
+        );
+    }
     say(&caller, &room, "!dtmf 12#").await;
     wait_metric(
         port,
@@ -125,6 +155,9 @@ async fn metrics_follow_an_answered_call() {
         |v| v == 3.0,
     )
     .await;
+
+    // !dtmf → verto.info is a hop of its own.
+    wait_metric(port, TO_VERTO, |v| v == 2.0).await;
 
     hang_up(&caller, &room, &cid).await;
     assert_eq!(wait_bye(&fake, &verto_id).await, "NORMAL_CLEARING");
@@ -147,6 +180,17 @@ async fn metrics_follow_an_answered_call() {
     );
     let setup = sample(&after, "vertobot_call_setup_seconds_sum").expect("setup sum");
     assert!(setup > 0.0 && setup < 30.0, "setup took {setup} s");
+    // The hangup → verto.bye. Each hop is the bridge's own work: well under a second here.
+    assert_eq!(sample(&after, TO_VERTO), Some(3.0), "{after}");
+    for hop in ["matrix_to_verto", "verto_to_matrix"] {
+        let sum = format!("vertobot_hop_seconds_sum{{hop=\"{hop}\"}}");
+        let n = format!("vertobot_hop_seconds_count{{hop=\"{hop}\"}}");
+        let (sum, n) = (sample(&after, &sum), sample(&after, &n));
+        assert!(
+            sum.zip(n).is_some_and(|(s, n)| n >= 1.0 && s / n < 1.0),
+            "{hop}: sum {sum:?} count {n:?}\n{after}"
+        );
+    }
     assert_eq!(sample(&after, "bridge_connected"), Some(1.0), "{after}");
     at_least("bridge_matrix_api_calls_total{method=\"sync\"}", 1.0);
     // The answer, the end-of-candidates marker and the reaction to !dtmf at least.

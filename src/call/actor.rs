@@ -23,9 +23,38 @@ use crate::chain::Chain;
 use crate::matrix::client::{notice_content, reaction_content};
 use crate::matrix::MatrixClient;
 use crate::verto::messages::{
-    AnswerCall, Attach, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction,
+    AnswerCall, Attach, Bye, Dialog, Info, Invite, InviteDialog, Modify, ModifyAction,
 };
 use crate::verto::{Cause, VertoError, VertoHandle};
+
+/// Where an input came from, and when the sync response or verto frame that carried it was
+/// read: the actions it causes are timed from there (`vertobot_hop_seconds`).
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A Matrix event; the instant its sync response was read.
+    Matrix(Instant),
+    /// A verto request from FreeSWITCH; the instant its frame was read.
+    Verto(Instant),
+}
+
+/// An input of the call task, with its origin when it came from either side (the task's own
+/// side tasks report without one).
+#[derive(Debug)]
+pub struct Stamped {
+    /// The input.
+    pub input: Input,
+    /// Where and when it arrived.
+    pub origin: Option<Origin>,
+}
+
+impl From<Input> for Stamped {
+    fn from(input: Input) -> Self {
+        Self {
+            input,
+            origin: None,
+        }
+    }
+}
 
 /// What the actor needs besides the machine.
 #[derive(Clone)]
@@ -54,6 +83,8 @@ pub struct Ctx {
     pub detach_on_shutdown: bool,
     /// A call taken back after a restart: already admitted and routed.
     pub recovered: bool,
+    /// When the invite that started the call was read (`None` when recovered).
+    pub invited: Option<Origin>,
     /// Inbound: the rooms the bot rings users in.
     pub rooms: std::sync::Arc<std::sync::Mutex<RoomStore>>,
     /// Inbound: tells the bridge the call's room once known, as (verto `callID`, room id), so
@@ -65,16 +96,70 @@ pub struct Ctx {
     pub ended: mpsc::UnboundedSender<String>,
 }
 
-/// Matrix events to send, each with its room.
-type MatrixQueue = mpsc::UnboundedSender<(String, &'static str, Value)>;
+/// A Matrix event to send: its room, type and content, and when the verto frame that caused
+/// it was read (for `vertobot_hop_seconds`).
+type Outgoing = (String, &'static str, Value, Option<Instant>);
+
+/// Matrix events to send, in order.
+type MatrixQueue = mpsc::UnboundedSender<Outgoing>;
+
+/// The Matrix event whose sync response was read at `.1` caused a verto request: its hop ends
+/// when the request's frame is written.
+#[derive(Clone)]
+struct Hop(Option<(crate::metrics::Metrics, Instant)>);
+
+impl Hop {
+    /// Called by the verto client with the instant the frame went out.
+    fn written(self) -> impl FnOnce(Instant) + Send + 'static {
+        move |at| {
+            if let Some((m, t)) = self.0 {
+                m.hop(
+                    crate::metrics::MATRIX_TO_VERTO,
+                    at.saturating_duration_since(t),
+                );
+            }
+        }
+    }
+}
+
+/// How the actions one input caused are timed (`vertobot_hop_seconds`).
+struct Timing {
+    /// From a Matrix event: each verto request it causes ends the hop when written.
+    matrix: Hop,
+    /// From a verto frame: the first Matrix event it causes ends the hop when its send starts.
+    /// The next ones wait for that send, which is the homeserver's time, not the bridge's.
+    verto: Option<Instant>,
+}
+
+impl Timing {
+    /// `admitted`: when the call's admission requests returned. A Matrix event read before
+    /// is timed from then: the homeserver's time is `vertobot_admission_seconds`, and the
+    /// hop is what the bridge itself adds.
+    fn of(ctx: &Ctx, origin: Option<Origin>, admitted: Instant) -> Self {
+        match origin {
+            Some(Origin::Matrix(t)) => Self {
+                matrix: Hop(Some((ctx.matrix.metrics().clone(), t.max(admitted)))),
+                verto: None,
+            },
+            Some(Origin::Verto(t)) => Self {
+                matrix: Hop(None),
+                verto: Some(t),
+            },
+            None => Self {
+                matrix: Hop(None),
+                verto: None,
+            },
+        }
+    }
+}
 
 /// Runs the call to its end. `done` is told when the task is finished, so the registry can
 /// forget it.
 pub async fn run(
     mut call: Call,
     mut ctx: Ctx,
-    mut inbox: mpsc::Receiver<Input>,
-    self_tx: mpsc::Sender<Input>,
+    mut inbox: mpsc::Receiver<Stamped>,
+    self_tx: mpsc::Sender<Stamped>,
     cancel: CancellationToken,
 ) {
     let span = tracing::info_span!("call", call_id = %ctx.call_id, room_id = tracing::field::Empty, verto_call_id = %ctx.verto_call_id);
@@ -94,6 +179,7 @@ pub async fn run(
         let Some(routed) = accept(&mut call, &ctx).await else {
             return;
         };
+        let admitted = Instant::now();
         let mut saved = ctx.recovered;
         let (mtx, mrx): (MatrixQueue, _) = mpsc::unbounded_channel();
         let sender = tokio::spawn(
@@ -102,12 +188,28 @@ pub async fn run(
         let mut side_tasks = JoinSet::new();
         let mut shutting_down = false;
         let mut actions = call.start(Instant::now());
+        let mut origin = ctx.invited;
+        let invited = match ctx.invited {
+            Some(Origin::Matrix(t)) => Some(t),
+            _ => None,
+        };
         loop {
+            let mut timing = Timing::of(&ctx, origin, admitted);
             for a in actions.drain(..) {
                 probe.action(&a);
-                execute(a, &ctx, &routed, &mtx, &self_tx, &mut side_tasks);
+                execute(
+                    a,
+                    &ctx,
+                    &routed,
+                    (&mtx, &self_tx),
+                    &mut timing,
+                    &mut side_tasks,
+                );
             }
             probe.state(call.state());
+            if let Some(t) = invited {
+                probe.collected(&call, t);
+            }
             if !saved && call.state() == super::machine::State::Answered {
                 saved = true;
                 save(&call, &ctx);
@@ -115,7 +217,7 @@ pub async fn run(
             if call.is_ended() {
                 break;
             }
-            actions = next_actions(
+            (actions, origin) = next_actions(
                 &mut call,
                 &mut ctx,
                 &mut inbox,
@@ -154,7 +256,9 @@ async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
             digits_on_answer: None,
         });
     }
+    let asked = Instant::now();
     let display_name = admit(ctx).await?;
+    ctx.matrix.metrics().admission(asked.elapsed());
     let caller = Caller {
         user_id: &ctx.caller,
         display_name: &display_name,
@@ -178,34 +282,35 @@ fn save(call: &Call, ctx: &Ctx) {
 }
 
 /// Waits for whatever moves the call on: an input, a due timer, or the stop. The stop is
-/// taken once; after that the call ends through its own inputs and timers.
+/// taken once; after that the call ends through its own inputs and timers. Returns the
+/// actions, and the origin of the input that caused them.
 async fn next_actions(
     call: &mut Call,
     ctx: &mut Ctx,
-    inbox: &mut mpsc::Receiver<Input>,
+    inbox: &mut mpsc::Receiver<Stamped>,
     cancel: &CancellationToken,
     shutting_down: &mut bool,
     probe: &mut crate::metrics::CallProbe,
-) -> Vec<Action> {
+) -> (Vec<Action>, Option<Origin>) {
     let deadline = call.poll_timeout();
     tokio::select! {
         input = inbox.recv() => match input {
-            Some(i) => {
+            Some(Stamped { input: i, origin }) => {
                 probe.input(&i);
                 if let Input::RoomReady { room_id } = &i {
                     placed(ctx, room_id);
                 }
-                call.handle(i, Instant::now())
+                (call.handle(i, Instant::now()), origin)
             }
-            None => call.handle(super::machine::Input::Shutdown, Instant::now()),
+            None => (call.handle(super::machine::Input::Shutdown, Instant::now()), None),
         },
         _ = sleep_until(deadline), if deadline.is_some() => {
-            call.handle_timeout(Instant::now())
+            (call.handle_timeout(Instant::now()), None)
         }
         _ = cancel.cancelled(), if !*shutting_down => {
             *shutting_down = true;
             let input = if ctx.detach_on_shutdown { Input::Detach } else { Input::Shutdown };
-            call.handle(input, Instant::now())
+            (call.handle(input, Instant::now()), None)
         }
     }
 }
@@ -305,23 +410,27 @@ async fn admit(ctx: &Ctx) -> Option<String> {
     None
 }
 
+/// Performs one action; `timing` says how it is timed (the input that caused it).
 fn execute(
     action: Action,
     ctx: &Ctx,
     routed: &Routed,
-    mtx: &MatrixQueue,
-    self_tx: &mpsc::Sender<Input>,
+    (mtx, self_tx): (&MatrixQueue, &mpsc::Sender<Stamped>),
+    timing: &mut Timing,
     side: &mut JoinSet<()>,
 ) {
     let (verto, id) = (ctx.verto.clone(), ctx.verto_call_id.clone());
     let span = tracing::Span::current();
     let room = ctx.room_id.clone();
+    let hop = timing.matrix.clone();
     match action {
         Action::Notice { text } => {
-            let _ = mtx.send((room, "m.room.message", notice_content(&text)));
+            let verto_at = timing.verto.take();
+            let _ = mtx.send((room, "m.room.message", notice_content(&text), verto_at));
         }
         Action::Send(event) => {
-            let _ = mtx.send((room, event.event_type(), event.content()));
+            let verto_at = timing.verto.take();
+            let _ = mtx.send((room, event.event_type(), event.content(), verto_at));
         }
         Action::FindRoom { user, until } => {
             let (matrix, rooms, bot) =
@@ -337,44 +446,45 @@ fn execute(
                         Ok(room_id) => Input::RoomReady { room_id },
                         Err(why) => Input::RoomFailed { why },
                     };
-                    let _ = tx.send(input).await;
+                    let _ = tx.send(input.into()).await;
                 }
                 .instrument(span),
             );
         }
         Action::AnswerVerto { sdp } => {
-            side.spawn(answer(verto, id, sdp, self_tx.clone()).instrument(span));
+            side.spawn(answer(verto, (id, hop), sdp, self_tx.clone()).instrument(span));
         }
         Action::Dial { sdp } => {
             let invite = Invite {
                 sdp,
                 dialog: invite_dialog(ctx, routed),
             };
-            side.spawn(dial(verto, invite, self_tx.clone()).instrument(span));
+            side.spawn(dial(verto, invite, hop, self_tx.clone()).instrument(span));
         }
         Action::Modify { sdp } => {
-            side.spawn(update_media(verto, id, sdp, self_tx.clone()).instrument(span));
+            side.spawn(update_media(verto, (id, hop), sdp, self_tx.clone()).instrument(span));
         }
         Action::Hold { on } => {
-            side.spawn(hold(verto, id, on).instrument(span));
+            side.spawn(hold(verto, (id, hop), on).instrument(span));
         }
         Action::Attach { sdp } => {
-            side.spawn(attach(verto, id, sdp, self_tx.clone()).instrument(span));
+            side.spawn(attach(verto, (id, hop), sdp, self_tx.clone()).instrument(span));
         }
         Action::SendDtmf { digits, react_to } => {
             let mtx = (mtx.clone(), room);
-            side.spawn(send_dtmf(verto, id, digits, react_to, mtx).instrument(span));
+            side.spawn(send_dtmf(verto, (id, hop), digits, react_to, mtx).instrument(span));
         }
         Action::Bye { cause } => {
-            side.spawn(bye(verto, id, cause).instrument(span));
+            side.spawn(bye(verto, (id, hop), cause).instrument(span));
         }
     }
 }
 
 /// `verto.invite`, its failure classified for the machine: a timeout may have left a channel.
-async fn dial(verto: VertoHandle, invite: Invite, tx: mpsc::Sender<Input>) {
+async fn dial(verto: VertoHandle, invite: Invite, hop: Hop, tx: mpsc::Sender<Stamped>) {
     tracing::trace!(sdp = %invite.sdp, "offer sent to FreeSWITCH");
-    let res = verto.send(&invite).await.map(|_| ()).map_err(|e| {
+    let sent = verto.send_noting(&invite, hop.written()).await;
+    let res = sent.map(|_| ()).map_err(|e| {
         let cause_code = match &e {
             VertoError::Rpc(r) => r.data.get("causeCode").and_then(Value::as_i64),
             _ => None,
@@ -385,16 +495,21 @@ async fn dial(verto: VertoHandle, invite: Invite, tx: mpsc::Sender<Input>) {
             timed_out: matches!(e, VertoError::Timeout(_)),
         }
     });
-    let _ = tx.send(Input::InviteResult(res)).await;
+    let _ = tx.send(Input::InviteResult(res).into()).await;
 }
 
 /// `verto.modify updateMedia`; FreeSWITCH's answer SDP goes back to the machine.
-async fn update_media(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+async fn update_media(
+    verto: VertoHandle,
+    (id, hop): (String, Hop),
+    sdp: String,
+    tx: mpsc::Sender<Stamped>,
+) {
     let modify = Modify {
         action: ModifyAction::UpdateMedia { sdp },
         dialog: Dialog::new(&id),
     };
-    let res = match verto.send(&modify).await {
+    let res = match verto.send_noting(&modify, hop.written()).await {
         Ok(v) => v
             .get("sdp")
             .and_then(Value::as_str)
@@ -402,11 +517,11 @@ async fn update_media(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sen
             .ok_or_else(|| "verto.modify reply without sdp".to_owned()),
         Err(e) => Err(Chain(&e).to_string()),
     };
-    let _ = tx.send(Input::ModifyResult(res)).await;
+    let _ = tx.send(Input::ModifyResult(res).into()).await;
 }
 
 /// FreeSWITCH's own hold or resume; nothing depends on the reply but the log.
-async fn hold(verto: VertoHandle, id: String, on: bool) {
+async fn hold(verto: VertoHandle, (id, hop): (String, Hop), on: bool) {
     let (action, modify) = if on {
         ("hold", ModifyAction::Hold)
     } else {
@@ -416,46 +531,56 @@ async fn hold(verto: VertoHandle, id: String, on: bool) {
         action: modify,
         dialog: Dialog::new(&id),
     };
-    match verto.send(&modify).await {
+    match verto.send_noting(&modify, hop.written()).await {
         Ok(v) => debug!(%action, hold_state = %v["holdState"], "FreeSWITCH hold state"),
         Err(e) => warn!(%action, error = %Chain(&e), "verto.modify hold failed"),
     }
 }
 
 /// `verto.attach` with the caller's answer to FreeSWITCH's re-offer.
-async fn attach(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+async fn attach(
+    verto: VertoHandle,
+    (id, hop): (String, Hop),
+    sdp: String,
+    tx: mpsc::Sender<Stamped>,
+) {
     tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.attach");
     let attach = Attach {
         sdp,
         dialog: Dialog::new(&id),
     };
     let res = verto
-        .send(&attach)
+        .send_noting(&attach, hop.written())
         .await
         .map(|_| ())
         .map_err(|e| Chain(&e).to_string());
-    let _ = tx.send(Input::AttachResult(res)).await;
+    let _ = tx.send(Input::AttachResult(res).into()).await;
 }
 
 /// `verto.answer` with the callee's answer, for a call FreeSWITCH offered us.
-async fn answer(verto: VertoHandle, id: String, sdp: String, tx: mpsc::Sender<Input>) {
+async fn answer(
+    verto: VertoHandle,
+    (id, hop): (String, Hop),
+    sdp: String,
+    tx: mpsc::Sender<Stamped>,
+) {
     tracing::trace!(%sdp, "answer sent to FreeSWITCH in verto.answer");
     let answer = AnswerCall {
         sdp,
         dialog: Dialog::new(&id),
     };
     let res = verto
-        .send(&answer)
+        .send_noting(&answer, hop.written())
         .await
         .map(|_| ())
         .map_err(|e| Chain(&e).to_string());
-    let _ = tx.send(Input::AnswerResult(res)).await;
+    let _ = tx.send(Input::AnswerResult(res).into()).await;
 }
 
 /// `verto.info {dtmf}`; the caller's `!dtmf` gets a reaction, or a notice when it failed.
 async fn send_dtmf(
     verto: VertoHandle,
-    id: String,
+    (id, hop): (String, Hop),
     digits: String,
     react_to: Option<String>,
     (mtx, room): (MatrixQueue, String),
@@ -464,24 +589,28 @@ async fn send_dtmf(
         dialog: Dialog::new(&id),
         dtmf: digits.clone(),
     };
-    match verto.send(&info).await {
+    match verto.send_noting(&info, hop.written()).await {
         Ok(_) => {
             debug!(%digits, "digits sent");
             if let Some(ev) = react_to {
-                let _ = mtx.send((room, "m.reaction", reaction_content(&ev, "✅")));
+                let _ = mtx.send((room, "m.reaction", reaction_content(&ev, "✅"), None));
             }
         }
         Err(e) => {
             warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
             let text = format!("Could not send the digits {digits}: {}", Chain(&e));
-            let _ = mtx.send((room, "m.room.message", notice_content(&text)));
+            let _ = mtx.send((room, "m.room.message", notice_content(&text), None));
         }
     }
 }
 
 /// `verto.bye`; a failure is expected when FreeSWITCH already ended the call.
-async fn bye(verto: VertoHandle, id: String, cause: Cause) {
-    match verto.bye(&id, cause).await {
+async fn bye(verto: VertoHandle, (id, hop): (String, Hop), cause: Cause) {
+    let bye = Bye {
+        dialog: Dialog::new(&id),
+        cause,
+    };
+    match verto.send_noting(&bye, hop.written()).await {
         Ok(_) => debug!(%cause, "verto.bye sent"),
         Err(e) => {
             debug!(%cause, error = %Chain(&e), "verto.bye failed (the call may already be gone)")
@@ -508,14 +637,18 @@ fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
     )
 }
 
-async fn send_matrix_events(
-    matrix: MatrixClient,
-    mut rx: mpsc::UnboundedReceiver<(String, &'static str, Value)>,
-) {
-    while let Some((room_id, event_type, content)) = rx.recv().await {
+/// Sends the call's Matrix events one after another. An event a verto frame caused ends that
+/// frame's hop here, as its send starts (encryption, when on, comes after).
+async fn send_matrix_events(matrix: MatrixClient, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some((room_id, event_type, content, verto_at)) = rx.recv().await {
         if room_id.is_empty() {
             debug!(%event_type, "no room yet; event dropped");
             continue;
+        }
+        if let Some(t) = verto_at {
+            matrix
+                .metrics()
+                .hop(crate::metrics::VERTO_TO_MATRIX, t.elapsed());
         }
         match matrix
             .send_reliably(&room_id, event_type, &content, Duration::from_secs(15 * 60))

@@ -483,6 +483,11 @@ impl Call {
         &self.trickled
     }
 
+    /// Trickled candidates ignored over `max_candidates` (for the metrics).
+    pub fn ignored_candidates(&self) -> usize {
+        self.ignored_candidates
+    }
+
     /// The setup (kept for recovery).
     pub fn setup(&self) -> &Setup {
         &self.setup

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::actor::{self, Ctx};
+use super::actor::{self, Ctx, Stamped};
 use super::machine::{Call, Direction, Input, Recovery, Setup, Version};
 use super::room::{self, RoomStore};
 use super::route::Router;
@@ -200,7 +200,7 @@ fn spawn_actor(
     hs: &Arc<Hs>,
     verto: VertoHandle,
     cancel: &CancellationToken,
-) -> (mpsc::Sender<Input>, tokio::task::JoinHandle<()>) {
+) -> (mpsc::Sender<Stamped>, tokio::task::JoinHandle<()>) {
     let store = state_dir();
     let matrix = hs.client();
     let (placed, _) = mpsc::unbounded_channel();
@@ -225,6 +225,7 @@ fn spawn_actor(
         rooms: Arc::new(Mutex::new(RoomStore::load(store, room::FILE))),
         placed,
         ended,
+        invited: None,
     };
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(actor::run(
@@ -320,7 +321,9 @@ async fn expiry_while_dialling_rejects_once_and_byes_after_the_reply() {
         verto,
         &cancel,
     );
-    tx.send(candidates(vec![host(1), end()])).await.unwrap();
+    tx.send(candidates(vec![host(1), end()]).into())
+        .await
+        .unwrap();
     ended(task).await;
     let invites = switch.requests("verto.invite");
     assert_eq!(invites.len(), 1);
@@ -359,7 +362,7 @@ async fn quiet_period_dial_on_the_virtual_clock() {
     );
     for (n, at) in [(1, 0), (2, 200), (3, 400)] {
         tokio::time::sleep_until(t0 + ms(at)).await;
-        tx.send(candidates(vec![host(n)])).await.unwrap();
+        tx.send(candidates(vec![host(n)]).into()).await.unwrap();
     }
     until("verto.invite", || {
         !switch.requests("verto.invite").is_empty()
@@ -387,14 +390,19 @@ async fn failed_sends_are_retried_with_the_same_transaction_id() {
         verto,
         &cancel,
     );
-    tx.send(candidates(vec![host(1), end()])).await.unwrap();
+    tx.send(candidates(vec![host(1), end()]).into())
+        .await
+        .unwrap();
     until("verto.invite", || {
         !switch.requests("verto.invite").is_empty()
     })
     .await;
-    tx.send(Input::Answer {
-        sdp: Some(FS_ANSWER.into()),
-    })
+    tx.send(
+        Input::Answer {
+            sdp: Some(FS_ANSWER.into()),
+        }
+        .into(),
+    )
     .await
     .unwrap();
     until("three tries", || hs.sent().len() >= 3).await;
@@ -421,7 +429,9 @@ async fn admission_asks_the_homeserver_both_questions_at_once() {
     let cancel = CancellationToken::new();
     let s = setup(t0, Duration::from_secs(60), Duration::ZERO);
     let (tx, _task) = spawn_actor(s, &hs, verto, &cancel);
-    tx.send(candidates(vec![host(1), end()])).await.unwrap();
+    tx.send(candidates(vec![host(1), end()]).into())
+        .await
+        .unwrap();
     until("verto.invite", || {
         !switch.requests("verto.invite").is_empty()
     })
@@ -442,15 +452,20 @@ async fn the_duration_limit_ends_the_call_on_time() {
         ..setup(t0, Duration::from_secs(60), Duration::ZERO)
     };
     let (tx, task) = spawn_actor(s, &hs, verto, &cancel);
-    tx.send(candidates(vec![host(1), end()])).await.unwrap();
+    tx.send(candidates(vec![host(1), end()]).into())
+        .await
+        .unwrap();
     until("verto.invite", || {
         !switch.requests("verto.invite").is_empty()
     })
     .await;
     tokio::time::sleep_until(t0 + ms(100)).await;
-    tx.send(Input::Answer {
-        sdp: Some(FS_ANSWER.into()),
-    })
+    tx.send(
+        Input::Answer {
+            sdp: Some(FS_ANSWER.into()),
+        }
+        .into(),
+    )
     .await
     .unwrap();
     ended(task).await;
@@ -513,9 +528,12 @@ async fn bridge_dials_answers_and_hangs_up_on_stop() {
         .unwrap()
         .to_owned();
     verto_events
-        .send(crate::verto::VertoEvent::Answer {
-            call_id: verto_call_id.clone(),
-            sdp: Some(FS_ANSWER.into()),
+        .send(crate::verto::client::Received {
+            at: Instant::now(),
+            event: crate::verto::VertoEvent::Answer {
+                call_id: verto_call_id.clone(),
+                sdp: Some(FS_ANSWER.into()),
+            },
         })
         .await
         .unwrap();

@@ -130,11 +130,25 @@ pub enum VertoEvent {
     },
 }
 
+/// A verto event and when the frame that carried it was read: the layers above time what
+/// they do with it from there (the bridge's hop metrics), not from when they got to it.
+#[derive(Debug)]
+pub struct Received {
+    /// When the WebSocket frame was read.
+    pub at: Instant,
+    /// What it said.
+    pub event: VertoEvent,
+}
+
+/// Told the instant a request's frame was written to the socket (the caller's hop metrics).
+type Written = Box<dyn FnOnce(Instant) + Send>;
+
 enum Command {
     Request {
         method: String,
         params: Value,
         reply: oneshot::Sender<Result<Value, VertoError>>,
+        written: Option<Written>,
     },
 }
 
@@ -168,8 +182,13 @@ impl VertoHandle {
                 method,
                 params,
                 reply,
+                written,
             }) = rx.recv().await
             {
+                // The frame counts as written when the fake switch has it.
+                if let Some(w) = written {
+                    w(Instant::now());
+                }
                 let r = FakeRequest {
                     method,
                     params,
@@ -185,12 +204,34 @@ impl VertoHandle {
 
     /// Sends one request and waits for its reply.
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, VertoError> {
+        self.request_noting(method, params, None).await
+    }
+
+    /// Sends one typed request and waits for its reply; `written` is called with the instant
+    /// its frame went out (not if it never did).
+    pub async fn send_noting<R: Request>(
+        &self,
+        request: &R,
+        written: impl FnOnce(Instant) + Send + 'static,
+    ) -> Result<Value, VertoError> {
+        let params = serde_json::to_value(request).unwrap_or_default();
+        self.request_noting(R::METHOD, params, Some(Box::new(written)))
+            .await
+    }
+
+    async fn request_noting(
+        &self,
+        method: &str,
+        params: Value,
+        written: Option<Written>,
+    ) -> Result<Value, VertoError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Request {
                 method: method.to_owned(),
                 params,
                 reply,
+                written,
             })
             .await
             .map_err(|_| VertoError::Disconnected)?;
@@ -238,11 +279,32 @@ struct Pending {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Starts the actor. Events go to `events`; the task ends when `cancel` fires.
+/// Starts the actor. Events go to `events`; the task ends when `cancel` fires. (Tests and
+/// tools; the bridge uses [`spawn_received`], which keeps when each frame was read.)
 pub fn spawn(
     cfg: &VertoConfig,
     sessid: String,
     events: mpsc::Sender<VertoEvent>,
+    cancel: CancellationToken,
+) -> Result<(VertoHandle, tokio::task::JoinHandle<()>), VertoError> {
+    let (tx, mut rx) = mpsc::channel::<Received>(256);
+    let started = spawn_received(cfg, sessid, tx, cancel)?;
+    tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            if events.send(r.event).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(started)
+}
+
+/// Starts the actor. Events go to `events` with the instant their frame was read; the task
+/// ends when `cancel` fires.
+pub fn spawn_received(
+    cfg: &VertoConfig,
+    sessid: String,
+    events: mpsc::Sender<Received>,
     cancel: CancellationToken,
 ) -> Result<(VertoHandle, tokio::task::JoinHandle<()>), VertoError> {
     let tls = if cfg.tls_insecure_skip_verify {
@@ -468,7 +530,7 @@ struct Actor {
     keepalive: Duration,
     reconnect_max: Duration,
     tls: Arc<rustls::ClientConfig>,
-    events: mpsc::Sender<VertoEvent>,
+    events: mpsc::Sender<Received>,
     rx: mpsc::Receiver<Command>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
@@ -507,7 +569,7 @@ impl Actor {
                 }
                 End::Lost(why) => {
                     self.fail_pending();
-                    let _ = self.events.send(VertoEvent::Disconnected).await;
+                    self.emit(Instant::now(), VertoEvent::Disconnected).await;
                     let wait = backoff.next_wait();
                     warn!(reason = %why, retry_in = ?wait, "verto connection lost; reconnecting");
                     if !self.wait(wait, &cancel).await {
@@ -541,6 +603,10 @@ impl Actor {
         connect(&self.url, self.tls.clone(), self.timeout).await
     }
 
+    async fn emit(&self, at: Instant, event: VertoEvent) {
+        let _ = self.events.send(Received { at, event }).await;
+    }
+
     fn fail_pending(&mut self) {
         for (_, p) in self.pending.drain() {
             if let Some(r) = p.reply {
@@ -569,10 +635,8 @@ impl Actor {
             Ok(conn) => conn,
             Err(end) => return end,
         };
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
         loop {
+            let due = self.next_due(&conn);
             let step = tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = conn.ws.close(None).await;
@@ -580,7 +644,7 @@ impl Actor {
                 }
                 msg = conn.ws.next() => self.on_frame(&mut conn, msg, backoff).await,
                 cmd = self.rx.recv(), if conn.logged_in => self.on_command(&mut conn, cmd).await,
-                _ = tick.tick() => self.on_tick(&mut conn).await,
+                _ = tokio::time::sleep_until(due) => self.on_tick(&mut conn).await,
             };
             if let Err(end) = step {
                 return end;
@@ -631,6 +695,7 @@ impl Actor {
         msg: Option<Result<Message, tungstenite::Error>>,
         backoff: &mut Backoff,
     ) -> Result<(), End> {
+        let at = Instant::now();
         let Some(text) = frame_text(msg)? else {
             return Ok(());
         };
@@ -642,7 +707,8 @@ impl Actor {
                     self.on_response(conn, id, outcome, backoff).await?;
                 }
                 Ok(Incoming::Request { id, method, params }) => {
-                    self.on_request(conn, id, method, params, backoff).await?;
+                    self.on_request(conn, (id, at), method, params, backoff)
+                        .await?;
                 }
                 Ok(Incoming::Notification { method, .. }) => {
                     debug!(%method, "verto notification ignored");
@@ -698,7 +764,7 @@ impl Actor {
                 conn.logged_in = true;
                 backoff.reset();
                 info!(login = %self.login, "logged in to FreeSWITCH");
-                let _ = self.events.send(VertoEvent::Connected {}).await;
+                self.emit(Instant::now(), VertoEvent::Connected {}).await;
                 Ok(())
             }
             Err(e) => {
@@ -715,7 +781,7 @@ impl Actor {
     async fn on_request(
         &mut self,
         conn: &mut Conn,
-        id: Value,
+        (id, at): (Value, Instant),
         method: String,
         params: Value,
         backoff: &mut Backoff,
@@ -727,7 +793,7 @@ impl Actor {
             return Err(self.on_punt(conn, backoff).await);
         }
         if let Some(ev) = to_event(&method, &params) {
-            let _ = self.events.send(ev).await;
+            self.emit(at, ev).await;
         }
         Ok(())
     }
@@ -747,7 +813,7 @@ impl Actor {
             warn!("FreeSWITCH punted this connection (another connection claimed our session id); reconnecting once");
             backoff.set_next(Duration::from_millis(200));
         }
-        let _ = self.events.send(VertoEvent::Punted).await;
+        self.emit(Instant::now(), VertoEvent::Punted).await;
         let _ = conn.ws.close(None).await;
         End::Lost("punted".into())
     }
@@ -759,6 +825,7 @@ impl Actor {
             method,
             mut params,
             reply,
+            written,
         }) = cmd
         else {
             let _ = conn.ws.close(None).await;
@@ -773,6 +840,9 @@ impl Actor {
             let _ = reply.send(Err(VertoError::Disconnected));
             return Err(End::Lost(e));
         }
+        if let Some(w) = written {
+            w(Instant::now());
+        }
         self.pending.insert(
             id,
             Pending {
@@ -784,7 +854,23 @@ impl Actor {
         Ok(())
     }
 
-    /// Deadlines and the keepalive share one clock tick, so both see the same `now`.
+    /// When the actor next has something to do on its own: the earliest request deadline, the
+    /// outstanding ping's, or the next keepalive. It sleeps until then rather than ticking, so
+    /// an idle bridge (however many calls it holds) wakes only for the keepalive.
+    fn next_due(&self, conn: &Conn) -> Instant {
+        let keepalive = match conn.ping {
+            Some((_, sent)) => sent + self.timeout,
+            // No pings before the login: its own deadline (in `pending`) is what is due.
+            None if !conn.logged_in => Instant::now() + self.keepalive,
+            None => conn.last_ping + self.keepalive,
+        };
+        self.pending
+            .values()
+            .map(|p| p.deadline)
+            .fold(keepalive, Instant::min)
+    }
+
+    /// Deadlines and the keepalive share one wake-up, so both see the same `now`.
     async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), End> {
         let now = Instant::now();
         self.expire_pending(now)?;
@@ -817,7 +903,7 @@ impl Actor {
     /// TCP has not noticed yet.
     async fn keepalive(&mut self, conn: &mut Conn, now: Instant) -> Result<(), End> {
         if let Some((_, sent)) = conn.ping {
-            if now.duration_since(sent) > self.timeout {
+            if now.duration_since(sent) >= self.timeout {
                 let _ = conn.ws.close(None).await;
                 return Err(End::Lost("verto.ping unanswered".into()));
             }

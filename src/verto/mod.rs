@@ -11,4 +11,4 @@ pub mod messages;
 pub mod rpc;
 
 pub use cause::Cause;
-pub use client::{spawn, VertoError, VertoEvent, VertoHandle};
+pub use client::{spawn, spawn_received, Received, VertoError, VertoEvent, VertoHandle};
