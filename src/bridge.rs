@@ -22,7 +22,7 @@ use crate::call::inbound::{self, Offered};
 use crate::call::machine::{self, Call, Direction, Input, Recovery, Setup, Version};
 use crate::call::room::{self, RoomStore};
 use crate::call::route::{self, Caller, Router};
-use crate::call::store::{self, CallStore, Record};
+use crate::call::store::{CallStore, Record};
 use crate::chain::Chain;
 use crate::config::{CallsConfig, Config, DtmfConfig, InboundConfig, OnShutdown};
 use crate::matrix::events::{CallEvent, EventKind, TimelineEvent};
@@ -88,7 +88,7 @@ pub struct Bridge {
     own_server: String,
     router: Arc<Router>,
     dial: Arc<Mutex<DialStore>>,
-    saved_calls: Arc<Mutex<CallStore>>,
+    saved_calls: Arc<CallStore>,
     calls_cancel: CancellationToken,
     subscribe_warned: Arc<AtomicBool>,
     matrix: MatrixClient,
@@ -138,7 +138,7 @@ impl Bridge {
                 matrix.clone(),
             )),
             dial: Arc::new(Mutex::new(DialStore::load(store.clone(), "dial.json"))),
-            saved_calls: Arc::new(Mutex::new(CallStore::load(store, store::FILE))),
+            saved_calls: Arc::new(CallStore::load(&store)),
             calls_cancel: CancellationToken::new(),
             subscribe_warned: Arc::new(AtomicBool::new(false)),
             matrix,
@@ -633,7 +633,7 @@ impl Bridge {
     /// Takes back the answered calls the last run left: each waits for FreeSWITCH to re-offer
     /// it after our login with the same session id.
     fn recover(&mut self) {
-        let saved = self.saved_calls.lock().map(|s| s.all()).unwrap_or_default();
+        let saved = self.saved_calls.all();
         for (verto_call_id, r) in saved {
             info!(room_id = %r.room_id, call_id = %r.call_id, %verto_call_id, "recovering a call from the last run");
             let now = Instant::now();

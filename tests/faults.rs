@@ -434,7 +434,7 @@ async fn vertobot_restart_ends_unrecoverable_calls() {
         .wait_call_event(&room, "m.call.hangup", &cid, T)
         .await;
     bot.stop().await;
-    let saved = std::fs::read_to_string(dir.join("calls.json")).unwrap_or_default();
+    let saved = support::saved_calls(&dir);
     assert!(
         !saved.contains(&cid),
         "the ended call is forgotten: {saved}"

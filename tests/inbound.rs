@@ -705,7 +705,7 @@ async fn an_answered_call_survives_a_verto_reconnect() {
 }
 
 /// A restart with `on_shutdown: detach` keeps an answered call from FreeSWITCH: the next
-/// start reads it back from `calls.json` (as an inbound call) and re-attaches it when
+/// start reads it back from `state_dir/calls/` (as an inbound call) and re-attaches it when
 /// FreeSWITCH re-offers it, and the callee's audio reaches FreeSWITCH again.
 #[tokio::test]
 async fn an_answered_call_survives_a_bot_restart() {
@@ -722,7 +722,7 @@ async fn an_answered_call_survives_a_bot_restart() {
     let sw = Switch::shared();
     sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
     let (_, user_id, password, state_dir) = bot.stop().await;
-    let saved = std::fs::read_to_string(state_dir.join("calls.json")).unwrap();
+    let saved = support::saved_calls(&state_dir);
     assert!(
         saved.contains(&user.user_id) && saved.contains("inbound_user"),
         "{saved}"

@@ -78,7 +78,7 @@ pub struct Ctx {
     /// The room's `!dial` choice, if any.
     pub dial_override: Option<String>,
     /// Where answered calls are saved for a restart.
-    pub calls: std::sync::Arc<std::sync::Mutex<CallStore>>,
+    pub calls: std::sync::Arc<CallStore>,
     /// On stop, keep answered calls for the next start instead of hanging up.
     pub detach_on_shutdown: bool,
     /// A call taken back after a restart: already admitted and routed.
@@ -276,9 +276,7 @@ async fn accept(call: &mut Call, ctx: &Ctx) -> Option<Routed> {
 /// re-offers it, instead of dropping a call that is in progress.
 fn save(call: &Call, ctx: &Ctx) {
     let r = Record::of(&ctx.room_id, &ctx.caller, call);
-    if let Ok(mut store) = ctx.calls.lock() {
-        store.set(&ctx.verto_call_id, Some(r));
-    }
+    ctx.calls.set(&ctx.verto_call_id, Some(r));
 }
 
 /// Waits for whatever moves the call on: an input, a due timer, or the stop. The stop is
@@ -330,9 +328,7 @@ async fn finish(
         "call ended"
     );
     if !call.kept {
-        if let Ok(mut store) = ctx.calls.lock() {
-            store.set(&ctx.verto_call_id, None);
-        }
+        ctx.calls.set(&ctx.verto_call_id, None);
     }
     drop(mtx);
     // Let the last events out; during shutdown only briefly.

@@ -18,7 +18,7 @@ use super::actor::{self, Ctx, Stamped};
 use super::machine::{Call, Direction, Input, Recovery, Setup, Version};
 use super::room::{self, RoomStore};
 use super::route::Router;
-use super::store::{self, CallStore};
+use super::store::CallStore;
 use crate::config::{CallsConfig, Config};
 use crate::matrix::client::{FakeHomeserver, MatrixClient, MatrixError};
 use crate::sdp::TrickleCandidate;
@@ -219,7 +219,7 @@ fn spawn_actor(
         bot_user: BOT.into(),
         verto_call_id: "v1".into(),
         dial_override: None,
-        calls: Arc::new(Mutex::new(CallStore::load(store.clone(), store::FILE))),
+        calls: Arc::new(CallStore::load(&store)),
         detach_on_shutdown: false,
         recovered: false,
         rooms: Arc::new(Mutex::new(RoomStore::load(store, room::FILE))),

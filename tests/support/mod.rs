@@ -298,6 +298,18 @@ pub fn chromium_candidates(call_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every call a bot kept for a restart (`state_dir/calls/`, one file each), as one text.
+pub fn saved_calls(state_dir: &std::path::Path) -> String {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("calls")) else {
+        return String::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The same candidates without the end-of-candidates marker.
 pub fn chromium_candidates_no_marker(call_id: &str) -> Vec<Value> {
     chromium_candidates(call_id)
