@@ -48,7 +48,13 @@ struct Entry {
 struct Early {
     sender: String,
     inputs: Vec<Stamped>,
+    /// When the first came: an invite follows within moments or never (late candidates of a
+    /// call that has ended, an invite that was ignored), so old entries make room for new.
+    at: Instant,
 }
+
+/// How long candidates wait for their invite before they count as orphans.
+const EARLY_TTL: Duration = Duration::from_secs(60);
 
 /// Caps on the stash of early candidates, so a flood of orphan events cannot grow memory.
 const MAX_EARLY_CALLS: usize = 64;
@@ -384,16 +390,27 @@ impl Bridge {
             if e.sender == sender && e.inputs.len() < MAX_EARLY_EVENTS {
                 e.inputs.push(input);
             }
-        } else if self.early.len() < MAX_EARLY_CALLS {
+        } else if self.room_for_early(received) {
             debug!(room_id = %key.0, call_id = %key.1, "candidates before their invite: kept");
             let early = Early {
                 sender,
                 inputs: vec![input],
+                at: received,
             };
             self.early.insert(key, early);
         } else {
             debug!(room_id = %key.0, "too many orphan candidate events; dropped");
         }
+    }
+
+    /// Whether another call's early candidates fit, after dropping those that waited for
+    /// their invite longer than [`EARLY_TTL`].
+    fn room_for_early(&mut self, now: Instant) -> bool {
+        if self.early.len() >= MAX_EARLY_CALLS {
+            self.early
+                .retain(|_, e| now.saturating_duration_since(e.at) < EARLY_TTL);
+        }
+        self.early.len() < MAX_EARLY_CALLS
     }
 
     /// Whether a new call may start: the access list and the limits. The error is what the

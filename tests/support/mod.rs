@@ -73,7 +73,9 @@ impl Default for BotOpts {
     fn default() -> Self {
         Self {
             destination: "9196".into(),
-            candidate_wait_ms: 1000,
+            // Calls with candidates dial at the marker or a quiet period after them; the wait
+            // only bounds a caller whose candidates are late (a loaded homeserver).
+            candidate_wait_ms: 3000,
             verto_password: VERTO_PASSWORD.into(),
             calls_extra: String::new(),
             extra: String::new(),
