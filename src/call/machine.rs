@@ -1874,7 +1874,7 @@ fn voip(s: &Setup) -> Voip {
 pub const DEFAULT_CANDIDATE_WAIT: Duration = Duration::from_millis(2500);
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const OFFER: &str = include_str!("../../tests/fixtures/chromium_offer.sdp");
@@ -1902,7 +1902,7 @@ mod tests {
         }
     }
 
-    fn ms(n: u64) -> Duration {
+    pub(in crate::call) fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
@@ -1913,14 +1913,14 @@ mod tests {
             sdp_m_line_index: Some(0),
         }
     }
-    fn end() -> TrickleCandidate {
+    pub(in crate::call) fn end() -> TrickleCandidate {
         TrickleCandidate {
             candidate: String::new(),
             sdp_mid: None,
             sdp_m_line_index: None,
         }
     }
-    fn cands(c: Vec<TrickleCandidate>) -> Input {
+    pub(in crate::call) fn cands(c: Vec<TrickleCandidate>) -> Input {
         Input::Candidates {
             party_id: Some("CALLER".into()),
             candidates: c,

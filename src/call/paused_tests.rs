@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{self, Ctx, Stamped};
+use super::machine::tests::{cands as candidates, end, ms};
 use super::machine::{Call, Direction, Input, Recovery, Setup, Version};
 use super::room::{self, RoomStore};
 use super::route::Router;
@@ -31,10 +32,6 @@ const FS_ANSWER: &str = "v=0\r\no=FreeSWITCH 1 2 IN IP4 127.0.0.1\r\ns=FreeSWITC
 const ROOM: &str = "!room:localhost";
 const CALLER: &str = "@alice:localhost";
 const BOT: &str = "@bot:localhost";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// One request as the fake homeserver or switch saw it, with its virtual time.
 #[derive(Debug, Clone)]
@@ -246,21 +243,6 @@ fn host(n: u8) -> TrickleCandidate {
         ),
         sdp_mid: Some("0".into()),
         sdp_m_line_index: Some(0),
-    }
-}
-
-fn end() -> TrickleCandidate {
-    TrickleCandidate {
-        candidate: String::new(),
-        sdp_mid: None,
-        sdp_m_line_index: None,
-    }
-}
-
-fn candidates(c: Vec<TrickleCandidate>) -> Input {
-    Input::Candidates {
-        party_id: Some("CALLER".into()),
-        candidates: c,
     }
 }
 
