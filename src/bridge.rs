@@ -293,7 +293,8 @@ impl Bridge {
                 warn!(room_id, event_id = %ev.event_id, %event_type, %error, "malformed call event");
                 if let (true, Some(call_id)) = (event_type == "m.call.invite", call_id) {
                     let why = "the call invite could not be read";
-                    self.reject(room_id, &call_id, Version::V1, "unknown_error", why);
+                    let reason = ("unknown_error", Cause::InvalidMsgUnspecified);
+                    self.reject(room_id, &call_id, Version::V1, reason, why);
                 }
             }
         }
@@ -415,22 +416,25 @@ impl Bridge {
 
     /// Whether a new call may start: the access list and the limits. The error is what the
     /// caller is told.
-    fn admission(&self, room_id: &str, call_id: &str, sender: &str) -> Result<(), String> {
+    /// Whether the bridge takes this call; if not, the cause (for the metrics, as FreeSWITCH
+    /// would name it) and what the caller is told.
+    fn admission(&self, room_id: &str, call_id: &str, sender: &str) -> Result<(), (Cause, String)> {
         if !route::allowed(&self.access, &self.own_server, sender) {
             info!(room_id, call_id, %sender, "call refused: not on access.allow");
-            return Err("you are not allowed to call through this bridge".into());
+            let why = "you are not allowed to call through this bridge";
+            return Err((Cause::CallRejected, why.into()));
         }
         let max = self.calls_cfg.max_calls;
         if self.calls.len() >= max {
             warn!(room_id, call_id, max, "call refused: too many calls");
-            return Err(format!(
-                "the bridge is at its limit of {max} calls; try again later"
-            ));
+            let why = format!("the bridge is at its limit of {max} calls; try again later");
+            return Err((Cause::NormalCircuitCongestion, why));
         }
         let mine = self.calls.values().filter(|e| e.caller == sender).count();
         if mine >= self.calls_cfg.max_calls_per_user {
             info!(room_id, call_id, %sender, "call refused: per-user limit");
-            return Err(format!("you already have {mine} calls; hang one up first"));
+            let why = format!("you already have {mine} calls; hang one up first");
+            return Err((Cause::UserBusy, why));
         }
         Ok(())
     }
@@ -481,8 +485,8 @@ impl Bridge {
             .filter(|e| e.sender == sender)
             .into_iter()
             .for_each(|e| early_inputs.extend(e.inputs));
-        if let Err(why) = self.admission(room_id, call_id, sender) {
-            self.reject(room_id, call_id, version, "user_busy", &why);
+        if let Err((cause, why)) = self.admission(room_id, call_id, sender) {
+            self.reject(room_id, call_id, version, ("user_busy", cause), &why);
             return;
         }
         let now = Instant::now();
@@ -585,7 +589,7 @@ impl Bridge {
     fn refuse_fs(&self, verto_call_id: String, cause: Cause) {
         self.matrix
             .metrics()
-            .call_refused_in(crate::metrics::INBOUND);
+            .call_refused_in(crate::metrics::INBOUND, cause);
         let verto = self.verto.clone();
         self.tracker.spawn(async move {
             if let Err(e) = verto.bye(&verto_call_id, cause).await {
@@ -833,10 +837,17 @@ impl Bridge {
         }
     }
 
-    /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0), and
-    /// a notice saying why when notices are on.
-    fn reject(&self, room_id: &str, call_id: &str, version: Version, reason: &str, why: &str) {
-        self.matrix.metrics().call_refused();
+    /// Ends a call the bridge will not take: `m.call.reject` (v1) or `m.call.hangup` (v0) with
+    /// the Matrix reason, and a notice saying why when notices are on. The cause is counted.
+    fn reject(
+        &self,
+        room_id: &str,
+        call_id: &str,
+        version: Version,
+        (reason, cause): (&str, Cause),
+        why: &str,
+    ) {
+        self.matrix.metrics().call_refused(cause);
         let event = machine::ending_event(version, false, call_id, &self.our_party, reason);
         let (event_type, content) = (event.event_type(), event.content());
         let matrix = self.matrix.clone();

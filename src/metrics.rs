@@ -29,21 +29,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::call::machine::{Action, Call, Input, State};
-use crate::matrix::events::{CallEvent, EventKind};
-use crate::verto::VertoEvent;
+use crate::matrix::events::{CallEvent, CallEventOut, EventKind};
+use crate::verto::{Cause, VertoEvent};
 
 type L1 = [(&'static str, &'static str); 1];
 type HistogramFamily = Family<L1, Histogram, fn() -> Histogram>;
-type L2 = [(&'static str, &'static str); 2];
+type L3 = [(&'static str, &'static str); 3];
 
 /// The direction of calls from a Matrix caller to SIP.
 pub const OUTBOUND: &str = "outbound";
 
 /// The direction of calls from SIP (FreeSWITCH) to a Matrix user.
 pub const INBOUND: &str = "inbound";
-
-/// The `outcome` label of `vertobot_calls_total`.
-pub const OUTCOMES: [&str; 4] = ["answered", "rejected", "failed", "caller_cancelled"];
 
 /// Buckets of `vertobot_call_setup_seconds`: candidate collection, dialling and ringing.
 const SETUP_BUCKETS: [f64; 14] = [
@@ -86,7 +83,7 @@ struct Inner {
     api_failed: Family<L1, Counter>,
     connected: Gauge,
     calls_active: Family<L1, Gauge>,
-    calls_total: Family<L2, Counter>,
+    calls_total: Family<L3, Counter>,
     setup: Histogram,
     verto_reconnects: Counter,
     reattached: Counter,
@@ -217,17 +214,26 @@ impl Metrics {
         }
     }
 
-    /// The bridge refused an invite (access.allow, a limit, an unreadable invite).
-    pub fn call_refused(&self) {
-        self.call_refused_in(OUTBOUND);
+    /// The bridge refused an invite (access.allow, a limit, an unreadable invite), with the
+    /// cause that says why.
+    pub fn call_refused(&self, cause: Cause) {
+        self.call_refused_in(OUTBOUND, cause);
     }
 
     /// The bridge refused a call of `direction` ([`OUTBOUND`] or [`INBOUND`]: a call from
     /// FreeSWITCH no route names a user for, or over a limit).
-    pub fn call_refused_in(&self, direction: &'static str) {
+    pub fn call_refused_in(&self, direction: &'static str, cause: Cause) {
+        self.call_finished(direction, "rejected", cause.name());
+    }
+
+    fn call_finished(&self, direction: &'static str, outcome: &'static str, cause: &'static str) {
         if let Some(m) = &self.0 {
             m.calls_total
-                .get_or_create(&[("direction", direction), ("outcome", "rejected")])
+                .get_or_create(&[
+                    ("direction", direction),
+                    ("outcome", outcome),
+                    ("cause", cause),
+                ])
                 .inc();
         }
     }
@@ -365,6 +371,8 @@ pub struct CallProbe {
     /// An outbound call still collecting candidates: its wait and their fates are not yet
     /// counted.
     collecting: bool,
+    /// The `cause` label: the first hangup cause seen (see [`CallProbe::cause`]).
+    cause: Option<&'static str>,
 }
 
 impl CallProbe {
@@ -391,6 +399,7 @@ impl CallProbe {
             detached: false,
             caller_ended: false,
             collecting: !recovered && direction == OUTBOUND,
+            cause: None,
         }
     }
 
@@ -457,12 +466,58 @@ impl CallProbe {
             Input::FarDtmf { digit } => self.digits("from_sip", digit),
             _ => {}
         }
+        self.cause_of_input(input);
+    }
+
+    /// FreeSWITCH's own cause, when it ended the call or refused the dial.
+    fn cause_of_input(&mut self, input: &Input) {
+        let name = |c: Option<Cause>| c.map_or("OTHER", Cause::name);
+        let cause = match input {
+            Input::Bye {
+                cause_code: Some(c),
+                ..
+            } => name(Cause::from_code(*c)),
+            Input::Bye {
+                cause: Some(c),
+                cause_code: None,
+            } => name(Cause::from_name(c)),
+            Input::InviteResult(Err(f)) => match f.cause_code {
+                Some(c) => name(Cause::from_code(c)),
+                // No reply at all: the bridge hangs up with its own cause.
+                None if f.timed_out => return,
+                None => Cause::DestinationOutOfOrder.name(),
+            },
+            _ => return,
+        };
+        self.cause.get_or_insert(cause);
     }
 
     /// An action, before the task performs it.
     pub fn action(&mut self, action: &Action) {
-        if let Action::SendDtmf { digits, .. } = action {
-            self.digits("to_sip", digits);
+        let cause = match action {
+            Action::SendDtmf { digits, .. } => {
+                self.digits("to_sip", digits);
+                return;
+            }
+            Action::Bye { cause } => *cause,
+            // A call that ends on the Matrix side alone: its reason as FreeSWITCH would see it.
+            Action::Send(
+                CallEventOut::Hangup { reason, .. } | CallEventOut::Reject { reason, .. },
+            ) => crate::call::cause::matrix_to_verto(Some(reason), self.answered),
+            _ => return,
+        };
+        self.cause.get_or_insert(cause.name());
+    }
+
+    /// The `cause` label: the FreeSWITCH hangup cause that ended the call, whichever side
+    /// sent it (FreeSWITCH's `verto.bye` or dial error, or the bridge's `verto.bye`); for a
+    /// call that ended before it reached FreeSWITCH, the cause its Matrix ending maps to.
+    fn cause(&self, outcome: &str) -> &'static str {
+        match (self.cause, outcome) {
+            (Some(c), _) => c,
+            (None, "rejected") => Cause::CallRejected.name(),
+            (None, "caller_cancelled") => Cause::OriginatorCancel.name(),
+            _ => Cause::NormalClearing.name(),
         }
     }
 
@@ -498,9 +553,9 @@ impl Drop for CallProbe {
             .get_or_create(&[("direction", self.direction)])
             .dec();
         if !self.recovered {
-            m.calls_total
-                .get_or_create(&[("direction", self.direction), ("outcome", self.outcome())])
-                .inc();
+            let outcome = self.outcome();
+            self.metrics
+                .call_finished(self.direction, outcome, self.cause(outcome));
         }
     }
 }
@@ -657,7 +712,7 @@ fn register_calls(
     r: &mut Registry,
 ) -> (
     Family<L1, Gauge>,
-    Family<L2, Counter>,
+    Family<L3, Counter>,
     Histogram,
     CounterFamily,
 ) {
@@ -674,14 +729,10 @@ fn register_calls(
     let total = reg(
         r,
         "vertobot_calls",
-        "Finished calls, by direction and outcome",
-        Family::<L2, Counter>::default(),
+        "Finished calls, by direction, outcome and hangup cause",
+        Family::<L3, Counter>::default(),
     );
-    for o in OUTCOMES {
-        for d in [OUTBOUND, INBOUND] {
-            drop(total.get_or_create(&[("direction", d), ("outcome", o)]));
-        }
-    }
+
     let setup = reg(
         r,
         "vertobot_call_setup_seconds",
@@ -762,6 +813,7 @@ fn reg<M: prometheus_client::registry::Metric + Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::machine::DialFailure;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -776,7 +828,7 @@ mod tests {
         m.matrix_api("/rooms/%21r%3Ax/send/m.call.answer/vb1", false);
         m.send_retry();
         m.sync_error();
-        m.call_refused();
+        m.call_refused(Cause::CallRejected);
         m.verto_event(&VertoEvent::Connected {});
         m.verto_event(&VertoEvent::Disconnected);
         m.verto_event(&VertoEvent::Connected {});
@@ -808,7 +860,7 @@ mod tests {
             ("bridge_connected", 1.0),
             ("vertobot_calls_active{direction=\"outbound\"}", 0.0),
             (
-                "vertobot_calls_total{direction=\"outbound\",outcome=\"rejected\"}",
+                "vertobot_calls_total{direction=\"outbound\",outcome=\"rejected\",cause=\"CALL_REJECTED\"}",
                 1.0,
             ),
             ("vertobot_call_setup_seconds_count", 0.0),
@@ -828,12 +880,9 @@ mod tests {
             sample(&t, "vertobot_dtmf_digits_total{direction=\"to_sip\"}"),
             Some(0.0)
         );
-        assert_eq!(
-            sample(
-                &t,
-                "vertobot_calls_total{direction=\"outbound\",outcome=\"failed\"}"
-            ),
-            Some(0.0)
+        assert!(
+            !t.contains("outcome=\"failed\""),
+            "series with a cause appear with their first call\n{t}"
         );
         assert!(t.ends_with("# EOF\n"), "{t}");
         assert_eq!(
@@ -847,11 +896,9 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(120));
         let active =
             |m: &Metrics| sample(&m.encode(), "vertobot_calls_active{direction=\"outbound\"}");
-        let total = |m: &Metrics, o: &str| {
-            sample(
-                &m.encode(),
-                &format!("vertobot_calls_total{{direction=\"outbound\",outcome=\"{o}\"}}"),
-            )
+        let total = |m: &Metrics, o: &str, c: &str| {
+            let labels = format!("direction=\"outbound\",outcome=\"{o}\",cause=\"{c}\"");
+            sample(&m.encode(), &format!("vertobot_calls_total{{{labels}}}"))
         };
         // Answered, with digits both ways and a reattachment.
         let mut p = CallProbe::new(&m, false);
@@ -882,6 +929,11 @@ mod tests {
         // FreeSWITCH refuses it.
         let mut p = CallProbe::new(&m, false);
         p.state(State::Dialling);
+        p.input(&Input::InviteResult(Err(DialFailure {
+            cause_code: Some(3),
+            message: "no route".into(),
+            timed_out: false,
+        })));
         p.state(State::Ended);
         drop(p);
         // Not admitted (not a 1:1 room).
@@ -894,13 +946,13 @@ mod tests {
         drop(p);
         let t = m.encode();
         assert_eq!(active(&m), Some(0.0));
-        for (o, n) in [
-            ("answered", 1.0),
-            ("caller_cancelled", 1.0),
-            ("failed", 1.0),
-            ("rejected", 1.0),
+        for (o, c) in [
+            ("answered", "NORMAL_CLEARING"),
+            ("caller_cancelled", "ORIGINATOR_CANCEL"),
+            ("failed", "NO_ROUTE_DESTINATION"),
+            ("rejected", "CALL_REJECTED"),
         ] {
-            assert_eq!(total(&m, o), Some(n), "{o}\n{t}");
+            assert_eq!(total(&m, o, c), Some(1.0), "{o}\n{t}");
         }
         assert_eq!(
             sample(&t, "vertobot_call_setup_seconds_count"),
@@ -929,11 +981,9 @@ mod tests {
     #[test]
     fn inbound_calls_are_counted_apart() {
         let m = Metrics::new(Duration::from_secs(120));
-        let series = |d: &str, o: &str| {
-            sample(
-                &m.encode(),
-                &format!("vertobot_calls_total{{direction=\"{d}\",outcome=\"{o}\"}}"),
-            )
+        let series = |d: &str, o: &str, c: &str| {
+            let labels = format!("direction=\"{d}\",outcome=\"{o}\",cause=\"{c}\"");
+            sample(&m.encode(), &format!("vertobot_calls_total{{{labels}}}"))
         };
         let active = |d: &str| {
             sample(
@@ -957,12 +1007,89 @@ mod tests {
         });
         p.state(State::Ended);
         drop(p);
-        m.call_refused_in(INBOUND);
+        m.call_refused_in(INBOUND, Cause::UserBusy);
         assert_eq!(active(INBOUND), Some(0.0));
-        assert_eq!(series(INBOUND, "answered"), Some(1.0));
-        assert_eq!(series(INBOUND, "caller_cancelled"), Some(1.0));
-        assert_eq!(series(INBOUND, "rejected"), Some(1.0));
-        assert_eq!(series(OUTBOUND, "answered"), Some(0.0));
+        assert_eq!(series(INBOUND, "answered", "NORMAL_CLEARING"), Some(1.0));
+        let cancelled = series(INBOUND, "caller_cancelled", "ORIGINATOR_CANCEL");
+        assert_eq!(cancelled, Some(1.0));
+        assert_eq!(series(INBOUND, "rejected", "USER_BUSY"), Some(1.0));
+        assert_eq!(series(OUTBOUND, "answered", "NORMAL_CLEARING"), None);
+    }
+
+    /// The `cause` label: the first cause either side gave, else what the Matrix ending maps to.
+    #[test]
+    fn calls_are_counted_by_cause() {
+        let dial_error = |cause_code, timed_out| {
+            Input::InviteResult(Err(DialFailure {
+                cause_code,
+                message: String::new(),
+                timed_out,
+            }))
+        };
+        let bye = |cause_code, cause: Option<&str>| Input::Bye {
+            cause_code,
+            cause: cause.map(str::to_owned),
+        };
+        let hangup = |reason: &str| {
+            Action::Send(CallEventOut::Hangup {
+                call_id: "c".into(),
+                voip: crate::matrix::events::Voip::V1 {
+                    party_id: "p".into(),
+                },
+                reason: reason.into(),
+            })
+        };
+        let our_bye = |cause| Action::Bye { cause };
+        type Case = (Vec<Input>, Vec<Action>, &'static str);
+        let cases: [Case; 7] = [
+            (
+                vec![bye(Some(17), None)],
+                vec![hangup("user_busy")],
+                "USER_BUSY",
+            ),
+            (vec![bye(None, Some("no_answer"))], vec![], "NO_ANSWER"),
+            (vec![bye(Some(999), None)], vec![], "OTHER"),
+            (
+                vec![dial_error(None, false)],
+                vec![],
+                "DESTINATION_OUT_OF_ORDER",
+            ),
+            (
+                vec![dial_error(None, true)],
+                vec![
+                    our_bye(Cause::NormalTemporaryFailure),
+                    hangup("unknown_error"),
+                ],
+                "NORMAL_TEMPORARY_FAILURE",
+            ),
+            (
+                vec![],
+                vec![hangup("ice_failed")],
+                "NORMAL_TEMPORARY_FAILURE",
+            ),
+            (
+                vec![],
+                vec![our_bye(Cause::SystemShutdown)],
+                "SYSTEM_SHUTDOWN",
+            ),
+        ];
+        for (inputs, actions, want) in cases {
+            let m = Metrics::new(Duration::from_secs(120));
+            let mut p = CallProbe::new(&m, false);
+            p.state(State::Dialling);
+            inputs.iter().for_each(|i| p.input(i));
+            actions.iter().for_each(|a| p.action(a));
+            drop(p);
+            let series = format!(
+                "vertobot_calls_total{{direction=\"outbound\",outcome=\"failed\",cause=\"{want}\"}}"
+            );
+            assert_eq!(
+                sample(&m.encode(), &series),
+                Some(1.0),
+                "{want}\n{}",
+                m.encode()
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,8 @@ causes! {
     BearercapabilityNotimpl = 65, "BEARERCAPABILITY_NOTIMPL";
     /// No common codec or no usable candidate.
     IncompatibleDestination = 88, "INCOMPATIBLE_DESTINATION";
+    /// A message that could not be read (an unreadable Matrix call invite).
+    InvalidMsgUnspecified = 95, "INVALID_MSG_UNSPECIFIED";
     /// A timer expired during recovery.
     RecoveryOnTimerExpire = 102, "RECOVERY_ON_TIMER_EXPIRE";
     /// The caller cancelled before the answer (SIP 487).
