@@ -6,6 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
+use support::synapse::{after_earlier_calls_ended, ONE_CALL_PER_USER};
 use support::*;
 
 /// A port nothing listens on right now.
@@ -235,6 +237,52 @@ async fn metrics_follow_an_answered_call() {
         .send()
         .await;
     assert!(gone.is_err(), "still listening after the stop: {gone:?}");
+}
+
+/// A room's members and join rule are asked for once: a later call in the same room is
+/// admitted from what the sync told since. A member who joined in between makes the room a
+/// group, where a call is not taken. (A room made public cannot be tried here: Synapse itself
+/// refuses call invites in public rooms; the unit tests follow the join rule.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_asks_once_per_room_and_follows_the_sync() {
+    const MEMBERS: &str = "bridge_matrix_api_calls_total{method=\"joined_members\"}";
+    const STATE: &str = "bridge_matrix_api_calls_total{method=\"room_state\"}";
+    let port = free_port();
+    let (fake, bot, mut caller, room) = setup(BotOpts {
+        calls_extra: ONE_CALL_PER_USER.into(),
+        ..opts_on(port)
+    })
+    .await;
+    let asked = || async {
+        let (_, text) = get(port, "/metrics").await;
+        (sample(&text, MEMBERS), sample(&text, STATE))
+    };
+    after_earlier_calls_ended(&mut caller, &room).await;
+    let first = asked().await;
+    assert!(first.0.is_some_and(|n| n >= 1.0), "{first:?}");
+    after_earlier_calls_ended(&mut caller, &room).await;
+    assert_eq!(
+        asked().await,
+        first,
+        "the second call in the room asked again"
+    );
+
+    // A third member: the next call in the room is not taken (with one call per user, a
+    // call taken by mistake would be answered and refuse every barrier call below).
+    let other = TestUser::new("other").await;
+    caller.invite(&room, &other.user_id).await;
+    other.join(&room).await;
+    let in_group = place_call(&caller, &room).await;
+    let room2 = caller.create_dm(&bot.user_id).await;
+    caller.wait_joined(&room2, &bot.user_id, T).await;
+    after_earlier_calls_ended(&mut caller, &room2).await;
+    assert!(
+        fake.frames()
+            .iter()
+            .all(|f| invite_for(f, &in_group).is_none()),
+        "the call in the group room was dialled"
+    );
+    bot.stop().await;
 }
 
 /// Alive but not ready while FreeSWITCH refuses the verto login; `/metrics` says why.

@@ -107,6 +107,8 @@ pub struct MatrixClient {
     /// Set once after login when encryption is on: sending into an encrypted room goes
     /// through it.
     crypto: Arc<std::sync::OnceLock<super::crypto::Crypto>>,
+    /// Rooms' members and join rules, kept from answers and the sync.
+    facts: Arc<super::room_facts::RoomFacts>,
     /// Unit tests: an in-process homeserver instead of HTTP (see [`FakeHomeserver`]).
     #[cfg(test)]
     fake: Option<FakeHomeserver>,
@@ -134,7 +136,7 @@ struct JoinedMembers {
 }
 
 /// One joined member.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MemberInfo {
     /// `m.room.member` display name.
     #[serde(default)]
@@ -167,6 +169,7 @@ impl MatrixClient {
             token: Arc::new(RwLock::new(token.unwrap_or_default())),
             metrics: Default::default(),
             crypto: Default::default(),
+            facts: Default::default(),
             #[cfg(test)]
             fake: None,
         })
@@ -185,6 +188,11 @@ impl MatrixClient {
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// What the sync loop tells about rooms' members and join rules.
+    pub fn room_facts(&self) -> &super::room_facts::RoomFacts {
+        &self.facts
     }
 
     /// The metrics handle (off unless [`with_metrics`](Self::with_metrics) set one).
@@ -499,8 +507,20 @@ impl MatrixClient {
             .ok_or_else(|| MatrixError::Decode("alias response without room_id".into()))
     }
 
-    /// The room's join rule (`public`, `invite` ...), if it has one.
+    /// The room's join rule (`public`, `invite` ...), if it has one. Asked once per room; the
+    /// sync keeps it current after that.
     pub async fn join_rule(&self, room_id: &str) -> Result<Option<String>, MatrixError> {
+        if let Some(rule) = self.facts.join_rule(room_id) {
+            return Ok(rule);
+        }
+        let generation = self.facts.generation(room_id);
+        let rule = self.ask_join_rule(room_id).await?;
+        self.facts
+            .learn_join_rule(room_id, generation, rule.clone());
+        Ok(rule)
+    }
+
+    async fn ask_join_rule(&self, room_id: &str) -> Result<Option<String>, MatrixError> {
         match self
             .call(
                 Method::GET,
@@ -538,8 +558,22 @@ impl MatrixClient {
         }
     }
 
-    /// Joined members with their display names.
+    /// Joined members with their display names. Asked once per room; the sync keeps them
+    /// current after that, or makes the next call ask again (see [`super::room_facts`]).
     pub async fn joined_members(
+        &self,
+        room_id: &str,
+    ) -> Result<HashMap<String, MemberInfo>, MatrixError> {
+        if let Some(members) = self.facts.members(room_id) {
+            return Ok(members);
+        }
+        let generation = self.facts.generation(room_id);
+        let members = self.ask_joined_members(room_id).await?;
+        self.facts.learn_members(room_id, generation, &members);
+        Ok(members)
+    }
+
+    async fn ask_joined_members(
         &self,
         room_id: &str,
     ) -> Result<HashMap<String, MemberInfo>, MatrixError> {

@@ -5,10 +5,12 @@
 //! - [`crypto`]: end-to-end encryption (decrypting what arrives, encrypting what we send).
 //! - [`events`]: typed `m.call.*` and membership events from the timeline.
 //! - [`rooms`]: direct chats the bot opens itself (to ring a user).
+//! - [`room_facts`]: rooms' members and join rules, kept from answers and the sync.
 
 pub mod client;
 pub mod crypto;
 pub mod events;
+pub mod room_facts;
 pub mod rooms;
 pub mod sync;
 

@@ -64,6 +64,9 @@ pub struct Rooms {
     /// Rooms we are invited to.
     #[serde(default)]
     pub invite: HashMap<String, InvitedRoom>,
+    /// Rooms we left (or were removed from).
+    #[serde(default)]
+    pub leave: HashMap<String, serde::de::IgnoredAny>,
 }
 
 /// One room we are invited to.
@@ -113,6 +116,9 @@ pub struct Timeline {
     /// Events, each left raw until its type is known.
     #[serde(default)]
     pub events: Vec<Box<RawValue>>,
+    /// Events were left out between the last sync and these.
+    #[serde(default)]
+    pub limited: bool,
 }
 
 /// What the consumer receives per sync response.
@@ -128,7 +134,7 @@ pub struct Batch {
 }
 
 /// The sync filter: only what the bot acts on, so the long poll stays cheap.
-pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message","m.room.encrypted","m.room.encryption"],"limit":100},"state":{"types":["m.room.member","m.room.encryption"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
+pub const FILTER: &str = r#"{"presence":{"types":[]},"account_data":{"types":[]},"room":{"timeline":{"types":["m.call.*","m.room.member","m.room.message","m.room.encrypted","m.room.encryption","m.room.join_rules"],"limit":100},"state":{"types":["m.room.member","m.room.encryption","m.room.join_rules"],"lazy_load_members":true},"ephemeral":{"types":[]},"account_data":{"types":[]}}}"#;
 
 /// The file in `state_dir` that holds the [`Session`]. It is private: it has the token.
 const SESSION_FILE: &str = "session.json";
@@ -279,6 +285,7 @@ pub async fn run(
                 // be saved before the machine has seen them.
                 let keys = receive_keys(&client, &mut resp).await;
                 learn_rooms(&client, &resp.rooms.join).await;
+                follow_rooms(&client, &resp.rooms);
                 answer_invites(
                     &client,
                     &cfg,
@@ -535,6 +542,19 @@ async fn learn_rooms(client: &MatrixClient, join: &HashMap<String, JoinedRoom>) 
                 crypto.member_changed(room_id, &user_id).await;
             }
         }
+    }
+}
+
+/// Keeps the rooms' members and join rules current for the next call's admission.
+fn follow_rooms(client: &MatrixClient, rooms: &Rooms) {
+    let facts = client.room_facts();
+    for (room_id, room) in &rooms.join {
+        let events = room.state.events.iter().chain(&room.timeline.events);
+        let changes = super::room_facts::changes(events.map(AsRef::as_ref));
+        facts.follow(room_id, room.timeline.limited, &changes);
+    }
+    for room_id in rooms.leave.keys() {
+        facts.forget(room_id);
     }
 }
 
