@@ -213,6 +213,8 @@ impl Bridge {
                 Some(id) = self.done_rx.recv() => self.forget(&id),
             }
         }
+        // What the calls saved or forgot must be on disk before the next start reads it.
+        self.saved_calls.flush().await;
         lost
     }
 

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
 use support::synapse::{after_earlier_calls_ended, ONE_CALL_PER_USER};
 use support::*;
 

@@ -67,9 +67,21 @@ impl Record {
 /// Saving or forgetting a call rewrites only its own file, so the cost of an answer stays flat
 /// however many calls are up; one file for all of them was rewritten and synced on every
 /// answer and every end (2.3 MB at 1,000 calls), under a lock every call shared.
-#[derive(Debug, Clone)]
+///
+/// The writes (each with an `fsync`) happen on a thread of their own, in the order they were
+/// asked for, so that no call's task and no runtime worker waits for the disk between a
+/// verto frame and the Matrix event it causes. [`CallStore::flush`] waits for them at the stop.
+#[derive(Debug)]
 pub struct CallStore {
     dir: Option<StateStore>,
+    writer: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+/// Work for the writer thread.
+#[derive(Debug)]
+enum Job {
+    Set(String, Option<Box<Record>>),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The directory in `state_dir`.
@@ -89,9 +101,38 @@ impl CallStore {
                 None
             }
         };
-        let this = Self { dir };
+        let writer = dir.clone().and_then(spawn_writer);
+        let this = Self { dir, writer };
         this.take_legacy(store);
         this
+    }
+
+    /// Saves (`Some`) or forgets (`None`) one call, soon: the write is queued.
+    pub fn set(&self, verto_call_id: &str, record: Option<Record>) {
+        let job = Job::Set(verto_call_id.to_owned(), record.map(Box::new));
+        match &self.writer {
+            Some(w) => {
+                if let Err(std::sync::mpsc::SendError(Job::Set(id, record))) = w.send(job) {
+                    // The thread is gone (it cannot end while we hold its queue, but if it
+                    // did): write here rather than lose the change.
+                    self.write(&id, record.map(|r| *r));
+                }
+            }
+            None => {
+                if let Job::Set(id, record) = job {
+                    self.write(&id, record.map(|r| *r));
+                }
+            }
+        }
+    }
+
+    /// Returns once every write queued before it is on disk.
+    pub async fn flush(&self) {
+        let Some(w) = &self.writer else { return };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if w.send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     fn take_legacy(&self, store: &StateStore) {
@@ -103,36 +144,12 @@ impl CallStore {
             }
         };
         let Some(legacy) = legacy else { return };
+        // Written at once: the bridge lists the saved calls right after loading.
         for (id, r) in legacy {
-            self.set(&id, Some(r));
+            self.write(&id, Some(r));
         }
         if let Err(e) = std::fs::remove_file(store.dir().join(LEGACY_FILE)) {
             tracing::warn!(error = %e, "cannot remove the old calls.json");
-        }
-    }
-
-    /// Saves (`Some`) or forgets (`None`) one call.
-    pub fn set(&self, verto_call_id: &str, record: Option<Record>) {
-        let Some(dir) = &self.dir else { return };
-        let name = file_name(verto_call_id);
-        let res = match record {
-            Some(record) => dir.write_json(
-                &name,
-                &Saved {
-                    verto_call_id: verto_call_id.to_owned(),
-                    record,
-                },
-            ),
-            None => match std::fs::remove_file(dir.dir().join(&name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
-                    path: dir.dir().join(&name),
-                    source: e,
-                }),
-                _ => Ok(()),
-            },
-        };
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "cannot save state; a restart will not see this change");
         }
     }
 
@@ -158,6 +175,60 @@ impl CallStore {
                 }
             })
             .collect()
+    }
+
+    fn write(&self, verto_call_id: &str, record: Option<Record>) {
+        if let Some(dir) = &self.dir {
+            write(dir, verto_call_id, record);
+        }
+    }
+}
+
+/// The writer thread; `None` (writes then happen on the caller's thread) if it cannot start.
+fn spawn_writer(dir: StateStore) -> Option<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let spawned = std::thread::Builder::new()
+        .name("vertobot-calls".into())
+        .spawn(move || {
+            // Ends when the store, the only sender, is dropped.
+            for job in rx {
+                match job {
+                    Job::Set(id, record) => write(&dir, &id, record.map(|r| *r)),
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the thread that saves calls; saving inline");
+            None
+        }
+    }
+}
+
+fn write(dir: &StateStore, verto_call_id: &str, record: Option<Record>) {
+    let name = file_name(verto_call_id);
+    let res = match record {
+        Some(record) => dir.write_json(
+            &name,
+            &Saved {
+                verto_call_id: verto_call_id.to_owned(),
+                record,
+            },
+        ),
+        None => match std::fs::remove_file(dir.dir().join(&name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
+                path: dir.dir().join(&name),
+                source: e,
+            }),
+            _ => Ok(()),
+        },
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "cannot save state; a restart will not see this change");
     }
 }
 
@@ -205,8 +276,8 @@ mod tests {
         StateStore::open(&dir).unwrap()
     }
 
-    #[test]
-    fn saves_forgets_and_reloads_one_file_per_call() {
+    #[tokio::test]
+    async fn saves_forgets_and_reloads_one_file_per_call() {
         let st = state();
         let calls = CallStore::load(&st);
         let odd = "../../etc/passwd";
@@ -215,6 +286,7 @@ mod tests {
         }
         calls.set("5f0c8a4e-1d2b-4c3a-9e8f-0a1b2c3d4e5f", None);
         calls.set("never-saved", None);
+        calls.flush().await;
         let files: Vec<_> = std::fs::read_dir(st.dir().join(DIR)).unwrap().collect();
         assert_eq!(files.len(), 1, "one file left, inside the directory");
         let again = CallStore::load(&st).all();

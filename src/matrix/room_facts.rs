@@ -253,9 +253,15 @@ mod tests {
     #[test]
     fn answers_and_syncs_combine() {
         type Sync = (bool, Vec<Change>);
+        type Row = (
+            &'static str,
+            Vec<Sync>,
+            Vec<Sync>,
+            Option<Vec<&'static str>>,
+        );
         let join_c = || (false, vec![member("@c:x", "join")]);
         let leave_a = || (false, vec![member("@a:x", "leave")]);
-        let rows: [(&str, Vec<Sync>, Vec<Sync>, Option<Vec<&str>>); 7] = [
+        let rows: [Row; 7] = [
             ("answer alone", vec![], vec![], Some(vec!["@a:x", "@bot:x"])),
             (
                 "a join after it",

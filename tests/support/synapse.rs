@@ -213,16 +213,6 @@ impl TestUser {
         .await;
     }
 
-    /// Sets a room's state event of `event_type` with an empty state key.
-    pub async fn set_state(&self, room: &str, event_type: &str, content: Value) {
-        self.req(
-            reqwest::Method::PUT,
-            &format!("/rooms/{}/state/{}/", enc(room), event_type),
-            Some(content),
-        )
-        .await;
-    }
-
     /// Sends an event; returns its id.
     pub async fn send(&self, room: &str, event_type: &str, content: Value) -> String {
         let txn = uuid::Uuid::new_v4().simple().to_string();
