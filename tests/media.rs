@@ -254,6 +254,7 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
     let (verto_id, _) = wait_dialled(&fake, &cid).await;
     switch.wait_audio_in(&verto_id, 50, MEDIA_T).await;
 
+    let cut = std::time::Instant::now();
     fake.drop_connections();
     let id = verto_id.clone();
     fake.wait_for("the client's verto.attach", T, move |f| {
@@ -262,8 +263,14 @@ async fn chromium_audio_comes_back_after_a_verto_reconnect() {
     })
     .await;
     // FreeSWITCH's new media session connects and carries the caller's audio again.
+    // (Five packets, 100 ms of audio, time when it comes back; fifty show that it stays.)
+    switch.wait_audio_in(&verto_id, 5, MEDIA_T).await;
+    let back = cut.elapsed();
     let after = switch.wait_audio_in(&verto_id, 50, MEDIA_T).await;
-    eprintln!("FreeSWITCH after the reconnect: {after} packets in");
+    eprintln!(
+        "FreeSWITCH after the reconnect: {after} packets in; audio back {} ms after the cut",
+        back.as_millis()
+    );
 
     let r = browser.await.expect("the browser caller did not panic");
     let series = r["series"].as_array().unwrap();

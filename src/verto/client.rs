@@ -329,6 +329,7 @@ pub fn spawn_received(
         next_id: 1,
         pending: HashMap::new(),
         punts: Default::default(),
+        up_since: None,
     };
     let span = tracing::info_span!("verto", url = %cfg.url);
     let task = tokio::spawn(actor.run(cancel).instrument(span));
@@ -521,6 +522,22 @@ async fn connect(
 /// The first reconnect wait: short, because most drops are a FreeSWITCH reload.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 
+/// A session up at least this long that is lost is reconnected at once: every answered call
+/// is without audio until FreeSWITCH re-offers it, and a drop after a stable session is a
+/// one-off (a reload, a network blip) more often than the start of a flapping link, which the
+/// backoff still slows down.
+const STABLE_SESSION: Duration = Duration::from_secs(2);
+
+/// The wait before reconnecting after a session that was logged in for `up_for` (`None`: not
+/// logged in, or punted).
+fn reconnect_wait(up_for: Option<Duration>, backoff: &mut Backoff) -> Duration {
+    if up_for.is_some_and(|d| d >= STABLE_SESSION) {
+        Duration::ZERO
+    } else {
+        backoff.next_wait()
+    }
+}
+
 struct Actor {
     url: String,
     login: String,
@@ -535,6 +552,8 @@ struct Actor {
     next_id: u64,
     pending: HashMap<u64, Pending>,
     punts: std::collections::VecDeque<Instant>,
+    /// When the current session's login was accepted (none after a punt).
+    up_since: Option<Instant>,
 }
 
 /// Why a connection ended.
@@ -570,7 +589,8 @@ impl Actor {
                 End::Lost(why) => {
                     self.fail_pending();
                     self.emit(Instant::now(), VertoEvent::Disconnected).await;
-                    let wait = backoff.next_wait();
+                    let up_for = self.up_since.take().map(|t| t.elapsed());
+                    let wait = reconnect_wait(up_for, &mut backoff);
                     warn!(reason = %why, retry_in = ?wait, "verto connection lost; reconnecting");
                     if !self.wait(wait, &cancel).await {
                         return;
@@ -762,6 +782,7 @@ impl Actor {
         match outcome {
             Ok(_) => {
                 conn.logged_in = true;
+                self.up_since = Some(Instant::now());
                 backoff.reset();
                 info!(login = %self.login, "logged in to FreeSWITCH");
                 self.emit(Instant::now(), VertoEvent::Connected {}).await;
@@ -806,6 +827,7 @@ impl Actor {
         self.punts
             .retain(|t| now.duration_since(*t) < Duration::from_secs(600));
         self.punts.push_back(now);
+        self.up_since = None;
         if self.punts.len() > 1 {
             error!(punts = self.punts.len(), "FreeSWITCH keeps punting this connection: another client logs in with the same verto login and session id. Make sure only one vertobot runs with this state_dir; backing off");
             backoff.set_next(self.reconnect_max);
@@ -1015,6 +1037,24 @@ fn to_event(method: &str, p: &Value) -> Option<VertoEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lost session that carried calls is reconnected at once; one that never logged in,
+    /// was punted, or dropped right after its login waits its backoff.
+    #[test]
+    fn reconnect_waits_only_after_a_short_session() {
+        let ms = Duration::from_millis;
+        for (up_for, immediate) in [
+            (Some(Duration::from_secs(600)), true),
+            (Some(STABLE_SESSION), true),
+            (Some(ms(1999)), false),
+            (None, false),
+        ] {
+            let mut backoff = Backoff::new(INITIAL_BACKOFF, Duration::from_secs(30));
+            let wait = reconnect_wait(up_for, &mut backoff);
+            assert_eq!(wait.is_zero(), immediate, "{up_for:?}: {wait:?}");
+            assert!(immediate || wait >= ms(400), "{up_for:?}: {wait:?}");
+        }
+    }
 
     #[tokio::test]
     async fn unreachable_freeswitch_names_the_address_and_the_cause() {
