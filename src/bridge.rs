@@ -384,11 +384,11 @@ impl Bridge {
                 .collect(),
         };
         let input = Stamped {
-            input,
+            input: Box::new(input),
             origin: Some(Origin::Matrix(received)),
         };
         if self.calls.contains_key(&key) {
-            self.deliver_from(&key, &sender, input.input, received);
+            self.deliver_from(&key, &sender, *input.input, received);
         } else if let Some(e) = self.early.get_mut(&key) {
             if e.sender == sender && e.inputs.len() < MAX_EARLY_EVENTS {
                 e.inputs.push(input);
@@ -747,6 +747,7 @@ impl Bridge {
 
     fn deliver_at(&self, key: &Key, input: Input, origin: Origin) {
         let origin = Some(origin);
+        let input = Box::new(input);
         self.deliver_stamped(key, Stamped { input, origin });
     }
 

@@ -41,8 +41,9 @@ pub enum Origin {
 /// side tasks report without one).
 #[derive(Debug)]
 pub struct Stamped {
-    /// The input.
-    pub input: Input,
+    /// The input, boxed: the inbox's queue is allocated 32 slots at a time for every call,
+    /// held or not, and an input is many times the size of a pointer.
+    pub input: Box<Input>,
     /// Where and when it arrived.
     pub origin: Option<Origin>,
 }
@@ -50,7 +51,7 @@ pub struct Stamped {
 impl From<Input> for Stamped {
     fn from(input: Input) -> Self {
         Self {
-            input,
+            input: Box::new(input),
             origin: None,
         }
     }
@@ -100,8 +101,8 @@ pub struct Ctx {
 /// it was read (for `vertobot_hop_seconds`).
 type Outgoing = (String, &'static str, Value, Option<Instant>);
 
-/// Matrix events to send, in order.
-type MatrixQueue = mpsc::UnboundedSender<Outgoing>;
+/// Matrix events to send, in order (boxed, like [`Stamped::input`]).
+type MatrixQueue = mpsc::UnboundedSender<Box<Outgoing>>;
 
 /// The Matrix event whose sync response was read at `.1` caused a verto request: its hop ends
 /// when the request's frame is written.
@@ -176,7 +177,9 @@ pub async fn run(
             ctx.recovered,
             direction,
         );
-        let Some(routed) = accept(&mut call, &ctx).await else {
+        // Boxed, as is `finish`: their homeserver requests would otherwise size the task of
+        // every held call, which waits in neither.
+        let Some(routed) = Box::pin(accept(&mut call, &ctx)).await else {
             return;
         };
         let admitted = Instant::now();
@@ -229,7 +232,7 @@ pub async fn run(
         }
         drop(probe);
         let _ = ctx.ended.send(ctx.verto_call_id.clone());
-        finish(&call, &ctx, mtx, sender, side_tasks, &cancel).await;
+        Box::pin(finish(&call, &ctx, mtx, sender, side_tasks, &cancel)).await;
     }
     .instrument(span)
     .await
@@ -293,7 +296,8 @@ async fn next_actions(
     let deadline = call.poll_timeout();
     tokio::select! {
         input = inbox.recv() => match input {
-            Some(Stamped { input: i, origin }) => {
+            Some(Stamped { input, origin }) => {
+                let i = *input;
                 probe.input(&i);
                 if let Input::RoomReady { room_id } = &i {
                     placed(ctx, room_id);
@@ -422,11 +426,11 @@ fn execute(
     match action {
         Action::Notice { text } => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send((room, "m.room.message", notice_content(&text), verto_at));
+            let _ = mtx.send(Box::new((room, "m.room.message", notice_content(&text), verto_at)));
         }
         Action::Send(event) => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send((room, event.event_type(), event.content(), verto_at));
+            let _ = mtx.send(Box::new((room, event.event_type(), event.content(), verto_at)));
         }
         Action::FindRoom { user, until } => {
             let (matrix, rooms, bot) =
@@ -589,13 +593,13 @@ async fn send_dtmf(
         Ok(_) => {
             debug!(%digits, "digits sent");
             if let Some(ev) = react_to {
-                let _ = mtx.send((room, "m.reaction", reaction_content(&ev, "✅"), None));
+                let _ = mtx.send(Box::new((room, "m.reaction", reaction_content(&ev, "✅"), None)));
             }
         }
         Err(e) => {
             warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
             let text = format!("Could not send the digits {digits}: {}", Chain(&e));
-            let _ = mtx.send((room, "m.room.message", notice_content(&text), None));
+            let _ = mtx.send(Box::new((room, "m.room.message", notice_content(&text), None)));
         }
     }
 }
@@ -635,8 +639,12 @@ fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
 
 /// Sends the call's Matrix events one after another. An event a verto frame caused ends that
 /// frame's hop here, as its send starts (encryption, when on, comes after).
-async fn send_matrix_events(matrix: MatrixClient, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    while let Some((room_id, event_type, content, verto_at)) = rx.recv().await {
+async fn send_matrix_events(
+    matrix: MatrixClient,
+    mut rx: mpsc::UnboundedReceiver<Box<Outgoing>>,
+) {
+    while let Some(out) = rx.recv().await {
+        let (room_id, event_type, content, verto_at) = *out;
         if room_id.is_empty() {
             debug!(%event_type, "no room yet; event dropped");
             continue;
@@ -646,10 +654,10 @@ async fn send_matrix_events(matrix: MatrixClient, mut rx: mpsc::UnboundedReceive
                 .metrics()
                 .hop(crate::metrics::VERTO_TO_MATRIX, t.elapsed());
         }
-        match matrix
-            .send_reliably(&room_id, event_type, &content, Duration::from_secs(15 * 60))
-            .await
-        {
+        // Boxed: the task waits for its next event most of the call, in no send.
+        let send =
+            matrix.send_reliably(&room_id, event_type, &content, Duration::from_secs(15 * 60));
+        match Box::pin(send).await {
             Ok(event_id) => debug!(%event_type, %event_id, "sent"),
             Err(e) => warn!(%event_type, error = %Chain(&e), "could not send event to the caller"),
         }
