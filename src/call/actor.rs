@@ -426,11 +426,21 @@ fn execute(
     match action {
         Action::Notice { text } => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send(Box::new((room, "m.room.message", notice_content(&text), verto_at)));
+            let _ = mtx.send(Box::new((
+                room,
+                "m.room.message",
+                notice_content(&text),
+                verto_at,
+            )));
         }
         Action::Send(event) => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send(Box::new((room, event.event_type(), event.content(), verto_at)));
+            let _ = mtx.send(Box::new((
+                room,
+                event.event_type(),
+                event.content(),
+                verto_at,
+            )));
         }
         Action::FindRoom { user, until } => {
             let (matrix, rooms, bot) =
@@ -593,13 +603,23 @@ async fn send_dtmf(
         Ok(_) => {
             debug!(%digits, "digits sent");
             if let Some(ev) = react_to {
-                let _ = mtx.send(Box::new((room, "m.reaction", reaction_content(&ev, "✅"), None)));
+                let _ = mtx.send(Box::new((
+                    room,
+                    "m.reaction",
+                    reaction_content(&ev, "✅"),
+                    None,
+                )));
             }
         }
         Err(e) => {
             warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
             let text = format!("Could not send the digits {digits}: {}", Chain(&e));
-            let _ = mtx.send(Box::new((room, "m.room.message", notice_content(&text), None)));
+            let _ = mtx.send(Box::new((
+                room,
+                "m.room.message",
+                notice_content(&text),
+                None,
+            )));
         }
     }
 }
@@ -639,10 +659,7 @@ fn invite_dialog(ctx: &Ctx, routed: &Routed) -> InviteDialog {
 
 /// Sends the call's Matrix events one after another. An event a verto frame caused ends that
 /// frame's hop here, as its send starts (encryption, when on, comes after).
-async fn send_matrix_events(
-    matrix: MatrixClient,
-    mut rx: mpsc::UnboundedReceiver<Box<Outgoing>>,
-) {
+async fn send_matrix_events(matrix: MatrixClient, mut rx: mpsc::UnboundedReceiver<Box<Outgoing>>) {
     while let Some(out) = rx.recv().await {
         let (room_id, event_type, content, verto_at) = *out;
         if room_id.is_empty() {

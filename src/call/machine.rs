@@ -1880,7 +1880,7 @@ pub(super) mod tests {
     const OFFER: &str = include_str!("../../tests/fixtures/chromium_offer.sdp");
     const FS_ANSWER: &str = "v=0\r\no=FreeSWITCH 1 2 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nt=0 0\r\nm=audio 16458 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=candidate:1 1 udp 2130706431 127.0.0.1 16458 typ host generation 0\r\na=end-of-candidates\r\n";
 
-    fn setup(version: Version, now: Instant) -> Setup {
+    pub(in crate::call) fn setup(version: Version, now: Instant) -> Setup {
         Setup {
             call_id: "c1".into(),
             caller_party: Some("CALLER".into()),

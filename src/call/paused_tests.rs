@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{self, Ctx, Stamped};
-use super::machine::tests::{cands as candidates, end, ms};
-use super::machine::{Call, Direction, Input, Recovery, Setup, Version};
+use super::machine::tests::{cands as candidates, end, ms, setup as machine_setup};
+use super::machine::{Call, Input, Setup, Version};
 use super::room::{self, RoomStore};
 use super::route::Router;
 use super::store::CallStore;
@@ -171,23 +171,9 @@ fn state_dir() -> StateStore {
 
 fn setup(now: Instant, lifetime: Duration, quiet: Duration) -> Setup {
     Setup {
-        call_id: "c1".into(),
-        caller_party: Some("CALLER".into()),
-        version: Version::V1,
-        offer: OFFER.into(),
-        direction: Direction::Outbound,
-        candidate_wait: ms(2500),
-        our_party: "BOT".into(),
         expires_at: now + lifetime,
-        candidate_deadline: now + ms(2500),
         candidate_quiet: quiet,
-        max_candidates: 16,
-        max_sdp_bytes: 65536,
-        notices: false,
-        digits_on_answer: None,
-        max_duration: None,
-        dtmf_burst: ms(1500),
-        recovery: Recovery::default(),
+        ..machine_setup(Version::V1, now)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `/sync` loop: login, long poll, invites, hand-over of batches.
 //!
-//! The position is saved only after the consumer has handled a batch (it fires
-//! [`Batch::handled`]), so a crash or a stop replays at most one batch and never skips one. On a first start (no saved position) the
+//! The position is saved only after the consumer has handled a sync's last batch (it fires
+//! [`Batch::handled`]), so a crash or a stop replays at most one sync and never skips one. On
+//! a first start (no saved position) the
 //! timeline is skipped, because it holds calls that ended long ago, but pending invites are
 //! still joined: the bot must not ignore rooms people invited it to while it was not running.
 
@@ -121,15 +122,17 @@ pub struct Timeline {
     pub limited: bool,
 }
 
-/// What the consumer receives per sync response.
+/// What the consumer receives: one or more per sync response (each room with events goes as
+/// soon as it is decrypted; the last batch, possibly empty, carries `handled`).
 #[derive(Debug)]
 pub struct Batch {
     /// When the response arrived: with `age`, decides whether an invite is still valid.
     pub received: Instant,
     /// Rooms with relevant events, each in timeline order.
     pub rooms: Vec<(String, Vec<TimelineEvent>)>,
-    /// Fired by the consumer once it has handled the batch. Only then is the position after
-    /// it saved, so a stop with a batch still queued replays it on the next start.
+    /// Fired by the consumer once it has handled the batch (and so every earlier one). Only
+    /// then is the position after the sync saved, so a stop with a batch still queued replays
+    /// it on the next start.
     pub handled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -294,21 +297,23 @@ pub async fn run(
                     &joining,
                     &cancel,
                 );
-                let rooms = if first {
-                    Vec::new()
+                let (streamed, rooms) = if first {
+                    (false, Vec::new())
                 } else {
-                    let mut rooms = timeline_events(
-                        &client,
-                        &cfg.user_id,
-                        resp.rooms.join,
-                        fresh_start,
-                        received,
-                    )
-                    .await;
-                    late_events(&client, &cfg.user_id, &keys, &mut rooms).await;
-                    rooms
+                    let bot = &cfg.user_id;
+                    let join = resp.rooms.join;
+                    let Some(streamed) =
+                        stream_rooms(&client, bot, join, (fresh_start, received), &tx).await
+                    else {
+                        return;
+                    };
+                    let mut rooms = Vec::new();
+                    late_events(&client, bot, &keys, &mut rooms).await;
+                    (streamed, rooms)
                 };
-                if !rooms.is_empty() && !hand_over(&tx, received, rooms, &cancel).await {
+                // The last batch carries the acknowledgement, empty if every room went ahead.
+                let any = streamed || !rooms.is_empty();
+                if any && !hand_over(&tx, received, rooms, &cancel).await {
                     return;
                 }
                 save_position(&store, &resp.next_batch);
@@ -361,36 +366,69 @@ fn answer_invites(
     }
 }
 
-/// The events the bridge acts on, per room; rooms left without any are dropped so that an
-/// idle sync hands nothing over and is not waited for.
-async fn timeline_events(
+/// How many rooms' events are decrypted at once.
+const ROOMS_AT_ONCE: usize = 16;
+
+/// Decrypts and parses the rooms' events, several rooms at a time, and hands each room that
+/// has events the bridge acts on to it as soon as they are ready (without an acknowledgement:
+/// the sync's last batch carries that). A call's event thus waits for its own room's
+/// decryption, not for every other room of a busy sync. Returns whether any room went, or
+/// `None` when the bridge is gone.
+async fn stream_rooms(
     client: &MatrixClient,
     bot: &str,
     join: HashMap<String, JoinedRoom>,
+    (fresh_start, received): (Option<Instant>, Instant),
+    tx: &mpsc::Sender<Batch>,
+) -> Option<bool> {
+    use futures_util::stream::{self, StreamExt};
+    let mut ready = stream::iter(join)
+        .map(|(room_id, room)| async move {
+            let events = room_events(client, bot, &room_id, room, fresh_start, received).await;
+            (room_id, events)
+        })
+        .buffer_unordered(ROOMS_AT_ONCE);
+    let mut sent = false;
+    while let Some((room_id, events)) = ready.next().await {
+        if events.is_empty() {
+            continue;
+        }
+        let rooms = vec![(room_id, events)];
+        let batch = Batch {
+            received,
+            rooms,
+            handled: None,
+        };
+        tx.send(batch).await.ok()?;
+        sent = true;
+    }
+    Some(sent)
+}
+
+/// One room's events the bridge acts on, in timeline order.
+async fn room_events(
+    client: &MatrixClient,
+    bot: &str,
+    room_id: &str,
+    room: JoinedRoom,
     fresh_start: Option<Instant>,
     received: Instant,
-) -> Vec<(String, Vec<TimelineEvent>)> {
-    let mut rooms = Vec::new();
-    for (room_id, room) in join {
-        let mut events = Vec::new();
-        for raw in room.timeline.events {
-            let Some(ev) = readable(client, bot, &room_id, &raw).await else {
-                continue;
-            };
-            if is_before(fresh_start, received, ev.age_ms) {
-                debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
-                continue;
-            }
-            if ev.sender != bot {
-                client.metrics().matrix_event(&ev.kind);
-            }
-            events.push(ev)
+) -> Vec<TimelineEvent> {
+    let mut events = Vec::new();
+    for raw in room.timeline.events {
+        let Some(ev) = readable(client, bot, room_id, &raw).await else {
+            continue;
+        };
+        if is_before(fresh_start, received, ev.age_ms) {
+            debug!(%room_id, event_id = %ev.event_id, "event from before the first start skipped");
+            continue;
         }
-        if !events.is_empty() {
-            rooms.push((room_id, events));
+        if ev.sender != bot {
+            client.metrics().matrix_event(&ev.kind);
         }
+        events.push(ev)
     }
-    rooms
+    events
 }
 
 /// One timeline event as the bridge sees it: decrypted if it was encrypted, parsed, or
