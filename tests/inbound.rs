@@ -727,6 +727,7 @@ async fn an_answered_call_survives_a_bot_restart() {
         saved.contains(&user.user_id) && saved.contains("inbound_user"),
         "{saved}"
     );
+    let start = std::time::Instant::now();
     let bot = Bot::start_with(user_id, password, state_dir, &fake, opts).await;
     let id = uuid.clone();
     fake.wait_for("the restarted bot's verto.attach", T, move |f| {
@@ -734,6 +735,12 @@ async fn an_answered_call_survives_a_bot_restart() {
             && f.msg["params"]["dialogParams"]["callID"] == id.as_str()
     })
     .await;
+    // (Five packets, 100 ms of audio, time when it comes back; fifty show that it stays.)
+    sw.wait_audio_in(&uuid, 5, MEDIA_T).await;
+    eprintln!(
+        "audio back at FreeSWITCH {} ms after the new bot started",
+        start.elapsed().as_millis()
+    );
     sw.wait_audio_in(&uuid, 50, MEDIA_T).await;
     let r = callee.report().await;
     assert_eq!(r["connected"], true, "{r:#}");
