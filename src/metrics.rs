@@ -891,15 +891,17 @@ mod tests {
         );
     }
 
+    fn outbound_total(outcome: &str, cause: &str) -> String {
+        let labels = format!("direction=\"outbound\",outcome=\"{outcome}\",cause=\"{cause}\"");
+        format!("vertobot_calls_total{{{labels}}}")
+    }
+
     #[test]
     fn calls_are_counted_by_outcome() {
         let m = Metrics::new(Duration::from_secs(120));
         let active =
             |m: &Metrics| sample(&m.encode(), "vertobot_calls_active{direction=\"outbound\"}");
-        let total = |m: &Metrics, o: &str, c: &str| {
-            let labels = format!("direction=\"outbound\",outcome=\"{o}\",cause=\"{c}\"");
-            sample(&m.encode(), &format!("vertobot_calls_total{{{labels}}}"))
-        };
+        let total = |m: &Metrics, o: &str, c: &str| sample(&m.encode(), &outbound_total(o, c));
         // Answered, with digits both ways and a reattachment.
         let mut p = CallProbe::new(&m, false);
         assert_eq!(active(&m), Some(1.0));
@@ -1080,9 +1082,7 @@ mod tests {
             inputs.iter().for_each(|i| p.input(i));
             actions.iter().for_each(|a| p.action(a));
             drop(p);
-            let series = format!(
-                "vertobot_calls_total{{direction=\"outbound\",outcome=\"failed\",cause=\"{want}\"}}"
-            );
+            let series = outbound_total("failed", want);
             assert_eq!(
                 sample(&m.encode(), &series),
                 Some(1.0),
