@@ -44,6 +44,9 @@ struct Entry {
     inbound: bool,
 }
 
+/// How long the stop waits for the saved calls to reach the disk.
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Candidates that arrived before their invite.
 struct Early {
     sender: String,
@@ -213,8 +216,14 @@ impl Bridge {
                 Some(id) = self.done_rx.recv() => self.forget(&id),
             }
         }
-        // What the calls saved or forgot must be on disk before the next start reads it.
-        self.saved_calls.flush().await;
+        // What the calls saved or forgot must be on disk before the next start reads it; a
+        // disk that hangs must not hold the stop forever.
+        let flushed = tokio::time::timeout(FLUSH_LIMIT, self.saved_calls.flush()).await;
+        if flushed.is_err() {
+            warn!(
+                "saved calls not all written to state_dir in time; the next start may miss changes"
+            );
+        }
         lost
     }
 

@@ -177,8 +177,7 @@ pub async fn run(
             ctx.recovered,
             direction,
         );
-        // Boxed, as is `finish`: their homeserver requests would otherwise size the task of
-        // every held call, which waits in neither.
+        // Boxed (as `finish`): held calls need no room for their requests in their task.
         let Some(routed) = Box::pin(accept(&mut call, &ctx)).await else {
             return;
         };

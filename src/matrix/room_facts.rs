@@ -11,10 +11,13 @@
 //!
 //! Membership changes that come after an answer are applied on top of it in timeline order,
 //! so the facts converge on the room's state even when the sync reports a change the answer
-//! already held.
+//! already held. An answer can still be behind the sync (a homeserver whose readers lag its
+//! replication), so facts from an answer are trusted for [`ANSWER_TTL`] only: a wrong one
+//! then costs a few calls, not every call in the room from then on.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -43,24 +46,34 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct RoomFacts(Mutex<HashMap<String, Entry>>);
 
+/// How long facts that started from a homeserver answer are used.
+pub const ANSWER_TTL: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Default)]
 struct Entry {
     /// How many syncs touched the room's members or join rule.
     generation: u64,
-    members: Option<HashMap<String, MemberInfo>>,
+    /// With when the answer they started from came.
+    members: Option<(HashMap<String, MemberInfo>, Instant)>,
     /// The outer `None`: not known; `Some(None)`: the room has no join rule event.
-    join_rule: Option<Option<String>>,
+    join_rule: Option<(Option<String>, Instant)>,
 }
 
 impl RoomFacts {
     /// The joined members, if known.
     pub fn members(&self, room_id: &str) -> Option<HashMap<String, MemberInfo>> {
-        self.with(room_id, |e| e.members.clone())
+        self.members_at(room_id, Instant::now())
+    }
+
+    fn members_at(&self, room_id: &str, now: Instant) -> Option<HashMap<String, MemberInfo>> {
+        self.with(room_id, |e| fresh(&mut e.members, now).cloned())
     }
 
     /// The join rule, if known (`Some(None)`: the room has none).
     pub fn join_rule(&self, room_id: &str) -> Option<Option<String>> {
-        self.with(room_id, |e| e.join_rule.clone())
+        self.with(room_id, |e| {
+            fresh(&mut e.join_rule, Instant::now()).cloned()
+        })
     }
 
     /// Read before asking the homeserver, and handed back with its answer.
@@ -77,7 +90,7 @@ impl RoomFacts {
     ) {
         self.with(room_id, |e| {
             if e.generation == generation {
-                e.members = Some(members.clone());
+                e.members = Some((members.clone(), Instant::now()));
             }
         })
     }
@@ -86,7 +99,7 @@ impl RoomFacts {
     pub fn learn_join_rule(&self, room_id: &str, generation: u64, rule: Option<String>) {
         self.with(room_id, |e| {
             if e.generation == generation {
-                e.join_rule = Some(rule);
+                e.join_rule = Some((rule, Instant::now()));
             }
         })
     }
@@ -124,6 +137,17 @@ impl RoomFacts {
     }
 }
 
+/// The value, unless it came from an answer older than [`ANSWER_TTL`] (then it is dropped).
+fn fresh<T>(slot: &mut Option<(T, Instant)>, now: Instant) -> Option<&T> {
+    if slot
+        .as_ref()
+        .is_some_and(|(_, at)| now.saturating_duration_since(*at) > ANSWER_TTL)
+    {
+        *slot = None;
+    }
+    slot.as_ref().map(|(v, _)| v)
+}
+
 impl Entry {
     fn apply(&mut self, change: &Change) {
         match change {
@@ -132,7 +156,7 @@ impl Entry {
                 membership,
                 display_name,
             } => {
-                let Some(members) = &mut self.members else {
+                let Some((members, _)) = &mut self.members else {
                     return;
                 };
                 if membership == "join" {
@@ -144,7 +168,8 @@ impl Entry {
                     members.remove(user_id);
                 }
             }
-            Change::JoinRule(rule) => self.join_rule = Some(rule.clone()),
+            // The event itself is the rule: as fresh as an answer.
+            Change::JoinRule(rule) => self.join_rule = Some((rule.clone(), Instant::now())),
             Change::Unreadable => {}
         }
     }
@@ -317,5 +342,17 @@ mod tests {
         facts.forget("!r");
         assert_eq!((facts.join_rule("!r"), names(&facts)), (None, None));
         assert_eq!(facts.members("!other"), None);
+    }
+
+    /// An answer is used for `ANSWER_TTL`, then asked again.
+    #[test]
+    fn answers_expire() {
+        let facts = RoomFacts::default();
+        facts.learn_members("!r", facts.generation("!r"), &two());
+        let later = Instant::now() + ANSWER_TTL - Duration::from_secs(1);
+        assert!(facts.members_at("!r", later).is_some());
+        let expired = later + Duration::from_secs(2);
+        assert_eq!(facts.members_at("!r", expired), None);
+        assert_eq!(facts.members("!r"), None, "dropped");
     }
 }

@@ -252,7 +252,8 @@ async fn hand_over(
     }
 }
 
-/// Runs until cancelled, sending one [`Batch`] per sync response.
+/// Runs until cancelled, handing each sync response's events to the consumer in one or more
+/// [`Batch`]es.
 pub async fn run(
     client: MatrixClient,
     cfg: MatrixConfig,
@@ -297,23 +298,10 @@ pub async fn run(
                     &joining,
                     &cancel,
                 );
-                let (streamed, rooms) = if first {
-                    (false, Vec::new())
-                } else {
-                    let bot = &cfg.user_id;
-                    let join = resp.rooms.join;
-                    let Some(streamed) =
-                        stream_rooms(&client, bot, join, (fresh_start, received), &tx).await
-                    else {
-                        return;
-                    };
-                    let mut rooms = Vec::new();
-                    late_events(&client, bot, &keys, &mut rooms).await;
-                    (streamed, rooms)
-                };
-                // The last batch carries the acknowledgement, empty if every room went ahead.
-                let any = streamed || !rooms.is_empty();
-                if any && !hand_over(&tx, received, rooms, &cancel).await {
+                let times = (fresh_start, received);
+                let join = resp.rooms.join;
+                if !first && !deliver(&client, &cfg.user_id, join, &keys, times, &tx, &cancel).await
+                {
                     return;
                 }
                 save_position(&store, &resp.next_batch);
@@ -366,6 +354,32 @@ fn answer_invites(
     }
 }
 
+/// Hands one sync's events to the bridge and waits until it has handled them all. False when
+/// the bridge is gone or the loop is cancelled.
+async fn deliver(
+    client: &MatrixClient,
+    bot: &str,
+    join: HashMap<String, JoinedRoom>,
+    keys: &[(ruma::OwnedRoomId, String)],
+    times: (Option<Instant>, Instant),
+    tx: &mpsc::Sender<Batch>,
+    cancel: &CancellationToken,
+) -> bool {
+    // Events held back for their room key, now readable, go with their room's new events: a
+    // hangup in this sync must still settle an invite that waited for its key.
+    let mut late = HashMap::new();
+    late_events(client, bot, keys, &mut late).await;
+    let Some(streamed) = stream_rooms(client, bot, join, times, &mut late, tx).await else {
+        return false;
+    };
+    // The last batch carries the acknowledgement, empty if every room went ahead.
+    let rest: Vec<_> = late.into_iter().collect();
+    if !streamed && rest.is_empty() {
+        return true;
+    }
+    hand_over(tx, times.1, rest, cancel).await
+}
+
 /// How many rooms' events are decrypted at once.
 const ROOMS_AT_ONCE: usize = 16;
 
@@ -379,6 +393,7 @@ async fn stream_rooms(
     bot: &str,
     join: HashMap<String, JoinedRoom>,
     (fresh_start, received): (Option<Instant>, Instant),
+    late: &mut HashMap<String, Vec<TimelineEvent>>,
     tx: &mpsc::Sender<Batch>,
 ) -> Option<bool> {
     use futures_util::stream::{self, StreamExt};
@@ -389,7 +404,8 @@ async fn stream_rooms(
         })
         .buffer_unordered(ROOMS_AT_ONCE);
     let mut sent = false;
-    while let Some((room_id, events)) = ready.next().await {
+    while let Some((room_id, mut events)) = ready.next().await {
+        events.extend(late.remove(&room_id).unwrap_or_default());
         if events.is_empty() {
             continue;
         }
@@ -602,7 +618,7 @@ async fn late_events(
     client: &MatrixClient,
     bot: &str,
     keys: &[(ruma::OwnedRoomId, String)],
-    rooms: &mut Vec<(String, Vec<TimelineEvent>)>,
+    rooms: &mut HashMap<String, Vec<TimelineEvent>>,
 ) {
     let Some(crypto) = client.crypto() else {
         return;
@@ -616,10 +632,7 @@ async fn late_events(
         };
         info!(%room_id, event_id = %ev.event_id, waited_ms = waited.as_millis() as u64, "decrypted an event once its room key arrived");
         ev.age_ms = ev.age_ms.map(|a| a + waited.as_millis() as u64);
-        match rooms.iter_mut().find(|(r, _)| *r == room_id) {
-            Some((_, events)) => events.push(ev),
-            None => rooms.push((room_id, vec![ev])),
-        }
+        rooms.entry(room_id).or_default().push(ev);
     }
 }
 
