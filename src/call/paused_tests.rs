@@ -265,6 +265,25 @@ async fn ended(task: tokio::task::JoinHandle<()>) {
 }
 
 /// Waits (on virtual time) until `f` holds, checking after each step of the runtime.
+/// The caller's one candidate with the marker; returns once the call is dialled.
+async fn dial(tx: &mpsc::Sender<Stamped>, switch: &Switch) {
+    tx.send(candidates(vec![host(1), end()]).into())
+        .await
+        .unwrap();
+    until("verto.invite", || {
+        !switch.requests("verto.invite").is_empty()
+    })
+    .await;
+}
+
+/// FreeSWITCH answers the call.
+async fn fs_answers(tx: &mpsc::Sender<Stamped>) {
+    let answer = Input::Answer {
+        sdp: Some(FS_ANSWER.into()),
+    };
+    tx.send(answer.into()).await.unwrap();
+}
+
 async fn until(what: &str, f: impl Fn() -> bool) {
     let give_up = Instant::now() + Duration::from_secs(600);
     while !f() {
@@ -358,21 +377,8 @@ async fn failed_sends_are_retried_with_the_same_transaction_id() {
         verto,
         &cancel,
     );
-    tx.send(candidates(vec![host(1), end()]).into())
-        .await
-        .unwrap();
-    until("verto.invite", || {
-        !switch.requests("verto.invite").is_empty()
-    })
-    .await;
-    tx.send(
-        Input::Answer {
-            sdp: Some(FS_ANSWER.into()),
-        }
-        .into(),
-    )
-    .await
-    .unwrap();
+    dial(&tx, &switch).await;
+    fs_answers(&tx).await;
     until("three tries", || hs.sent().len() >= 3).await;
     let tries = hs.sent();
     assert!(tries[..3]
@@ -397,13 +403,7 @@ async fn admission_asks_the_homeserver_both_questions_at_once() {
     let cancel = CancellationToken::new();
     let s = setup(t0, Duration::from_secs(60), Duration::ZERO);
     let (tx, _task) = spawn_actor(s, &hs, verto, &cancel);
-    tx.send(candidates(vec![host(1), end()]).into())
-        .await
-        .unwrap();
-    until("verto.invite", || {
-        !switch.requests("verto.invite").is_empty()
-    })
-    .await;
+    dial(&tx, &switch).await;
     assert_eq!(switch.requests("verto.invite")[0].at - t0, ms(50));
     cancel.cancel();
 }
@@ -420,22 +420,9 @@ async fn the_duration_limit_ends_the_call_on_time() {
         ..setup(t0, Duration::from_secs(60), Duration::ZERO)
     };
     let (tx, task) = spawn_actor(s, &hs, verto, &cancel);
-    tx.send(candidates(vec![host(1), end()]).into())
-        .await
-        .unwrap();
-    until("verto.invite", || {
-        !switch.requests("verto.invite").is_empty()
-    })
-    .await;
+    dial(&tx, &switch).await;
     tokio::time::sleep_until(t0 + ms(100)).await;
-    tx.send(
-        Input::Answer {
-            sdp: Some(FS_ANSWER.into()),
-        }
-        .into(),
-    )
-    .await
-    .unwrap();
+    fs_answers(&tx).await;
     ended(task).await;
     let bye = &switch.requests("verto.bye")[0];
     assert_eq!(bye.at - t0, ms(5100), "5 s after the answer");
