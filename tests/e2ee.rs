@@ -154,6 +154,36 @@ async fn room_key_after_the_invite() {
     bot.stop().await;
 }
 
+/// The bot's first room key share (an Olm-encrypted to-device message to the caller's
+/// devices) reaches Synapse, but its reply is lost: the bot sends it again with the same
+/// transaction id, so the caller gets the key once, decrypts the answer, and the call has
+/// audio. The bot alone talks through the proxy; the browser talks to Synapse directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_reply_to_the_bots_room_key_share() {
+    let (hs, secret) = support::synapse::homeserver();
+    let key_share = |method: &str, path: &str| {
+        method == "PUT" && path.contains("/sendToDevice/m.room.encrypted/")
+    };
+    let proxy = HttpProxy::start(&hs, key_share).await;
+    let (_fake, bot, caller, _plain) = setup(BotOpts {
+        homeserver: Some((proxy.url.clone(), secret)),
+        ..Default::default()
+    })
+    .await;
+    let opts = browser_opts(&caller, &hs, &bot.user_id, None, json!({}));
+    let r = run_browser(opts).await;
+    assert_audio(&r);
+    let shares: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|f| key_share(&f.method, &f.path))
+        .collect();
+    assert!(shares.len() >= 2 && shares[0].dropped, "{shares:#?}");
+    let txn = |f: &support::http_proxy::Forwarded| f.path.rsplit('/').next().map(str::to_owned);
+    assert_eq!(txn(&shares[0]), txn(&shares[1]), "{shares:#?}");
+    bot.stop().await;
+}
+
 /// The bot restarts with the same `state_dir` (same device, no new login) and still answers
 /// in the encrypted room, also a second device of the caller that appeared in the meantime;
 /// after its encryption store is deleted it comes back as a new device and works again.

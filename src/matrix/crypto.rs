@@ -518,12 +518,7 @@ impl Crypto {
             .await
             .map_err(|e| crypto_err("cannot share the room key")(boxed(e)))?;
         for share in shares {
-            let req = send_event_to_device::v3::Request::new_raw(
-                share.event_type.clone(),
-                share.txn_id.clone(),
-                share.messages.clone(),
-            );
-            match client.ruma(req).await {
+            match send_share(client, &share).await {
                 Ok(resp) => {
                     let _ = m.mark_request_as_sent(&share.txn_id, &resp).await;
                 }
@@ -633,6 +628,34 @@ fn missing_sessions<'a>(
     >,
 > {
     Box::pin(m.get_missing_sessions(users.iter().map(|u| u.as_ref())))
+}
+
+/// Sends one room key share, again with the same transaction id while the failure is
+/// transient: a reply lost after the homeserver delivered it then costs nothing (the
+/// homeserver drops the repeat), where a fresh key would reach every device a second time.
+async fn send_share(
+    client: &MatrixClient,
+    share: &matrix_sdk_crypto::types::requests::ToDeviceRequest,
+) -> Result<send_event_to_device::v3::Response, MatrixError> {
+    const TRIES: u32 = 3;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    let mut attempt = 1;
+    loop {
+        let req = send_event_to_device::v3::Request::new_raw(
+            share.event_type.clone(),
+            share.txn_id.clone(),
+            share.messages.clone(),
+        );
+        match client.ruma(req).await {
+            Err(e) if attempt < TRIES && e.is_transient() => {
+                let wait = e.retry_after().unwrap_or_else(|| backoff.next_wait());
+                debug!(error = %Chain(&e), ?wait, "room key share failed; sending it again");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn share<'a>(
