@@ -425,10 +425,8 @@ impl Bridge {
         self.early.len() < MAX_EARLY_CALLS
     }
 
-    /// Whether a new call may start: the access list and the limits. The error is what the
-    /// caller is told.
-    /// Whether the bridge takes this call; if not, the cause (for the metrics, as FreeSWITCH
-    /// would name it) and what the caller is told.
+    /// Whether a new call may start: the access list and the limits. If not, the cause (for
+    /// the metrics, as FreeSWITCH would name it) and what the caller is told.
     fn admission(&self, room_id: &str, call_id: &str, sender: &str) -> Result<(), (Cause, String)> {
         if !route::allowed(&self.access, &self.own_server, sender) {
             info!(room_id, call_id, %sender, "call refused: not on access.allow");

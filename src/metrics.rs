@@ -473,14 +473,12 @@ impl CallProbe {
     fn cause_of_input(&mut self, input: &Input) {
         let name = |c: Option<Cause>| c.map_or("OTHER", Cause::name);
         let cause = match input {
-            Input::Bye {
-                cause_code: Some(c),
-                ..
-            } => name(Cause::from_code(*c)),
-            Input::Bye {
-                cause: Some(c),
-                cause_code: None,
-            } => name(Cause::from_name(c)),
+            Input::Bye { cause_code, cause } => {
+                match Cause::reported(*cause_code, cause.as_deref()) {
+                    Some(c) => name(c),
+                    None => return,
+                }
+            }
             Input::InviteResult(Err(f)) => match f.cause_code {
                 Some(c) => name(Cause::from_code(c)),
                 // No reply at all: the bridge hangs up with its own cause.

@@ -104,6 +104,11 @@ type Outgoing = (String, &'static str, Value, Option<Instant>);
 /// Matrix events to send, in order (boxed, like [`Stamped::input`]).
 type MatrixQueue = mpsc::UnboundedSender<Box<Outgoing>>;
 
+/// Queues one event for the call's sender task; it is gone only once the call has ended.
+fn enqueue(mtx: &MatrixQueue, out: Outgoing) {
+    let _ = mtx.send(Box::new(out));
+}
+
 /// The Matrix event whose sync response was read at `.1` caused a verto request: its hop ends
 /// when the request's frame is written.
 #[derive(Clone)]
@@ -425,21 +430,14 @@ fn execute(
     match action {
         Action::Notice { text } => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send(Box::new((
-                room,
-                "m.room.message",
-                notice_content(&text),
-                verto_at,
-            )));
+            enqueue(
+                mtx,
+                (room, "m.room.message", notice_content(&text), verto_at),
+            );
         }
         Action::Send(event) => {
             let verto_at = timing.verto.take();
-            let _ = mtx.send(Box::new((
-                room,
-                event.event_type(),
-                event.content(),
-                verto_at,
-            )));
+            enqueue(mtx, (room, event.event_type(), event.content(), verto_at));
         }
         Action::FindRoom { user, until } => {
             let (matrix, rooms, bot) =
@@ -602,23 +600,16 @@ async fn send_dtmf(
         Ok(_) => {
             debug!(%digits, "digits sent");
             if let Some(ev) = react_to {
-                let _ = mtx.send(Box::new((
-                    room,
-                    "m.reaction",
-                    reaction_content(&ev, "✅"),
-                    None,
-                )));
+                enqueue(
+                    &mtx,
+                    (room, "m.reaction", reaction_content(&ev, "✅"), None),
+                );
             }
         }
         Err(e) => {
             warn!(%digits, error = %Chain(&e), "verto.info dtmf failed");
             let text = format!("Could not send the digits {digits}: {}", Chain(&e));
-            let _ = mtx.send(Box::new((
-                room,
-                "m.room.message",
-                notice_content(&text),
-                None,
-            )));
+            enqueue(&mtx, (room, "m.room.message", notice_content(&text), None));
         }
     }
 }

@@ -36,13 +36,8 @@ pub struct MatrixEnd {
 
 /// Maps a FreeSWITCH cause (number first, name as fallback) to a Matrix reason.
 pub fn verto_to_matrix(cause_code: Option<i64>, cause: Option<&str>, answered: bool) -> MatrixEnd {
-    // Outer None: no cause at all. Inner None: a cause not listed, which maps to the generic
-    // failure below (an unknown name is not "no cause").
-    let cause = match (cause_code, cause) {
-        (Some(c), _) => Some(Cause::from_code(c)),
-        (None, Some(n)) => Some(Cause::from_name(n)),
-        (None, None) => None,
-    };
+    // A cause not listed maps to the generic failure below.
+    let cause = Cause::reported(cause_code, cause);
     let e = |reason, human| MatrixEnd { reason, human };
     use Cause as C;
     match cause {

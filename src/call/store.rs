@@ -109,20 +109,14 @@ impl CallStore {
 
     /// Saves (`Some`) or forgets (`None`) one call, soon: the write is queued.
     pub fn set(&self, verto_call_id: &str, record: Option<Record>) {
+        let Some(w) = &self.writer else {
+            return self.write(verto_call_id, record);
+        };
         let job = Job::Set(verto_call_id.to_owned(), record.map(Box::new));
-        match &self.writer {
-            Some(w) => {
-                if let Err(std::sync::mpsc::SendError(Job::Set(id, record))) = w.send(job) {
-                    // The thread is gone (it cannot end while we hold its queue, but if it
-                    // did): write here rather than lose the change.
-                    self.write(&id, record.map(|r| *r));
-                }
-            }
-            None => {
-                if let Job::Set(id, record) = job {
-                    self.write(&id, record.map(|r| *r));
-                }
-            }
+        if let Err(std::sync::mpsc::SendError(Job::Set(id, record))) = w.send(job) {
+            // The thread is gone (it cannot end while we hold its queue, but if it did): write
+            // here rather than lose the change.
+            self.write(&id, record.map(|r| *r));
         }
     }
 

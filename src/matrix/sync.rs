@@ -2,9 +2,9 @@
 //!
 //! The position is saved only after the consumer has handled a sync's last batch (it fires
 //! [`Batch::handled`]), so a crash or a stop replays at most one sync and never skips one. On
-//! a first start (no saved position) the
-//! timeline is skipped, because it holds calls that ended long ago, but pending invites are
-//! still joined: the bot must not ignore rooms people invited it to while it was not running.
+//! a first start (no saved position) the timeline is skipped, because it holds calls that
+//! ended long ago, but pending invites are still joined: the bot must not ignore rooms people
+//! invited it to while it was not running.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::client::{MatrixClient, MatrixError, Session};
 use super::crypto::{self, Decrypted, SyncParts};
 use super::events::{parse_event, CallEvent, EventError, EventKind, TimelineEvent};
+use super::room_facts;
 use crate::backoff::Backoff;
 use crate::chain::Chain;
 use crate::config::{MatrixConfig, Secret};
@@ -288,8 +289,7 @@ pub async fn run(
                 // Keys first: this sync's timeline may need them, and its position must not
                 // be saved before the machine has seen them.
                 let keys = receive_keys(&client, &mut resp).await;
-                learn_rooms(&client, &resp.rooms.join).await;
-                follow_rooms(&client, &resp.rooms);
+                learn_rooms(&client, &resp.rooms).await;
                 answer_invites(
                     &client,
                     &cfg,
@@ -571,41 +571,28 @@ async fn receive_keys(
         .await
 }
 
-/// Tells the machine which rooms are encrypted and whose membership changed, from the
-/// rooms' state and timelines: encryption first (a room's state lists members before its
-/// `m.room.encryption`), so that every member of an encrypted room has its devices tracked
-/// before the first call's room key arrives.
-async fn learn_rooms(client: &MatrixClient, join: &HashMap<String, JoinedRoom>) {
-    let Some(crypto) = client.crypto() else {
-        return;
-    };
-    for (room_id, room) in join {
+/// What a sync tells of the rooms, from their state and timelines: their members and join
+/// rules, kept for the next call's admission; and, for the encryption machine, which rooms are
+/// encrypted and whose membership changed. Encryption first (a room's state lists members
+/// before its `m.room.encryption`), so that every member of an encrypted room has its devices
+/// tracked before the first call's room key arrives.
+async fn learn_rooms(client: &MatrixClient, rooms: &Rooms) {
+    let facts = client.room_facts();
+    for (room_id, room) in &rooms.join {
         let events = || room.state.events.iter().chain(&room.timeline.events);
+        let changes = room_facts::changes(events().map(AsRef::as_ref));
+        facts.follow(room_id, room.timeline.limited, &changes);
+        let Some(crypto) = client.crypto() else {
+            continue;
+        };
         if events().any(|raw| event_type(raw).as_deref() == Some("m.room.encryption")) {
             crypto.room_encrypted(room_id);
         }
-        for raw in events() {
-            if event_type(raw).as_deref() != Some("m.room.member") {
-                continue;
-            }
-            if let Ok(TimelineEvent {
-                kind: EventKind::Member { user_id, .. },
-                ..
-            }) = parse_event(raw)
-            {
-                crypto.member_changed(room_id, &user_id).await;
+        for change in &changes {
+            if let room_facts::Change::Member { user_id, .. } = change {
+                crypto.member_changed(room_id, user_id).await;
             }
         }
-    }
-}
-
-/// Keeps the rooms' members and join rules current for the next call's admission.
-fn follow_rooms(client: &MatrixClient, rooms: &Rooms) {
-    let facts = client.room_facts();
-    for (room_id, room) in &rooms.join {
-        let events = room.state.events.iter().chain(&room.timeline.events);
-        let changes = super::room_facts::changes(events.map(AsRef::as_ref));
-        facts.follow(room_id, room.timeline.limited, &changes);
     }
     for room_id in rooms.leave.keys() {
         facts.forget(room_id);

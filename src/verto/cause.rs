@@ -102,6 +102,17 @@ impl Cause {
         Self::ALL.iter().copied().find(|c| c.code() == code)
     }
 
+    /// The cause FreeSWITCH reported (`verto.bye`, an error reply): its code first, its name
+    /// as fallback. Outer `None`: it reported none; inner `None`: one vertobot does not list
+    /// (an unknown name is not "no cause").
+    pub fn reported(code: Option<i64>, name: Option<&str>) -> Option<Option<Cause>> {
+        match (code, name) {
+            (Some(c), _) => Some(Cause::from_code(c)),
+            (None, Some(n)) => Some(Cause::from_name(n)),
+            (None, None) => None,
+        }
+    }
+
     /// The listed cause with this name, in any case (FreeSWITCH's are upper case).
     pub fn from_name(name: &str) -> Option<Cause> {
         Self::ALL
